@@ -1,0 +1,366 @@
+"""Latent cache: tiles seen before skip the model.
+
+A cache entry maps (model weights, tile pixels) to the tile's latent. The key carries the
+model's weights hash, so a retrained checkpoint never reads latents of the old weights, and the
+sha256 of the tile's RGB bytes, so equal tiles share one entry whatever request they came in.
+
+Two backends share one interface:
+
+- ``RedisLatentCache``: one ``MGET`` per lookup, one pipelined batch of ``SET key value EX ttl``
+  per store. Redis trouble is never the caller's: errors and timeouts count as misses (fail
+  open), and after repeated failures a circuit breaker skips Redis for a few seconds so that
+  requests do not wait on timeouts. The client reconnects by itself once Redis is back.
+- ``MemoryLatentCache``: an in-process LRU bounded in bytes; the default without Redis.
+
+Values are compact binary: a 3-byte header (format version, dtype code, rank), the shape as
+little-endian uint16s, then the raw little-endian array bytes. A latent of shape (64, 1, 1) in
+float32 is 265 bytes. float32 is kept (not float16) so that a cached latent is bit-identical
+to a freshly computed one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import hashlib
+import logging
+import struct
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+KEY_PREFIX = "tessera:v1:"  # bump the version when the key or value format changes
+VALUE_VERSION = 1
+_DTYPES = {1: np.dtype("<f4"), 2: np.dtype("<f2")}
+_DTYPE_CODES = {dtype: code for code, dtype in _DTYPES.items()}
+_HEADER = struct.Struct("<BBB")  # version, dtype code, rank
+
+
+class CacheValueError(ValueError):
+    """A stored value that cannot be decoded (foreign writer or corruption)."""
+
+
+def tile_hashes(tiles: np.ndarray) -> list[bytes]:
+    """sha256 digest of each tile's RGB bytes; tiles: uint8 [N, 32, 32, 3]."""
+    if tiles.dtype != np.uint8 or tiles.ndim != 4 or tiles.shape[-1] != 3:
+        raise ValueError(f"tile_hashes expects uint8 [N, H, W, 3] RGB tiles, got {tiles.dtype} {tiles.shape}")
+    tiles = np.ascontiguousarray(tiles)
+    return [hashlib.sha256(tile.tobytes()).digest() for tile in tiles]
+
+
+def encode_value(latent: np.ndarray) -> bytes:
+    """Pack one latent into the compact binary value format."""
+    dtype = latent.dtype.newbyteorder("<")
+    code = _DTYPE_CODES.get(dtype)
+    if code is None:
+        raise ValueError(f"cannot cache latents of dtype {latent.dtype}; supported: float32, float16")
+    if latent.ndim > 255 or any(d > 0xFFFF for d in latent.shape):
+        raise ValueError(f"cannot cache a latent of shape {latent.shape}")
+    shape = struct.pack(f"<{latent.ndim}H", *latent.shape)
+    return _HEADER.pack(VALUE_VERSION, code, latent.ndim) + shape + latent.astype(dtype, copy=False).tobytes()
+
+
+def decode_value(value: bytes) -> np.ndarray:
+    """Unpack a value written by ``encode_value``; the array is read-only."""
+    if len(value) < _HEADER.size:
+        raise CacheValueError(f"cache value of {len(value)} bytes is shorter than its header")
+    version, code, ndim = _HEADER.unpack_from(value)
+    if version != VALUE_VERSION or code not in _DTYPES:
+        raise CacheValueError(f"unknown cache value format (version {version}, dtype code {code})")
+    shape = struct.unpack_from(f"<{ndim}H", value, _HEADER.size)
+    offset = _HEADER.size + 2 * ndim
+    dtype = _DTYPES[code]
+    expected = offset + dtype.itemsize * int(np.prod(shape, dtype=np.int64))
+    if len(value) != expected:
+        raise CacheValueError(f"cache value has {len(value)} bytes, expected {expected} for shape {shape}")
+    return np.frombuffer(value, dtype=dtype, offset=offset).reshape(shape)
+
+
+@dataclass
+class CacheStats:
+    """Running totals of one cache: lookups that hit or missed, operations that failed, and
+    operations skipped while the circuit breaker was open."""
+
+    hits: int = 0
+    misses: int = 0
+    errors: int = 0
+    skipped: int = 0
+
+
+# on_lookup(backend, hits, misses) and on_error(backend, op): hooks for metrics
+LookupHook = Callable[[str, int, int], None]
+ErrorHook = Callable[[str, str], None]
+
+
+class LatentCache:
+    """Interface of every latent cache. ``model_key`` identifies the weights (their sha256);
+    ``tile_hashes`` are digests from ``tile_hashes()``. Never raises on backend trouble."""
+
+    backend = "none"
+
+    def __init__(self, on_lookup: LookupHook | None = None, on_error: ErrorHook | None = None) -> None:
+        self.stats = CacheStats()
+        self._on_lookup = on_lookup
+        self._on_error = on_error
+
+    async def get_many(self, model_key: str, tile_hashes: list[bytes]) -> dict[bytes, np.ndarray]:
+        """The cached latents among ``tile_hashes`` (hits only), keyed by tile hash."""
+        raise NotImplementedError
+
+    async def put_many(self, model_key: str, items: dict[bytes, np.ndarray]) -> None:
+        """Store latents keyed by tile hash."""
+        raise NotImplementedError
+
+    async def close(self) -> None:
+        """Release connections; the cache must not be used afterwards."""
+
+    def _count_lookup(self, hits: int, misses: int) -> None:
+        self.stats.hits += hits
+        self.stats.misses += misses
+        if self._on_lookup is not None:
+            self._on_lookup(self.backend, hits, misses)
+
+    def _count_error(self, op: str) -> None:
+        self.stats.errors += 1
+        if self._on_error is not None:
+            self._on_error(self.backend, op)
+
+
+def cache_key(model_key: str, tile_hash: bytes) -> bytes:
+    """``tessera:v1:<weights sha256>:<tile sha256, raw 32 bytes>``."""
+    return KEY_PREFIX.encode() + model_key.encode() + b":" + tile_hash
+
+
+class MemoryLatentCache(LatentCache):
+    """In-process LRU cache bounded by the bytes of its keys and values; entries also expire
+    after ``ttl_s`` like Redis entries do. ``max_bytes=0`` stores nothing."""
+
+    backend = "memory"
+    ENTRY_OVERHEAD = 120  # bytes per entry beyond key and array data (dict slot, array header)
+
+    def __init__(self, max_bytes: int, ttl_s: float | None = None, **hooks) -> None:
+        super().__init__(**hooks)
+        if max_bytes < 0:
+            raise ValueError(f"max_bytes must be >= 0, got {max_bytes}")
+        self.max_bytes = max_bytes
+        self.ttl_s = ttl_s
+        self.nbytes = 0
+        self._entries: OrderedDict[bytes, tuple[float, np.ndarray]] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def _size(self, key: bytes, latent: np.ndarray) -> int:
+        return len(key) + latent.nbytes + self.ENTRY_OVERHEAD
+
+    def _drop(self, key: bytes) -> None:
+        _, latent = self._entries.pop(key)
+        self.nbytes -= self._size(key, latent)
+
+    async def get_many(self, model_key: str, tile_hashes: list[bytes]) -> dict[bytes, np.ndarray]:
+        now = time.monotonic()
+        found: dict[bytes, np.ndarray] = {}
+        wanted = list(dict.fromkeys(tile_hashes))
+        for tile_hash in wanted:
+            key = cache_key(model_key, tile_hash)
+            entry = self._entries.get(key)
+            if entry is None:
+                continue
+            expires_at, latent = entry
+            if expires_at <= now:
+                self._drop(key)
+                continue
+            self._entries.move_to_end(key)
+            found[tile_hash] = latent
+        self._count_lookup(len(found), len(wanted) - len(found))
+        return found
+
+    async def put_many(self, model_key: str, items: dict[bytes, np.ndarray]) -> None:
+        expires_at = time.monotonic() + self.ttl_s if self.ttl_s else float("inf")
+        for tile_hash, latent in items.items():
+            key = cache_key(model_key, tile_hash)
+            latent = np.array(latent, copy=True)
+            latent.flags.writeable = False
+            size = self._size(key, latent)
+            if key in self._entries:
+                self._drop(key)
+            if size > self.max_bytes:
+                continue
+            self._entries[key] = (expires_at, latent)
+            self.nbytes += size
+            while self.nbytes > self.max_bytes:
+                self._drop(next(iter(self._entries)))
+
+
+class BreakerState(enum.Enum):
+    CLOSED = "closed"  # calls go through
+    OPEN = "open"  # calls are skipped until the cooldown ends
+    HALF_OPEN = "half_open"  # one probe call goes through; its outcome closes or reopens
+
+
+class CircuitBreaker:
+    """Skips a failing dependency for ``cooldown_s`` after ``threshold`` consecutive failures,
+    then lets one probe call through."""
+
+    def __init__(self, threshold: int = 2, cooldown_s: float = 5.0, clock: Callable[[], float] = time.monotonic):
+        if threshold < 1 or cooldown_s < 0:
+            raise ValueError(f"breaker needs threshold >= 1 and cooldown_s >= 0, got {threshold}, {cooldown_s}")
+        self.threshold = threshold
+        self.cooldown_s = cooldown_s
+        self._clock = clock
+        self.state = BreakerState.CLOSED
+        self._failures = 0
+        self._opened_at = 0.0
+
+    def allow(self) -> bool:
+        """Whether a call may go through now; an allowed call must report its outcome."""
+        if self.state is BreakerState.CLOSED:
+            return True
+        if self.state is BreakerState.OPEN and self._clock() - self._opened_at >= self.cooldown_s:
+            self.state = BreakerState.HALF_OPEN
+            return True
+        return False  # open and cooling down, or a probe is already in flight
+
+    def succeeded(self) -> None:
+        if self.state is not BreakerState.CLOSED:
+            logger.info("latent cache backend is back; circuit closed")
+        self.state = BreakerState.CLOSED
+        self._failures = 0
+
+    def failed(self) -> None:
+        self._failures += 1
+        if self.state is BreakerState.HALF_OPEN or self._failures >= self.threshold:
+            if self.state is not BreakerState.OPEN:
+                logger.warning("latent cache backend failing; skipping it for %.1f s", self.cooldown_s)
+            self.state = BreakerState.OPEN
+            self._opened_at = self._clock()
+
+
+class RedisLatentCache(LatentCache):
+    """Latent cache in Redis; fails open. Build it with ``from_url``."""
+
+    backend = "redis"
+
+    def __init__(self, client, ttl_s: float, timeout_s: float = 0.25, breaker: CircuitBreaker | None = None, **hooks):
+        super().__init__(**hooks)
+        if ttl_s <= 0:
+            raise ValueError(f"ttl_s must be > 0 for Redis entries, got {ttl_s}")
+        self.client = client
+        self.ttl_s = int(max(1, round(ttl_s)))
+        self.timeout_s = timeout_s
+        self.breaker = breaker or CircuitBreaker()
+
+    @classmethod
+    def from_url(cls, url: str, ttl_s: float, timeout_s: float = 0.25, **kwargs) -> RedisLatentCache:
+        """A cache on a lazily connecting client: nothing touches the network until first use.
+        Socket timeouts are short and there is one immediate retry on a dropped connection (a
+        stale pooled connection after a Redis restart); everything else is the breaker's job."""
+        import redis.asyncio as redis
+        from redis.asyncio.retry import Retry
+        from redis.backoff import NoBackoff
+        from redis.exceptions import ConnectionError as RedisConnectionError
+
+        client = redis.Redis.from_url(
+            url,
+            socket_timeout=timeout_s,
+            socket_connect_timeout=timeout_s,
+            retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
+            health_check_interval=0,
+        )
+        return cls(client, ttl_s=ttl_s, timeout_s=timeout_s, **kwargs)
+
+    async def _call(self, op: str, make_call: Callable[[], object]):
+        """Run one Redis round trip under the breaker and a deadline; None on any failure."""
+        if not self.breaker.allow():
+            self.stats.skipped += 1
+            return None
+        try:
+            async with asyncio.timeout(self.timeout_s * 2):
+                result = await make_call()
+        except asyncio.CancelledError:
+            self.breaker.failed()
+            raise
+        except Exception as exc:  # fail open: any backend trouble is a miss, never the caller's error
+            logger.debug("redis %s failed: %r", op, exc)
+            self._count_error(op)
+            self.breaker.failed()
+            return None
+        self.breaker.succeeded()
+        return result
+
+    async def get_many(self, model_key: str, tile_hashes: list[bytes]) -> dict[bytes, np.ndarray]:
+        wanted = list(dict.fromkeys(tile_hashes))
+        if not wanted:
+            return {}
+        keys = [cache_key(model_key, h) for h in wanted]
+        values = await self._call("get", lambda: self.client.mget(keys))
+        found: dict[bytes, np.ndarray] = {}
+        for tile_hash, value in zip(wanted, values or ()):
+            if value is None:
+                continue
+            try:
+                found[tile_hash] = decode_value(value)
+            except CacheValueError as exc:
+                logger.warning("ignoring unreadable cache entry: %s", exc)
+                self._count_error("decode")
+        self._count_lookup(len(found), len(wanted) - len(found))
+        return found
+
+    async def put_many(self, model_key: str, items: dict[bytes, np.ndarray]) -> None:
+        if not items:
+            return
+        entries = [(cache_key(model_key, h), encode_value(latent)) for h, latent in items.items()]
+
+        async def store():
+            pipe = self.client.pipeline(transaction=False)
+            for key, value in entries:
+                pipe.set(key, value, ex=self.ttl_s)
+            return await pipe.execute()
+
+        await self._call("put", store)
+
+    async def close(self) -> None:
+        try:
+            await self.client.aclose()
+        except Exception as exc:  # closing a client whose server is gone must not fail shutdown
+            logger.debug("closing redis client failed: %r", exc)
+
+
+def make_cache(settings, on_lookup: LookupHook | None = None, on_error: ErrorHook | None = None) -> LatentCache:
+    """Redis when ``settings.redis_url`` is set, else the in-process LRU.
+
+    Reads ``redis_url``, ``cache_ttl_s`` and ``cache_max_bytes``; ``cache_timeout_s`` and
+    ``cache_breaker_cooldown_s`` when the settings define them. Hooks default to the
+    ``tessera_cache_*`` Prometheus metrics.
+    """
+    if on_lookup is None and on_error is None:
+        on_lookup, on_error = _metric_hooks()
+    hooks = {"on_lookup": on_lookup, "on_error": on_error}
+    if settings.redis_url:
+        breaker = CircuitBreaker(cooldown_s=getattr(settings, "cache_breaker_cooldown_s", 5.0))
+        return RedisLatentCache.from_url(
+            settings.redis_url,
+            ttl_s=settings.cache_ttl_s,
+            timeout_s=getattr(settings, "cache_timeout_s", 0.25),
+            breaker=breaker,
+            **hooks,
+        )
+    return MemoryLatentCache(max_bytes=settings.cache_max_bytes, ttl_s=settings.cache_ttl_s, **hooks)
+
+
+def _metric_hooks() -> tuple[LookupHook, ErrorHook]:
+    from service import metrics
+
+    def on_lookup(backend: str, hits: int, misses: int) -> None:
+        metrics.CACHE_HITS.labels(backend).inc(hits)
+        metrics.CACHE_MISSES.labels(backend).inc(misses)
+
+    def on_error(backend: str, op: str) -> None:
+        metrics.CACHE_ERRORS.labels(backend, op).inc()
+
+    return on_lookup, on_error
