@@ -1,0 +1,432 @@
+"""Dynamic batching: tiles of many concurrent requests share one model call.
+
+One ``Batcher`` serves one operation (encode or decode) of one model. Requests enqueue their
+tiles and wait on a future; a single worker task collects a batch, runs the model in a worker
+thread and hands every request its rows back in order.
+
+- Batches count tiles, not requests. A batch closes when it holds ``max_batch_tiles`` tiles or
+  ``max_wait_s`` after its first tile, whichever comes first (``collect_batch``). A request
+  larger than the room left is split; the rest opens the next batch, so requests are served in
+  arrival order and reassembled in order.
+- Identical tiles in a batch are computed once (sheets repeat tiles a lot).
+- The queue is bounded in tiles: a request that does not fit is refused at once (``Overloaded``,
+  503 with Retry-After) instead of queueing without bound.
+- A request that waits past its deadline gets ``DeadlineExceeded`` (504); a request whose client
+  went away is abandoned. In both cases its tiles still waiting are dropped, never computed.
+- A model call that raises, or returns the wrong number of rows, fails every request of that
+  batch with ``InferenceFailed`` (503); the worker goes on with the next batch.
+- ``drain()`` stops accepting, lets everything accepted finish within a grace period, then
+  fails whatever is left with ``ShuttingDown``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+
+from service.errors import ClientDisconnected, DeadlineExceeded, InferenceFailed, Overloaded, ShuttingDown
+
+logger = logging.getLogger(__name__)
+
+Infer = Callable[[np.ndarray], np.ndarray]  # rows in -> rows out, same count; runs in a worker thread
+
+
+class _Job:
+    """One submitted request: its tiles, where its results go and how to tell its waiter."""
+
+    __slots__ = ("tiles", "future", "deadline", "enqueued_at", "queued", "remaining", "out")
+
+    def __init__(self, tiles: np.ndarray, future: asyncio.Future, deadline: float) -> None:
+        self.tiles = tiles
+        self.future = future
+        self.deadline = deadline  # time.monotonic() after which the request is answered 504
+        self.enqueued_at = time.monotonic()
+        self.queued = len(tiles)  # tiles still waiting in the queue (not yet taken into a batch)
+        self.remaining = len(tiles)  # tiles without a result yet
+        self.out: np.ndarray | None = None
+
+    def deliver(self, start: int, rows: np.ndarray) -> None:
+        if self.future.done():
+            return
+        if self.out is None:
+            self.out = np.empty((len(self.tiles), *rows.shape[1:]), dtype=rows.dtype)
+        self.out[start : start + len(rows)] = rows
+        self.remaining -= len(rows)
+        if self.remaining == 0:
+            self.future.set_result(self.out)
+
+    def fail(self, exc: Exception) -> None:
+        if not self.future.done():
+            self.future.set_exception(exc)
+
+
+@dataclass(frozen=True)
+class Slice:
+    """Tiles ``[start, stop)`` of one job; what the queue holds and batches are made of."""
+
+    job: _Job
+    start: int
+    stop: int
+
+    @property
+    def size(self) -> int:
+        return self.stop - self.start
+
+    @property
+    def tiles(self) -> np.ndarray:
+        return self.job.tiles[self.start : self.stop]
+
+    @property
+    def abandoned(self) -> bool:
+        """The request already has its answer (failed, timed out or gone): skip its tiles."""
+        return self.job.future.done()
+
+    def split(self, n: int) -> tuple[Slice, Slice | None]:
+        """The first ``n`` tiles and the rest (None when nothing is left)."""
+        if n >= self.size:
+            return self, None
+        return Slice(self.job, self.start, self.start + n), Slice(self.job, self.start + n, self.stop)
+
+
+async def collect_batch(
+    queue: asyncio.Queue[Slice], max_tiles: int, max_wait_s: float, carry: Slice | None = None
+) -> tuple[list[Slice], Slice | None]:
+    """Take slices from ``queue`` until ``max_tiles`` tiles or ``max_wait_s`` after the first tile.
+
+    ``carry`` is the rest of a request that did not fit the previous batch; it goes first.
+    Waits as long as needed for the first tile, then at most until the deadline. Slices of
+    abandoned requests are dropped. Returns the batch and the part of the last slice that did
+    not fit (the next call's ``carry``), or None.
+    """
+    if max_tiles < 1:
+        raise ValueError(f"max_tiles must be >= 1, got {max_tiles}")
+    batch: list[Slice] = []
+    size = 0
+    deadline: float | None = None
+    pending = carry
+    while size < max_tiles:
+        if pending is None:
+            if deadline is None:
+                pending = await queue.get()
+            elif not queue.empty():
+                pending = queue.get_nowait()
+            else:
+                try:
+                    pending = await asyncio.wait_for(queue.get(), deadline - time.monotonic())
+                except TimeoutError:
+                    break
+        if pending.abandoned:
+            pending = None
+            continue
+        if deadline is None:
+            deadline = time.monotonic() + max_wait_s
+        head, pending = pending.split(max_tiles - size)
+        batch.append(head)
+        size += head.size
+    return batch, pending
+
+
+def dedupe(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Unique rows (in first-seen order) and, for every input row, its index among them."""
+    seen: dict[bytes, int] = {}
+    first: list[int] = []
+    inverse = np.empty(len(rows), dtype=np.intp)
+    for i, row in enumerate(rows):
+        j = seen.setdefault(row.tobytes(), len(first))
+        if j == len(first):
+            first.append(i)
+        inverse[i] = j
+    if len(first) == len(rows):
+        return rows, inverse
+    return rows[first], inverse
+
+
+class BatchObserver(Protocol):
+    """What a batcher reports; ``service.metrics`` turns it into Prometheus series."""
+
+    def on_batch(self, tiles: int, unique: int, seconds: float) -> None: ...
+
+    def on_queue_wait(self, seconds: float) -> None: ...
+
+    def on_queue_depth(self, tiles: int) -> None: ...
+
+    def on_rejected(self, reason: str, tiles: int) -> None: ...
+
+
+@dataclass
+class BatchStats:
+    """Running totals of one batcher, for tests and ``/v1/models``."""
+
+    batches: int = 0  # model calls made (warm-up excluded)
+    tiles: int = 0  # tiles answered by those calls, duplicates included
+    unique_tiles: int = 0  # rows actually computed
+    failed_batches: int = 0
+    batch_sizes: collections.Counter = field(default_factory=collections.Counter)  # tiles -> batches
+    rejected: collections.Counter = field(default_factory=collections.Counter)  # reason -> tiles
+
+
+class Batcher:
+    """Queue, worker task and accounting for one (model, operation).
+
+    Args:
+        name: shown in logs and errors, e.g. ``"dcae-s48/encode"``.
+        infer: the model call, run in ``executor``; must return one row per input row.
+        max_batch_tiles: most tiles per model call.
+        max_wait_s: how long a batch stays open for more tiles after its first one.
+        max_queue_tiles: most tiles waiting; beyond it requests get ``Overloaded``.
+        warmup: rows for one model call before the worker starts serving, or None.
+        executor: where ``infer`` runs (one thread per model keeps its calls in order).
+        observer: receives batch, wait, depth and rejection events.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        infer: Infer,
+        *,
+        max_batch_tiles: int,
+        max_wait_s: float,
+        max_queue_tiles: int,
+        warmup: np.ndarray | None = None,
+        executor: Executor | None = None,
+        observer: BatchObserver | None = None,
+    ) -> None:
+        if max_batch_tiles < 1 or max_wait_s < 0 or max_queue_tiles < 1:
+            raise ValueError(
+                f"batcher {name}: need max_batch_tiles >= 1, max_wait_s >= 0 and max_queue_tiles >= 1, "
+                f"got {max_batch_tiles}, {max_wait_s}, {max_queue_tiles}"
+            )
+        self.name = name
+        self.infer = infer
+        self.max_batch_tiles = max_batch_tiles
+        self.max_wait_s = max_wait_s
+        self.max_queue_tiles = max_queue_tiles
+        self.stats = BatchStats()
+        self.ready = asyncio.Event()  # set once warm-up has run (even if it failed)
+        self.warmup_error: str | None = None
+        self._warmup = warmup
+        self._executor = executor
+        self._observer = observer
+        self._queue: asyncio.Queue[Slice] = asyncio.Queue()
+        self._queued = 0  # tiles waiting, the bound's measure
+        self._jobs: set[_Job] = set()
+        self._accepting = True
+        self._task: asyncio.Task | None = None
+        self._tiles_per_s = 0.0  # moving average of compute throughput, for Retry-After
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the worker task (warm-up first); call from the running event loop."""
+        if self._task is not None:
+            raise RuntimeError(f"batcher {self.name} already started")
+        self._task = asyncio.get_running_loop().create_task(self._run(), name=f"batcher {self.name}")
+
+    @property
+    def queued_tiles(self) -> int:
+        return self._queued
+
+    @property
+    def accepting(self) -> bool:
+        return self._accepting
+
+    async def drain(self, grace_s: float) -> int:
+        """Stop accepting; wait up to ``grace_s`` for accepted requests; stop the worker.
+
+        Returns the number of requests that did not finish in time (they get ``ShuttingDown``).
+        """
+        self._accepting = False
+        pending = [job.future for job in self._jobs if not job.future.done()]
+        if pending:
+            logger.info("%s: draining %d request(s), up to %.1f s", self.name, len(pending), grace_s)
+            await asyncio.wait(pending, timeout=max(grace_s, 0))
+        return await self.stop()
+
+    async def stop(self) -> int:
+        """Stop the worker now; requests still waiting get ``ShuttingDown``."""
+        self._accepting = False
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        left = [job for job in self._jobs if not job.future.done()]
+        for job in left:
+            self._reject("shutdown", job.remaining)
+            job.fail(ShuttingDown(f"{self.name}: the server shut down before this request was computed; retry it"))
+        return len(left)
+
+    # -- submitting ------------------------------------------------------------------------
+
+    async def submit(self, rows: np.ndarray, *, deadline: float, gone: Awaitable | None = None) -> np.ndarray:
+        """Compute ``rows`` in batches with other requests; the results, in order.
+
+        Args:
+            rows: the request's inputs, one row per tile (at least one).
+            deadline: ``time.monotonic()`` by which the answer must be there, else 504.
+            gone: completes when the client disconnects; its tiles are then dropped.
+
+        Raises:
+            Overloaded, ShuttingDown, DeadlineExceeded, ClientDisconnected, InferenceFailed.
+        """
+        n = len(rows)
+        if n == 0:
+            raise ValueError("submit needs at least one row")
+        if not self._accepting:
+            self._reject("shutdown", n)
+            raise ShuttingDown(f"{self.name}: the server is shutting down; retry on another instance", retry_after_s=5)
+        if self._queued + n > self.max_queue_tiles:
+            self._reject("queue_full", n)
+            raise Overloaded(
+                f"{self.name}: {self._queued} tiles are queued (limit {self.max_queue_tiles}) and {n} more do "
+                f"not fit; retry later or send fewer tiles per request",
+                retry_after_s=self._retry_after_s(),
+            )
+        if deadline <= time.monotonic():
+            self._reject("deadline", n)
+            raise DeadlineExceeded(f"{self.name}: the request deadline passed before it was queued")
+        job = _Job(rows, asyncio.get_running_loop().create_future(), deadline)
+        self._jobs.add(job)
+        self._queued += n
+        job.future.add_done_callback(lambda _: self._settled(job))
+        self._queue.put_nowait(Slice(job, 0, n))
+        self._depth_changed()
+
+        gone_future = asyncio.ensure_future(gone) if gone is not None else None
+        try:
+            waiters = {job.future} if gone_future is None else {job.future, gone_future}
+            await asyncio.wait(waiters, timeout=max(0.0, deadline - time.monotonic()), return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:
+            self._abandon(job, "cancelled")
+            raise
+        finally:
+            if gone_future is not None and gone is not gone_future:
+                gone_future.cancel()
+        if job.future.done():
+            return job.future.result()
+        if gone_future is not None and gone_future.done():
+            self._abandon(job, "disconnected")
+            raise ClientDisconnected(f"{self.name}: the client disconnected; its tiles were not computed")
+        self._abandon(job, "deadline")
+        raise DeadlineExceeded(
+            f"{self.name}: no result within the request timeout ({job.remaining} of {n} tiles not computed); "
+            f"retry later, send fewer tiles, or raise TESSERA_REQUEST_TIMEOUT_S"
+        )
+
+    def _abandon(self, job: _Job, reason: str) -> None:
+        if not job.future.done():
+            self._reject(reason, job.remaining)
+            job.future.cancel()
+
+    def _settled(self, job: _Job) -> None:
+        """Done callback of every job: tiles it still had in the queue stop counting."""
+        self._take(job, job.queued)
+        self._jobs.discard(job)
+
+    def _take(self, job: _Job, n: int) -> None:
+        n = min(n, job.queued)
+        if n:
+            job.queued -= n
+            self._queued -= n
+            self._depth_changed()
+
+    def _reject(self, reason: str, tiles: int) -> None:
+        self.stats.rejected[reason] += tiles
+        if self._observer is not None:
+            self._observer.on_rejected(reason, tiles)
+
+    def _depth_changed(self) -> None:
+        if self._observer is not None:
+            self._observer.on_queue_depth(self._queued)
+
+    def _retry_after_s(self) -> float:
+        """Rough time to work off the queue, 1 to 60 s."""
+        if self._tiles_per_s <= 0:
+            return 1.0
+        return min(60.0, max(1.0, self._queued / self._tiles_per_s))
+
+    # -- the worker ------------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        await self._warm_up()
+        carry: Slice | None = None
+        while True:
+            batch, carry = await collect_batch(self._queue, self.max_batch_tiles, self.max_wait_s, carry)
+            try:
+                await self._process(batch)
+            except Exception as exc:  # a bug here must not stop the worker; the batch's requests fail
+                logger.exception("%s: batch handling failed", self.name)
+                for piece in batch:
+                    piece.job.fail(InferenceFailed(f"{self.name}: internal batching error ({type(exc).__name__}); retry"))
+
+    async def _warm_up(self) -> None:
+        try:
+            if self._warmup is not None:
+                start = time.monotonic()
+                await asyncio.get_running_loop().run_in_executor(self._executor, self.infer, self._warmup)
+                logger.info("%s: warmed up with %d tiles in %.3f s", self.name, len(self._warmup), time.monotonic() - start)
+        except Exception as exc:
+            self.warmup_error = f"{type(exc).__name__}: {exc}"
+            logger.error("%s: warm-up failed: %s", self.name, self.warmup_error)
+        finally:
+            self.ready.set()
+
+    async def _process(self, batch: list[Slice]) -> None:
+        now = time.monotonic()
+        live: list[Slice] = []
+        for piece in batch:
+            self._take(piece.job, piece.size)
+            if piece.abandoned:
+                continue
+            if now > piece.job.deadline:
+                self._reject("deadline", piece.job.remaining)
+                piece.job.fail(DeadlineExceeded(f"{self.name}: the request waited past its deadline; its tiles were not computed"))
+                continue
+            if self._observer is not None:
+                self._observer.on_queue_wait(now - piece.job.enqueued_at)
+            live.append(piece)
+        if not live:
+            return
+        rows = np.concatenate([piece.tiles for piece in live]) if len(live) > 1 else live[0].tiles
+        unique, inverse = dedupe(rows)
+        start = time.monotonic()
+        try:
+            out = await asyncio.get_running_loop().run_in_executor(self._executor, self.infer, unique)
+            if not isinstance(out, np.ndarray) or len(out) != len(unique):
+                got = f"{len(out)} rows" if isinstance(out, np.ndarray) else type(out).__name__
+                raise RuntimeError(f"model returned {got} for {len(unique)} inputs")
+        except Exception as exc:
+            self.stats.failed_batches += 1
+            self._reject("error", sum(piece.size for piece in live))
+            logger.error("%s: model call on %d tiles failed: %s: %s", self.name, len(unique), type(exc).__name__, exc)
+            error = InferenceFailed(
+                f"{self.name}: the model call for this request's batch failed ({type(exc).__name__}: {exc}); "
+                f"nothing was computed, retry the request"
+            )
+            for piece in live:
+                piece.job.fail(error)
+            return
+        seconds = time.monotonic() - start
+        self._record(len(rows), len(unique), seconds)
+        out = out[inverse] if len(unique) != len(rows) else out
+        offset = 0
+        for piece in live:
+            piece.job.deliver(piece.start, out[offset : offset + piece.size])
+            offset += piece.size
+
+    def _record(self, tiles: int, unique: int, seconds: float) -> None:
+        self.stats.batches += 1
+        self.stats.tiles += tiles
+        self.stats.unique_tiles += unique
+        self.stats.batch_sizes[tiles] += 1
+        if seconds > 0:
+            rate = unique / seconds
+            self._tiles_per_s = rate if self._tiles_per_s == 0 else 0.8 * self._tiles_per_s + 0.2 * rate
+        if self._observer is not None:
+            self._observer.on_batch(tiles, unique, seconds)

@@ -1,0 +1,164 @@
+"""Every error the service answers with, and the one place that turns them into HTTP.
+
+    TesseraError                      500 internal_error (never raised for user input)
+    ├── BadRequest                    400 undecodable input (image, npy, base64, JSON)
+    ├── Unauthorized                  401 missing or unknown API key
+    ├── UnknownModel                  404 model name not loaded (the message lists the known ones)
+    ├── NotAcceptable                 406 Accept header names no supported response type
+    ├── TooLarge                      413 body, tile count or image pixels over the limits
+    ├── UnsupportedMediaType          415 Content-Type not accepted by the endpoint
+    ├── InvalidInput                  422 decodable but wrong: sheet sides, shapes, dtypes, NaN
+    ├── Unavailable                   503 try again later (carries Retry-After)
+    │   ├── Overloaded                    queue full
+    │   ├── ShuttingDown                  server draining before exit
+    │   ├── NotReady                      models still warming up
+    │   └── InferenceFailed               the model call of the batch failed
+    ├── DeadlineExceeded              504 waited past the request timeout; nothing was computed
+    └── ClientDisconnected            499 the client went away (the response is never read)
+
+Each error carries a ``detail`` that says what was wrong and how to fix it, and a short
+snake_case ``code`` clients can branch on. Responses are ``{"detail": ..., "code": ...}``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+logger = logging.getLogger(__name__)
+
+
+class TesseraError(Exception):
+    """Base of the service's errors: an HTTP status, a short code and a helpful detail."""
+
+    status = 500
+    code = "internal_error"
+
+    def __init__(self, detail: str, *, code: str | None = None, headers: dict[str, str] | None = None) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        if code is not None:
+            self.code = code
+        self.headers = dict(headers or {})
+
+
+class BadRequest(TesseraError):
+    status = 400
+    code = "undecodable"
+
+
+class Unauthorized(TesseraError):
+    status = 401
+    code = "unauthorized"
+
+
+class UnknownModel(TesseraError):
+    status = 404
+    code = "unknown_model"
+
+
+class NotAcceptable(TesseraError):
+    status = 406
+    code = "not_acceptable"
+
+
+class TooLarge(TesseraError):
+    status = 413
+    code = "too_large"
+
+
+class UnsupportedMediaType(TesseraError):
+    status = 415
+    code = "unsupported_media_type"
+
+
+class InvalidInput(TesseraError):
+    status = 422
+    code = "invalid_input"
+
+
+class Unavailable(TesseraError):
+    """Temporary: the client should retry after ``retry_after_s`` seconds."""
+
+    status = 503
+    code = "unavailable"
+
+    def __init__(self, detail: str, *, retry_after_s: float = 1.0, code: str | None = None) -> None:
+        seconds = max(1, math.ceil(retry_after_s))
+        super().__init__(detail, code=code, headers={"Retry-After": str(seconds)})
+        self.retry_after_s = seconds
+
+
+class Overloaded(Unavailable):
+    code = "overloaded"
+
+
+class ShuttingDown(Unavailable):
+    code = "shutting_down"
+
+
+class NotReady(Unavailable):
+    code = "not_ready"
+
+
+class InferenceFailed(Unavailable):
+    code = "inference_failed"
+
+
+class DeadlineExceeded(TesseraError):
+    status = 504
+    code = "deadline_exceeded"
+
+
+class ClientDisconnected(TesseraError):
+    status = 499  # nginx's "client closed request": logged, never seen by the client
+    code = "client_disconnected"
+
+
+def error_body(detail: str, code: str) -> dict[str, str]:
+    return {"detail": detail, "code": code}
+
+
+async def _tessera_error(request: Request, exc: TesseraError) -> JSONResponse:
+    if exc.status >= 500 and exc.status != 503:
+        logger.warning("%s %s -> %d %s: %s", request.method, request.url.path, exc.status, exc.code, exc.detail)
+    return JSONResponse(error_body(exc.detail, exc.code), status_code=exc.status, headers=exc.headers)
+
+
+async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    codes = {404: "not_found", 405: "method_not_allowed"}
+    detail = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
+    if exc.status_code == 404:
+        detail = f"no route {request.url.path!r}; see /docs for the API"
+    elif exc.status_code == 405:
+        detail = f"{request.method} is not allowed on {request.url.path!r}; see /docs for the API"
+    code = codes.get(exc.status_code, "http_error")
+    return JSONResponse(error_body(detail, code), status_code=exc.status_code, headers=getattr(exc, "headers", None))
+
+
+async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+    problems = []
+    for err in exc.errors():
+        where = ".".join(str(part) for part in err.get("loc", ()))
+        problems.append(f"{where}: {err.get('msg', 'invalid')}")
+    detail = "invalid request: " + "; ".join(problems) + "; see /docs for the expected parameters"
+    return JSONResponse(error_body(detail, "invalid_request"), status_code=422)
+
+
+async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
+    logger.exception("unhandled error on %s %s", request.method, request.url.path)
+    detail = f"internal error ({type(exc).__name__}); this is a bug in the service, please report it"
+    return JSONResponse(error_body(detail, "internal_error"), status_code=500)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Map the error tree (and FastAPI's own errors) to ``{"detail", "code"}`` JSON responses."""
+    app.add_exception_handler(TesseraError, _tessera_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(Exception, _unexpected_error)
