@@ -1,0 +1,43 @@
+"""Python client of the Tessera service: 32x32 game tiles <-> latents over HTTP.
+
+    from client import Client
+
+    with Client("http://127.0.0.1:8000") as tessera:
+        result = tessera.encode("floor.png")          # EncodeResult: latents [N, 64, 1, 1], grid (rows, cols)
+        tiles = tessera.decode(result.latents)        # uint8 [N, 32, 32, 3]
+        sheet = tessera.decode_sheet(result)          # PIL image in the original grid
+
+``AsyncClient`` offers the same methods as coroutines. Errors are in ``client.errors``.
+"""
+
+from client.async_client import AsyncClient
+from client.errors import (
+    APIError,
+    AuthenticationError,
+    ConnectError,
+    InputError,
+    NotFoundError,
+    OverloadedError,
+    TesseraError,
+    TransportError,
+)
+from client.results import EncodeResult, Health, Limits, ModelInfo, Models
+from client.sync_client import Client
+
+__all__ = [
+    "APIError",
+    "AsyncClient",
+    "AuthenticationError",
+    "Client",
+    "ConnectError",
+    "EncodeResult",
+    "Health",
+    "InputError",
+    "Limits",
+    "ModelInfo",
+    "Models",
+    "NotFoundError",
+    "OverloadedError",
+    "TesseraError",
+    "TransportError",
+]
