@@ -1,0 +1,22 @@
+"""Tessera's networks: DC-AE and the seed's baseline CNN autoencoder, their presets and checkpoints."""
+
+from .autoencoder import TileAutoencoder
+from .build import build, build_from_config
+from .checkpoint import CheckpointError, load_checkpoint, read_header, save_checkpoint
+from .config import PRESETS, BaselineConfig, ConfigError, DCAEConfig, DecoderConfig, EncoderConfig
+
+__all__ = [
+    "PRESETS",
+    "BaselineConfig",
+    "CheckpointError",
+    "ConfigError",
+    "DCAEConfig",
+    "DecoderConfig",
+    "EncoderConfig",
+    "TileAutoencoder",
+    "build",
+    "build_from_config",
+    "load_checkpoint",
+    "read_header",
+    "save_checkpoint",
+]

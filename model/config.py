@@ -1,0 +1,522 @@
+"""Configuration of the networks: frozen dataclasses, a dot-list parser and the named presets.
+
+The DC-AE dataclasses mirror efficientvit's ``dc_ae.py`` (same field names, same defaults), so the
+seed's override strings such as ``"latent_channels=64 encoder.width_list=[64,128,256,256,512,512]"``
+apply unchanged. Unlike upstream, every name is checked: an unknown key, block type, norm or
+activation is an error that names the bad value and the known ones.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any
+
+BLOCK_TYPES = ("ResBlock", "EViT_GLU", "EViTS5_GLU")
+NORMS = ("bn2d", "trms2d")
+ACTS = ("relu", "silu", "gelu")
+DOWNSAMPLE_BLOCK_TYPES = ("ConvPixelUnshuffle", "Conv")
+UPSAMPLE_BLOCK_TYPES = ("ConvPixelShuffle", "InterpolateConv")
+DOWN_SHORTCUTS = ("averaging",)
+UP_SHORTCUTS = ("duplicating",)
+ARCHS = ("dcae", "baseline")
+
+TILE_SIZE = 32  # every Tessera input is a 32x32 RGB tile
+HEAD_DIM = 32  # LiteMLA head dimension in the DC-AE blocks (heads = width // 32)
+
+
+class ConfigError(ValueError):
+    """A configuration value or dot-list entry that cannot describe a network."""
+
+
+def _check_name(what: str, value: Any, known: tuple[str, ...], optional: bool = False) -> None:
+    if optional and value is None:
+        return
+    if not isinstance(value, str) or value not in known:
+        extra = " or None" if optional else ""
+        raise ConfigError(f"unknown {what} {value!r}; known: {sorted(known)}{extra}")
+
+
+def _per_stage(what: str, value: Any, num_stages: int, known: tuple[str, ...]) -> tuple[str, ...]:
+    """A name given once for all stages, or one per stage, as a tuple of one name per stage."""
+    names = (value,) * num_stages if isinstance(value, str) else tuple(value)
+    if len(names) != num_stages:
+        raise ConfigError(f"{what} has {len(names)} entries but there are {num_stages} stages (width_list)")
+    for name in names:
+        _check_name(what, name, known)
+    return names
+
+
+def _check_stages(width_list: tuple[int, ...], depth_list: tuple[int, ...]) -> None:
+    if not width_list:
+        raise ConfigError("width_list must name at least one stage")
+    if len(depth_list) != len(width_list):
+        raise ConfigError(f"depth_list has {len(depth_list)} entries but width_list has {len(width_list)}")
+    if len(width_list) > 6:
+        raise ConfigError(f"{len(width_list)} stages would down-sample a {TILE_SIZE}x{TILE_SIZE} tile below 1x1; "
+                          "use at most 6")
+    for width in width_list:
+        if not isinstance(width, int) or isinstance(width, bool) or width < 1:
+            raise ConfigError(f"width_list entries must be positive integers, got {width!r}")
+    for i, depth in enumerate(depth_list):
+        if not isinstance(depth, int) or isinstance(depth, bool) or depth < 0:
+            raise ConfigError(f"depth_list entries must be integers >= 0, got {depth!r}")
+        # A middle stage without blocks would also skip its resampling layer and break the channel chain.
+        if depth == 0 and 0 < i < len(depth_list) - 1:
+            raise ConfigError(f"depth_list[{i}] is 0: only the first and the last stage may be empty")
+    if len(width_list) == 1 and depth_list[0] == 0:
+        raise ConfigError("a single-stage network needs depth_list[0] > 0")
+
+
+def _check_blocks(side: str, width_list: tuple[int, ...], depth_list: tuple[int, ...],
+                  block_types: tuple[str, ...]) -> None:
+    for i, (width, depth, block_type) in enumerate(zip(width_list, depth_list, block_types)):
+        if depth > 0 and block_type != "ResBlock" and width % HEAD_DIM != 0:
+            raise ConfigError(f"{side}.width_list[{i}]={width}: {block_type} needs a multiple of {HEAD_DIM} "
+                              f"channels (attention heads of dimension {HEAD_DIM})")
+
+
+def _check_group(what: str, numerator: int, denominator: int) -> None:
+    if numerator % denominator != 0:
+        raise ConfigError(f"{what}: {numerator} channels do not split into groups for {denominator} channels")
+
+
+@dataclass(frozen=True)
+class EncoderConfig:
+    """Encoder of a DC-AE (efficientvit ``EncoderConfig``)."""
+
+    in_channels: int = 3  # set from DCAEConfig.in_channels
+    latent_channels: int = 32  # set from DCAEConfig.latent_channels
+    width_list: tuple[int, ...] = (128, 256, 512, 512, 1024, 1024)
+    depth_list: tuple[int, ...] = (2, 2, 2, 2, 2, 2)
+    block_type: str | tuple[str, ...] = "ResBlock"  # one name, or one per stage
+    norm: str = "trms2d"
+    act: str = "silu"
+    downsample_block_type: str = "ConvPixelUnshuffle"
+    downsample_match_channel: bool = True
+    downsample_shortcut: str | None = "averaging"
+    out_norm: str | None = None
+    out_act: str | None = None
+    out_shortcut: str | None = "averaging"
+    double_latent: bool = False  # upstream's VAE variant; a Tessera latent feeds the decoder directly
+
+    def __post_init__(self) -> None:
+        for name in ("width_list", "depth_list"):
+            object.__setattr__(self, name, tuple(getattr(self, name)))
+        if not isinstance(self.block_type, str):
+            object.__setattr__(self, "block_type", tuple(self.block_type))
+        _check_stages(self.width_list, self.depth_list)
+        block_types = _per_stage("encoder block_type", self.block_type, len(self.width_list), BLOCK_TYPES)
+        _check_blocks("encoder", self.width_list, self.depth_list, block_types)
+        _check_name("encoder norm", self.norm, NORMS)
+        _check_name("encoder act", self.act, ACTS)
+        _check_name("encoder downsample_block_type", self.downsample_block_type, DOWNSAMPLE_BLOCK_TYPES)
+        _check_name("encoder downsample_shortcut", self.downsample_shortcut, DOWN_SHORTCUTS, optional=True)
+        _check_name("encoder out_norm", self.out_norm, NORMS, optional=True)
+        _check_name("encoder out_act", self.out_act, ACTS, optional=True)
+        _check_name("encoder out_shortcut", self.out_shortcut, DOWN_SHORTCUTS, optional=True)
+        if self.downsample_match_channel is not True:
+            raise ConfigError("encoder.downsample_match_channel=False is not supported (blocks keep their width)")
+        if self.double_latent is not False:
+            raise ConfigError("encoder.double_latent=True is not supported: the latent feeds the decoder directly")
+        widths, depths = self.width_list, self.depth_list
+        for i in range(len(widths) - 1):
+            if depths[i] > 0:
+                self._check_downsample(f"encoder stage {i} down-sample", widths[i], widths[i + 1], True)
+        if depths[0] == 0:
+            self._check_downsample("encoder conv_in", self.in_channels, widths[1], False)
+        if self.out_shortcut is not None:
+            _check_group("encoder out_shortcut (averaging)", widths[-1], self.latent_channels)
+
+    def _check_downsample(self, what: str, cin: int, cout: int, shortcut: bool) -> None:
+        if self.downsample_block_type == "ConvPixelUnshuffle":
+            _check_group(f"{what} (pixel unshuffle)", cout, 4)
+        if shortcut and self.downsample_shortcut is not None:
+            _check_group(f"{what} shortcut (averaging)", 4 * cin, cout)
+
+    @property
+    def block_types(self) -> tuple[str, ...]:
+        return _per_stage("encoder block_type", self.block_type, len(self.width_list), BLOCK_TYPES)
+
+
+@dataclass(frozen=True)
+class DecoderConfig:
+    """Decoder of a DC-AE (efficientvit ``DecoderConfig``)."""
+
+    in_channels: int = 3  # set from DCAEConfig.in_channels
+    latent_channels: int = 32  # set from DCAEConfig.latent_channels
+    in_shortcut: str | None = "duplicating"
+    width_list: tuple[int, ...] = (128, 256, 512, 512, 1024, 1024)
+    depth_list: tuple[int, ...] = (2, 2, 2, 2, 2, 2)
+    block_type: str | tuple[str, ...] = "ResBlock"  # one name, or one per stage
+    norm: str | tuple[str, ...] = "trms2d"
+    act: str | tuple[str, ...] = "silu"
+    upsample_block_type: str = "ConvPixelShuffle"
+    upsample_match_channel: bool = True
+    upsample_shortcut: str | None = "duplicating"
+    out_norm: str | None = "trms2d"
+    out_act: str | None = "relu"
+
+    def __post_init__(self) -> None:
+        for name in ("width_list", "depth_list"):
+            object.__setattr__(self, name, tuple(getattr(self, name)))
+        for name in ("block_type", "norm", "act"):
+            if not isinstance(getattr(self, name), str):
+                object.__setattr__(self, name, tuple(getattr(self, name)))
+        _check_stages(self.width_list, self.depth_list)
+        _check_blocks("decoder", self.width_list, self.depth_list, self.block_types)
+        _ = self.norms, self.acts
+        _check_name("decoder in_shortcut", self.in_shortcut, UP_SHORTCUTS, optional=True)
+        _check_name("decoder upsample_block_type", self.upsample_block_type, UPSAMPLE_BLOCK_TYPES)
+        _check_name("decoder upsample_shortcut", self.upsample_shortcut, UP_SHORTCUTS, optional=True)
+        _check_name("decoder out_norm", self.out_norm, NORMS, optional=True)
+        _check_name("decoder out_act", self.out_act, ACTS, optional=True)
+        if self.upsample_match_channel is not True:
+            raise ConfigError("decoder.upsample_match_channel=False is not supported (blocks keep their width)")
+        widths, depths = self.width_list, self.depth_list
+        if self.in_shortcut is not None:
+            _check_group("decoder in_shortcut (duplicating)", widths[-1], self.latent_channels)
+        for i in range(len(widths) - 1):
+            if depths[i] > 0 and self.upsample_shortcut is not None:
+                _check_group(f"decoder stage {i} up-sample shortcut (duplicating)", 4 * widths[i], widths[i + 1])
+
+    @property
+    def block_types(self) -> tuple[str, ...]:
+        return _per_stage("decoder block_type", self.block_type, len(self.width_list), BLOCK_TYPES)
+
+    @property
+    def norms(self) -> tuple[str, ...]:
+        return _per_stage("decoder norm", self.norm, len(self.width_list), NORMS)
+
+    @property
+    def acts(self) -> tuple[str, ...]:
+        return _per_stage("decoder act", self.act, len(self.width_list), ACTS)
+
+
+@dataclass(frozen=True)
+class DCAEConfig:
+    """A whole DC-AE. ``in_channels`` and ``latent_channels`` feed both encoder and decoder."""
+
+    in_channels: int = 3
+    latent_channels: int = 32
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    decoder: DecoderConfig = field(default_factory=DecoderConfig)
+    scaling_factor: float | None = None  # recorded for diffusion use; never applied inside the model
+
+    def __post_init__(self) -> None:
+        for name in ("in_channels", "latent_channels"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+            for side in ("encoder", "decoder"):
+                if getattr(getattr(self, side), name) != value:
+                    raise ConfigError(f"{side}.{name}={getattr(getattr(self, side), name)} differs from {name}="
+                                      f"{value}; set {name} at the top level only")
+        if self.in_channels != 3:
+            raise ConfigError(f"in_channels must be 3 (RGB tiles), got {self.in_channels}")
+
+    @classmethod
+    def from_dotlist(cls, text: str) -> DCAEConfig:
+        """Parse a seed-style dot-list such as ``"latent_channels=64 encoder.depth_list=[0,4,8,2,2,2]"``."""
+        top, sub = _split_entries(text, cls, sections=("encoder", "decoder"))
+        top_values = _coerce_all(cls, top, prefix="")
+        shared = {k: top_values.get(k, _default(cls, k)) for k in ("in_channels", "latent_channels")}
+        parts = {}
+        for side, sub_cls in (("encoder", EncoderConfig), ("decoder", DecoderConfig)):
+            entries = sub.get(side, {})
+            for key in shared:
+                if key in entries:
+                    raise ConfigError(f"{side}.{key} cannot be set on its own; set {key} at the top level")
+            parts[side] = sub_cls(**_coerce_all(sub_cls, entries, prefix=f"{side}."), **shared)
+        return cls(**top_values, **parts)
+
+    def to_dotlist(self) -> str:
+        """The shortest dot-list that rebuilds this config (only values that differ from the defaults)."""
+        items = [f"latent_channels={self.latent_channels}"]
+        items += [_format_entry(f.name, getattr(self, f.name)) for f in _changed_fields(self, DCAEConfig())
+                  if f.name != "latent_channels"]
+        for side in ("encoder", "decoder"):
+            default = getattr(DCAEConfig(), side)
+            for f in _changed_fields(getattr(self, side), default):
+                if f.name not in ("in_channels", "latent_channels"):
+                    items.append(_format_entry(f"{side}.{f.name}", getattr(getattr(self, side), f.name)))
+        return " ".join(items)
+
+    @property
+    def latent_shape(self) -> tuple[int, int, int]:
+        """Latent shape of one 32x32 tile, ``(C, H, W)``."""
+        num_down = len(self.encoder.width_list) - 1
+        side = TILE_SIZE >> num_down
+        return (self.latent_channels, side, side)
+
+
+@dataclass(frozen=True)
+class BaselineConfig:
+    """The seed's stacked symmetric CNN autoencoder: valid convolutions, then one linear layer."""
+
+    in_channels: int = 3
+    channels: tuple[int, ...] = (24, 32, 48)
+    kernel_size: int = 5
+    latent_dim: int = 128
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "channels", tuple(self.channels))
+        for name in ("in_channels", "kernel_size", "latent_dim"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ConfigError(f"baseline {name} must be a positive integer, got {value!r}")
+        if not self.channels or any(not isinstance(c, int) or c < 1 for c in self.channels):
+            raise ConfigError(f"baseline channels must be positive integers, got {list(self.channels)}")
+        if self.in_channels != 3:
+            raise ConfigError(f"in_channels must be 3 (RGB tiles), got {self.in_channels}")
+        if self.feature_size < 1:
+            raise ConfigError(f"{len(self.channels)} convolutions of kernel {self.kernel_size} leave nothing of "
+                              f"a {TILE_SIZE}x{TILE_SIZE} tile")
+
+    @property
+    def feature_size(self) -> int:
+        """Side of the last feature map: each valid convolution takes ``kernel_size - 1`` pixels."""
+        return TILE_SIZE - len(self.channels) * (self.kernel_size - 1)
+
+    @classmethod
+    def from_dotlist(cls, text: str) -> BaselineConfig:
+        top, _ = _split_entries(text, cls, sections=())
+        return cls(**_coerce_all(cls, top, prefix=""))
+
+    def to_dotlist(self) -> str:
+        items = [_format_entry(f.name, getattr(self, f.name)) for f in _changed_fields(self, BaselineConfig())]
+        return " ".join(["arch=baseline", *items])
+
+    @property
+    def latent_shape(self) -> tuple[int]:
+        return (self.latent_dim,)
+
+
+ModelConfig = DCAEConfig | BaselineConfig
+
+
+# The seed's runs (seed.md), upstream's default f32c32, and two CPU-sized models of our own.
+_SEED_COMMON = (
+    "encoder.block_type=[ResBlock,ResBlock,ResBlock,EViT_GLU,EViT_GLU,EViT_GLU] "
+    "decoder.block_type=[ResBlock,ResBlock,ResBlock,EViT_GLU,EViT_GLU,EViT_GLU] "
+    "decoder.norm=[bn2d,bn2d,bn2d,trms2d,trms2d,trms2d] decoder.act=[relu,relu,relu,silu,silu,silu]"
+)
+_SEED_DEPTHS = "encoder.depth_list=[0,4,8,2,2,2] decoder.depth_list=[0,5,10,2,2,2]"
+
+
+def _seed(latent: int, widths: str, depths: str = _SEED_DEPTHS) -> str:
+    return (f"latent_channels={latent} encoder.width_list={widths} decoder.width_list={widths} "
+            f"{depths} {_SEED_COMMON}")
+
+
+PRESETS: dict[str, str] = {
+    "baseline": "arch=baseline",
+    "dcae-03": _seed(32, "[64,128,256,256,512,512]"),
+    "dcae-04": _seed(64, "[64,128,256,256,512,512]"),
+    "dcae-05": _seed(64, "[128,256,256,512,512,512]"),
+    "dcae-06": _seed(64, "[64,128,256,256,512,1024]"),
+    "dcae-07": _seed(64, "[64,128,256,256,512,512]",
+                     "encoder.depth_list=[0,4,8,2,3,4] decoder.depth_list=[0,5,10,2,3,4]"),
+    "f32c32": _seed(32, "[128,256,512,512,1024,1024]"),  # upstream dc-ae-f32c32-in-1.0
+    # dcae-04's layout at CPU scale: ratio 48 (latent 64x1x1), the bundled checkpoint.
+    "dcae-s48": (
+        "latent_channels=64 "
+        "encoder.width_list=[16,32,64,64,128,128] encoder.depth_list=[0,1,2,1,1,1] "
+        "encoder.block_type=[ResBlock,ResBlock,ResBlock,EViT_GLU,EViT_GLU,EViT_GLU] "
+        "decoder.width_list=[16,32,64,64,128,128] decoder.depth_list=[0,1,3,1,1,1] "
+        "decoder.block_type=[ResBlock,ResBlock,ResBlock,EViT_GLU,EViT_GLU,EViT_GLU] "
+        "decoder.norm=[bn2d,bn2d,bn2d,trms2d,trms2d,trms2d] decoder.act=[relu,relu,relu,silu,silu,silu]"
+    ),
+    # Tiny, for tests: every block kind (EViTS5_GLU included), bn2d and trms2d, ratio 48.
+    "dcae-t48": (
+        "latent_channels=64 "
+        "encoder.width_list=[8,16,32,32,32,64] encoder.depth_list=[0,1,1,1,1,0] "
+        "encoder.block_type=[ResBlock,ResBlock,ResBlock,EViT_GLU,EViTS5_GLU,EViT_GLU] "
+        "decoder.width_list=[8,16,32,32,32,64] decoder.depth_list=[0,1,1,1,1,0] "
+        "decoder.block_type=[ResBlock,ResBlock,ResBlock,EViT_GLU,EViTS5_GLU,EViT_GLU] "
+        "decoder.norm=[bn2d,bn2d,bn2d,trms2d,trms2d,trms2d] decoder.act=[relu,relu,relu,silu,silu,silu]"
+    ),
+}
+
+
+def parse_spec(spec: str) -> tuple[str, ModelConfig]:
+    """A preset name or a dot-list, as ``(arch, config)``.
+
+    ``arch=baseline`` at the start of a dot-list selects the baseline CNN; anything else is a DC-AE.
+    """
+    if not isinstance(spec, str):
+        raise ConfigError(f"a model spec must be a string, got {type(spec).__name__}")
+    text = PRESETS.get(spec.strip(), spec)
+    if "=" not in text:
+        raise ConfigError(f"unknown preset {spec!r}; known: {sorted(PRESETS)} (or a dot-list such as "
+                          "'latent_channels=64 encoder.width_list=[...]')")
+    entries = _tokenize(text)
+    arch = "dcae"
+    if entries and entries[0][0] == "arch":
+        arch = entries[0][1]
+        text = " ".join(f"{k}={v}" for k, v in entries[1:])
+    _check_name("arch", arch, ARCHS)
+    if arch == "baseline":
+        return arch, BaselineConfig.from_dotlist(text)
+    return arch, DCAEConfig.from_dotlist(text)
+
+
+def config_to_dict(config: ModelConfig) -> dict[str, Any]:
+    """Plain JSON-able dict (tuples as lists) of a config, nested for DC-AE."""
+    return _jsonable(dataclasses.asdict(config))
+
+
+def config_from_dict(arch: str, data: dict[str, Any]) -> ModelConfig:
+    """Inverse of :func:`config_to_dict`; unknown keys are errors."""
+    _check_name("arch", arch, ARCHS)
+    if not isinstance(data, dict):
+        raise ConfigError(f"a config must be a JSON object, got {type(data).__name__}")
+    if arch == "baseline":
+        return BaselineConfig(**_known_keys(BaselineConfig, data, ""))
+    values = _known_keys(DCAEConfig, data, "")
+    for side, sub_cls in (("encoder", EncoderConfig), ("decoder", DecoderConfig)):
+        if side in values:
+            if not isinstance(values[side], dict):
+                raise ConfigError(f"{side} must be a JSON object")
+            values[side] = sub_cls(**_known_keys(sub_cls, values[side], f"{side}."))
+    return DCAEConfig(**values)
+
+
+# ----------------------------------------------------------------------------------------------
+# dot-list parsing
+
+_ENTRY = re.compile(r"\s*([A-Za-z_][\w.]*)\s*=\s*(\[[^\]]*\]|[^\s\[\]]+)\s*")
+
+
+def _tokenize(text: str) -> list[tuple[str, str]]:
+    """``"a=1 b.c=[x, y]"`` -> ``[("a", "1"), ("b.c", "[x, y]")]``; spaces inside brackets are allowed."""
+    entries, pos = [], 0
+    text = text.strip()
+    while pos < len(text):
+        match = _ENTRY.match(text, pos)
+        if match is None:
+            rest = text[pos:].split()[0] if text[pos:].split() else text[pos:]
+            raise ConfigError(f"cannot parse dot-list entry {rest!r}; expected key=value or key=[a,b,...]")
+        entries.append((match.group(1), match.group(2)))
+        pos = match.end()
+    return entries
+
+
+def _split_entries(text: str, cls: type, sections: tuple[str, ...]) -> tuple[dict[str, str], dict[str, dict]]:
+    top: dict[str, str] = {}
+    sub: dict[str, dict[str, str]] = {name: {} for name in sections}
+    top_known = [f.name for f in dataclasses.fields(cls) if f.name not in sections]
+    for key, raw in _tokenize(text):
+        section, _, name = key.rpartition(".")
+        if section:
+            if section not in sections:
+                raise ConfigError(f"unknown section {section!r} in {key!r}; known: {sorted(sections)}")
+            known = [f.name for f in dataclasses.fields(_resolve(cls, section))]
+            if name not in known:
+                raise ConfigError(f"unknown key {key!r}; known: {sorted(f'{section}.{k}' for k in known)}")
+            target = sub[section]
+        else:
+            if name in sections:
+                raise ConfigError(f"{key!r} is a section; set its fields, e.g. {key}.width_list=[...]")
+            if name not in top_known:
+                raise ConfigError(f"unknown key {key!r}; known: {sorted(top_known)}")
+            target = top
+        if name in target:
+            raise ConfigError(f"{key!r} is given twice")
+        target[name] = raw
+    return top, sub
+
+
+def _resolve(cls: type, name: str) -> type:
+    return typing.get_type_hints(cls)[name]
+
+
+def _coerce_all(cls: type, entries: dict[str, str], prefix: str) -> dict[str, Any]:
+    hints = typing.get_type_hints(cls)
+    return {name: _coerce(f"{prefix}{name}", raw, hints[name]) for name, raw in entries.items()}
+
+
+def _coerce(key: str, raw: str, hint: Any) -> Any:
+    """Convert one dot-list value to the field's type (``int``, ``bool``, names, tuples, ``None``)."""
+    options = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
+    errors = []
+    if raw in ("None", "null", "none") and type(None) in options:
+        return None
+    for option in options:
+        if option is type(None):
+            continue
+        try:
+            return _coerce_one(raw, option)
+        except ValueError as error:
+            errors.append(str(error))
+    raise ConfigError(f"{key}={raw}: {'; '.join(errors)}")
+
+
+def _coerce_one(raw: str, option: Any) -> Any:
+    origin = typing.get_origin(option)
+    if origin is tuple:
+        if not (raw.startswith("[") and raw.endswith("]")):
+            raise ValueError("expected a list such as [a,b,c]")
+        inner = typing.get_args(option)[0]
+        items = [item.strip() for item in raw[1:-1].split(",")]
+        if items == [""]:
+            items = []
+        return tuple(_coerce_one(item, inner) for item in items)
+    if raw.startswith("["):
+        raise ValueError(f"expected a single {option.__name__}, not a list")
+    if option is bool:
+        if raw.lower() in ("true", "1"):
+            return True
+        if raw.lower() in ("false", "0"):
+            return False
+        raise ValueError("expected true or false")
+    if option is int:
+        try:
+            return int(raw)
+        except ValueError:
+            raise ValueError("expected an integer") from None
+    if option is float:
+        try:
+            return float(raw)
+        except ValueError:
+            raise ValueError("expected a number") from None
+    if option is str:
+        return raw.strip("'\"")
+    raise ValueError(f"unsupported type {option}")
+
+
+def _default(cls: type, name: str) -> Any:
+    f = {f.name: f for f in dataclasses.fields(cls)}[name]
+    return f.default_factory() if f.default is dataclasses.MISSING else f.default
+
+
+def _changed_fields(config: Any, default: Any) -> list[dataclasses.Field]:
+    return [f for f in dataclasses.fields(config)
+            if f.name not in ("encoder", "decoder") and getattr(config, f.name) != getattr(default, f.name)]
+
+
+def _format_entry(key: str, value: Any) -> str:
+    if isinstance(value, tuple):
+        return f"{key}=[{','.join(str(v) for v in value)}]"
+    if isinstance(value, bool):
+        return f"{key}={str(value).lower()}"
+    return f"{key}={value}"
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (tuple, list)):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+def _known_keys(cls: type, data: dict[str, Any], prefix: str) -> dict[str, Any]:
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ConfigError(f"unknown config key {prefix}{unknown[0]!r}; known: {sorted(prefix + k for k in known)}")
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
