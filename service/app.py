@@ -1,0 +1,89 @@
+"""The app factory: ``create_app(settings)`` wires routes, errors and metrics; its lifespan
+loads the models, starts their batchers (warm-up first) and, on shutdown, drains them.
+
+    uvicorn --factory service.app:create_app     # settings from TESSERA_* variables
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator
+
+from fastapi import FastAPI
+
+from service.codecs import Limits
+from service.errors import install_error_handlers
+from service.metrics import Metrics, RequestMetricsMiddleware
+from service.registry import load_registry
+from service.routes import ServiceState, router
+from service.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+DESCRIPTION = """\
+Turns 32x32 game tiles into compact DC-AE latents and back.
+
+`POST /v1/encode` takes a PNG tile or sprite sheet (sides multiple of 32, cut row-major),
+uint8 npy tiles, or JSON with base64 images, and answers latents as JSON or float32 npy.
+`POST /v1/decode` takes latents (npy or JSON) and answers a PNG sheet, uint8 npy tiles or
+JSON with base64 PNG tiles. Errors are `{"detail": ..., "code": ...}`.
+"""
+
+
+def open_cache(settings: Settings, metrics: Metrics):
+    """The latent cache the settings ask for, or None when it is disabled."""
+    if not settings.redis_url and settings.cache_max_bytes == 0:
+        return None
+    from service.cache import make_cache
+
+    return make_cache(settings, on_lookup=metrics.cache_lookup, on_error=metrics.cache_error)
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """A Tessera app; nothing is loaded until its lifespan starts."""
+    settings = settings if settings is not None else Settings()
+    metrics = Metrics()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        start = time.monotonic()
+        registry = load_registry(settings, observer=metrics.batch_observer)
+        for served in registry.models.values():
+            info = served.describe(registry.default)
+            metrics.add_model(served.name, info["arch"], info["compression_ratio"], served.key)
+        cache = open_cache(settings, metrics)
+        limits = Limits(max_tiles=settings.max_tiles_per_request, max_pixels=settings.max_image_pixels)
+        state = ServiceState(settings, registry, metrics, cache, limits)
+        app.state.tessera = state
+        registry.start()
+        logger.info(
+            "serving %s (default %s); loaded in %.2f s, warming up",
+            sorted(registry.models), registry.default, time.monotonic() - start,
+        )
+        try:
+            yield
+        finally:
+            state.draining = True
+            left = await registry.drain(settings.shutdown_grace_s)
+            if left:
+                logger.warning("shut down with %d request(s) unfinished after %.1f s", left, settings.shutdown_grace_s)
+            if cache is not None:
+                await cache.close()
+            app.state.tessera = None
+
+    app = FastAPI(
+        title="Tessera",
+        version="0.1.0",
+        summary="32x32 game tiles <-> DC-AE latents",
+        description=DESCRIPTION,
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.metrics = metrics
+    app.state.tessera = None
+    install_error_handlers(app)
+    app.include_router(router)
+    app.add_middleware(RequestMetricsMiddleware, metrics=metrics)
+    return app

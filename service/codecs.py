@@ -1,0 +1,309 @@
+"""Bytes in, arrays out, and back: images, sheets, npy, base64 JSON and content negotiation.
+
+Inputs are checked before heavy work: an image's declared size against the pixel and tile
+limits before its pixels are decoded, npy data never unpickled, JSON validated by pydantic.
+Tiles are uint8 ``[N, 32, 32, 3]`` RGB; RGBA is multiplied by alpha (transparent -> black)
+exactly as the training data was made.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import math
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+from pydantic import ValidationError
+
+from service.errors import BadRequest, InvalidInput, NotAcceptable, TooLarge
+from service.schemas import DecodeJSONRequest, EncodeJSONRequest
+
+TILE = 32
+IMAGE_FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "BMP")  # Pillow decoders accepted from clients
+IMAGE_TYPES = ("image/png", "image/jpeg", "image/webp", "image/gif", "image/bmp")
+NPY = "application/x-npy"
+JSON = "application/json"
+PNG = "image/png"
+_NPY_MAGIC = b"\x93NUMPY"
+_SIXTEEN_BIT = ("I;16", "I;16B", "I;16L", "I;16N", "I")
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one request may hold."""
+
+    max_tiles: int
+    max_pixels: int
+
+
+@dataclass(frozen=True)
+class TileBatch:
+    """Decoded encode input: tiles in order and the [rows, cols] grid of every input image."""
+
+    tiles: np.ndarray  # uint8 [N, 32, 32, 3]
+    grids: tuple[tuple[int, int], ...]
+
+    @property
+    def grid(self) -> tuple[int, int] | None:
+        """The grid when the body was exactly one image."""
+        return self.grids[0] if len(self.grids) == 1 else None
+
+
+# -- pixels ------------------------------------------------------------------------------------
+
+
+def premultiply(rgba: np.ndarray) -> np.ndarray:
+    """RGB multiplied by alpha, rounded to nearest: [..., 4] uint8 -> [..., 3] uint8."""
+    rgb = rgba[..., :3].astype(np.uint16)
+    alpha = rgba[..., 3:].astype(np.uint16)
+    return ((rgb * alpha + 127) // 255).astype(np.uint8)
+
+
+def cut_sheet(rgb: np.ndarray) -> np.ndarray:
+    """[rows*32, cols*32, 3] -> [rows*cols, 32, 32, 3], row-major."""
+    rows, cols = rgb.shape[0] // TILE, rgb.shape[1] // TILE
+    return rgb.reshape(rows, TILE, cols, TILE, 3).swapaxes(1, 2).reshape(rows * cols, TILE, TILE, 3)
+
+
+def default_columns(n: int) -> int:
+    """Sheet width for ``n`` tiles: one row up to 16 tiles, else about square."""
+    return n if n <= 16 else math.ceil(math.sqrt(n))
+
+
+def tile_sheet(tiles: np.ndarray, columns: int) -> np.ndarray:
+    """[N, 32, 32, 3] -> one [rows*32, columns*32, 3] sheet, row-major; unused cells black."""
+    n = len(tiles)
+    rows = max(1, math.ceil(n / columns))
+    canvas = np.zeros((rows * columns, TILE, TILE, 3), dtype=np.uint8)
+    canvas[:n] = tiles
+    return canvas.reshape(rows, columns, TILE, TILE, 3).swapaxes(1, 2).reshape(rows * TILE, columns * TILE, 3)
+
+
+def _image_rgb(image: Image.Image) -> np.ndarray:
+    """Pixels of an opened image as uint8 RGB, alpha premultiplied, 16-bit grey scaled down."""
+    if image.mode in _SIXTEEN_BIT:
+        grey = np.asarray(image, dtype=np.int64).clip(0, 65535)
+        grey = ((grey * 255 + 32767) // 65535).astype(np.uint8)
+        return np.repeat(grey[..., None], 3, axis=-1)
+    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info:
+        return premultiply(np.asarray(image.convert("RGBA")))
+    return np.asarray(image.convert("RGB"))
+
+
+def decode_image(data: bytes, limits: Limits, label: str = "image") -> tuple[np.ndarray, tuple[int, int]]:
+    """One image (a 32x32 tile or a sheet with sides multiple of 32) -> its tiles and [rows, cols]."""
+    if not data:
+        raise BadRequest(f"{label} is empty; send PNG bytes (a 32x32 tile or a sheet)")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data), formats=IMAGE_FORMATS)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise TooLarge(f"{label} declares too many pixels ({exc}); send at most {limits.max_pixels} pixels") from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError) as exc:
+        raise BadRequest(
+            f"{label} is not a readable image ({type(exc).__name__}: {exc}); send {', '.join(IMAGE_FORMATS)} data"
+        ) from None
+    with image:
+        width, height = image.size
+        if width * height > limits.max_pixels:
+            raise TooLarge(f"{label} is {width}x{height} = {width * height} pixels; the limit is {limits.max_pixels}")
+        if width == 0 or height == 0 or width % TILE or height % TILE:
+            raise InvalidInput(
+                f"{label} is {width}x{height}; both sides must be positive multiples of {TILE} "
+                f"(one tile or a sheet of whole tiles): crop or pad it",
+                code="bad_sheet_size",
+            )
+        rows, cols = height // TILE, width // TILE
+        if rows * cols > limits.max_tiles:
+            raise TooLarge(f"{label} holds {rows * cols} tiles ({rows}x{cols}); the limit is {limits.max_tiles} per request")
+        if getattr(image, "n_frames", 1) > 1:
+            raise InvalidInput(f"{label} is animated ({image.n_frames} frames); send a single frame", code="animated_image")
+        try:
+            image.load()
+            rgb = _image_rgb(image)
+        except (OSError, ValueError, SyntaxError, EOFError) as exc:
+            raise BadRequest(f"{label} is truncated or corrupt ({type(exc).__name__}: {exc}); send the whole file") from None
+    return cut_sheet(rgb), (rows, cols)
+
+
+def tiles_from_image(data: bytes, limits: Limits) -> TileBatch:
+    tiles, grid = decode_image(data, limits)
+    return TileBatch(tiles, (grid,))
+
+
+def tiles_from_json(data: bytes, limits: Limits) -> TileBatch:
+    """``{"images": ["<base64 image>", ...]}`` -> tiles of every image, in order."""
+    body = parse_json(EncodeJSONRequest, data)
+    parts, grids, total = [], [], 0
+    for i, text in enumerate(body.images):
+        try:
+            raw = base64.b64decode(text, validate=True)
+        except (binascii.Error, ValueError) as exc:
+            raise BadRequest(f"images[{i}] is not valid base64 ({exc}); send standard base64 of the image bytes") from None
+        room = Limits(max_tiles=limits.max_tiles - total, max_pixels=limits.max_pixels)
+        if room.max_tiles <= 0:
+            raise TooLarge(f"the images hold more than {limits.max_tiles} tiles; the limit is {limits.max_tiles} per request")
+        tiles, grid = decode_image(raw, room, label=f"images[{i}]")
+        total += len(tiles)
+        parts.append(tiles)
+        grids.append(grid)
+    return TileBatch(np.concatenate(parts), tuple(grids))
+
+
+# -- npy ---------------------------------------------------------------------------------------
+
+
+def read_npy(data: bytes) -> np.ndarray:
+    """An array from ``.npy`` bytes; never unpickles (object arrays are refused)."""
+    if not data.startswith(_NPY_MAGIC):
+        raise BadRequest("body is not an .npy file (no \\x93NUMPY magic); write it with numpy.save")
+    try:
+        array = np.load(io.BytesIO(data), allow_pickle=False)
+    except ValueError as exc:
+        if "pickle" in str(exc) or "object" in str(exc).lower():
+            raise InvalidInput("object arrays are not accepted; send a numeric array", code="bad_dtype") from None
+        raise BadRequest(f"unreadable .npy data ({exc}); write it with numpy.save") from None
+    except (OSError, EOFError, SyntaxError, TypeError) as exc:
+        raise BadRequest(f"unreadable .npy data ({type(exc).__name__}: {exc}); write it with numpy.save") from None
+    if array.dtype.hasobject or array.dtype.names is not None:
+        raise InvalidInput(f"dtype {array.dtype} is not accepted; send a plain numeric array", code="bad_dtype")
+    return array
+
+
+def tiles_from_npy(data: bytes, limits: Limits) -> TileBatch:
+    """uint8 ``[N, 32, 32, 3]`` or ``[N, 32, 32, 4]`` (premultiplied here) -> tiles."""
+    array = read_npy(data)
+    if array.dtype != np.uint8:
+        raise InvalidInput(f"tiles must be uint8, got {array.dtype}; convert with array.astype(numpy.uint8)", code="bad_dtype")
+    if array.ndim != 4 or array.shape[1:3] != (TILE, TILE) or array.shape[3] not in (3, 4):
+        raise InvalidInput(
+            f"tiles must have shape [N, 32, 32, 3] or [N, 32, 32, 4], got {list(array.shape)}", code="bad_shape"
+        )
+    if len(array) == 0:
+        raise InvalidInput("the array holds no tiles; send at least one", code="bad_shape")
+    if len(array) > limits.max_tiles:
+        raise TooLarge(f"{len(array)} tiles in one request; the limit is {limits.max_tiles}")
+    tiles = premultiply(array) if array.shape[3] == 4 else np.ascontiguousarray(array)
+    return TileBatch(tiles, ())
+
+
+def check_latents(array: np.ndarray, latent_shape: tuple[int, ...], max_tiles: int, model: str) -> np.ndarray:
+    """Float latents ``[N, *latent_shape]`` (or ``[N, prod(latent_shape)]``) -> float32, checked."""
+    if array.dtype.kind not in "fiu":
+        raise InvalidInput(f"latents must be floats, got {array.dtype}", code="bad_dtype")
+    flat = math.prod(latent_shape)
+    if not (array.ndim >= 2 and (tuple(array.shape[1:]) == latent_shape or tuple(array.shape[1:]) == (flat,))):
+        raise InvalidInput(
+            f"model {model!r} takes latents of shape [N, {', '.join(map(str, latent_shape))}] (or [N, {flat}]), "
+            f"got {list(array.shape)}",
+            code="bad_latent_shape",
+        )
+    n = array.shape[0]
+    if n == 0:
+        raise InvalidInput("no latents given; send at least one", code="bad_latent_shape")
+    if n > max_tiles:
+        raise TooLarge(f"{n} latents in one request; the limit is {max_tiles}")
+    with np.errstate(over="ignore", invalid="ignore"):
+        latents = np.ascontiguousarray(array, dtype=np.float32).reshape(n, *latent_shape)
+    finite = np.isfinite(latents)
+    if not finite.all():
+        bad = int(np.argmin(finite.reshape(n, -1).all(axis=1)))
+        raise InvalidInput(
+            f"latents hold {int((~finite).sum())} NaN or infinite values (beyond float32 range counts too), first in "
+            f"latent {bad}; send finite float32 values",
+            code="non_finite",
+        )
+    return latents
+
+
+def latents_from_npy(data: bytes, latent_shape: tuple[int, ...], max_tiles: int, model: str) -> np.ndarray:
+    return check_latents(read_npy(data), latent_shape, max_tiles, model)
+
+
+def latents_from_json(data: bytes, latent_shape: tuple[int, ...], max_tiles: int, model: str) -> tuple[np.ndarray, int | None]:
+    """``{"latents": [...], "columns": k}`` -> float32 latents and the columns asked for."""
+    body = parse_json(DecodeJSONRequest, data)
+    if len(body.latents) > max_tiles:
+        raise TooLarge(f"{len(body.latents)} latents in one request; the limit is {max_tiles}")
+    try:
+        array = np.asarray(body.latents, dtype=np.float64)
+    except ValueError:
+        raise InvalidInput(
+            "latents are ragged (rows of different lengths); every latent must have the model's shape",
+            code="bad_latent_shape",
+        ) from None
+    return check_latents(array, latent_shape, max_tiles, model), body.columns
+
+
+def parse_json(schema, data: bytes):
+    """Validate a JSON body against a pydantic model; 400 for bad JSON, 422 for a wrong shape."""
+    try:
+        return schema.model_validate_json(data)
+    except ValidationError as exc:
+        errors = exc.errors(include_url=False)
+        if any(err["type"] == "json_invalid" for err in errors):
+            raise BadRequest(f"body is not valid JSON ({errors[0]['msg']}); send a JSON object") from None
+        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}" for e in errors[:5])
+        fields = ", ".join(schema.model_fields)
+        raise InvalidInput(f"JSON body does not match the schema ({problems}); expected fields: {fields}", code="bad_json") from None
+
+
+# -- responses ---------------------------------------------------------------------------------
+
+
+def npy_bytes(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, array, allow_pickle=False)
+    return buffer.getvalue()
+
+
+def png_bytes(rgb: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(rgb, "RGB").save(buffer, format="PNG", compress_level=3)
+    return buffer.getvalue()
+
+
+def tiles_base64(tiles: np.ndarray) -> list[str]:
+    return [base64.b64encode(png_bytes(tile)).decode("ascii") for tile in tiles]
+
+
+# -- media types -------------------------------------------------------------------------------
+
+
+def media_type(content_type: str | None) -> str:
+    """``"image/png; charset=x"`` -> ``"image/png"``; empty when absent."""
+    return (content_type or "").split(";", 1)[0].strip().lower()
+
+
+def negotiate(accept: str | None, offered: tuple[str, ...]) -> str:
+    """The offered type the ``Accept`` header prefers; ``offered[0]`` when it has no preference."""
+    if not accept or not accept.strip():
+        return offered[0]
+    ranges: list[tuple[float, int, str]] = []
+    for position, part in enumerate(accept.split(",")):
+        fields = [f.strip() for f in part.split(";")]
+        kind = fields[0].lower()
+        if not kind:
+            continue
+        q = 1.0
+        for param in fields[1:]:
+            name, _, value = param.partition("=")
+            if name.strip().lower() == "q":
+                try:
+                    q = float(value)
+                except ValueError:
+                    q = 0.0
+        ranges.append((q, position, kind))
+    ranges.sort(key=lambda r: (-r[0], r[1]))
+    for q, _, kind in ranges:
+        if q <= 0:
+            break
+        for candidate in offered:
+            if kind in ("*/*", candidate) or (kind.endswith("/*") and candidate.startswith(kind[:-1])):
+                return candidate
+    raise NotAcceptable(f"cannot answer with {accept!r}; this endpoint answers {', '.join(offered)}")

@@ -1,0 +1,242 @@
+"""The loaded models: checkpoints found, loaded once, each with its own batching workers.
+
+A model's name is its checkpoint's file stem (``checkpoints/dcae-s48.safetensors`` ->
+``dcae-s48``). Each model gets one worker thread for its model calls and two batchers (encode
+and decode) that feed it; calls of one model run one at a time, in order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from service.batching import Batcher, BatchObserver
+from service.codecs import TILE
+from service.errors import UnknownModel
+from service.settings import DEFAULT_MODEL, Settings
+
+logger = logging.getLogger(__name__)
+
+CUDA_DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
+OPS = ("encode", "decode")
+
+
+class RegistryError(ValueError):
+    """The configured checkpoints cannot be served (none found, duplicate names, bad default)."""
+
+
+def find_checkpoints(paths: tuple[Path, ...]) -> dict[str, Path]:
+    """Model name -> checkpoint file, from folders (every ``*.safetensors`` in them) and files."""
+    found: dict[str, Path] = {}
+    for path in paths:
+        if path.is_dir():
+            files = sorted(path.glob("*.safetensors"))
+        elif path.is_file():
+            files = [path]
+        else:
+            raise RegistryError(f"checkpoint path {str(path)!r} does not exist; set TESSERA_CHECKPOINTS to a folder or files")
+        for file in files:
+            if file.stem in found and found[file.stem] != file:
+                raise RegistryError(f"two checkpoints are named {file.stem!r}: {found[file.stem]} and {file}; rename one")
+            found[file.stem] = file
+    if not found:
+        raise RegistryError(
+            f"no .safetensors checkpoints in {', '.join(map(str, paths))}; train one (`tessera train`) "
+            f"or point TESSERA_CHECKPOINTS at the bundled checkpoints/ folder"
+        )
+    return dict(sorted(found.items()))
+
+
+def resolve_device(setting: str) -> str:
+    import torch
+
+    if setting == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if setting.startswith("cuda") and not torch.cuda.is_available():
+        raise RegistryError(f"device {setting!r} asked for but CUDA is not available; use TESSERA_DEVICE=cpu or auto")
+    return setting
+
+
+def make_ops(module, device: str, dtype) -> tuple[Callable[[np.ndarray], np.ndarray], Callable[[np.ndarray], np.ndarray]]:
+    """The two model calls the batchers run in the worker thread.
+
+    encode: uint8 [N, 32, 32, 3] -> float32 [N, *latent_shape]
+    decode: float32 [N, *latent_shape] -> uint8 [N, 32, 32, 3] (clamped to [0, 1], rounded)
+    """
+    import torch
+
+    def encode(tiles: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            x = torch.from_numpy(np.ascontiguousarray(tiles)).to(device, non_blocking=True)  # (N, 32, 32, 3) uint8
+            x = x.permute(0, 3, 1, 2).to(dtype).div_(255)  # (N, 3, 32, 32) in [0, 1]
+            z = module.encode(x)
+            return z.float().cpu().numpy()
+
+    def decode(latents: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            z = torch.from_numpy(np.ascontiguousarray(latents)).to(device, dtype=dtype)
+            x = module.decode(z).float()  # (N, 3, 32, 32), not clamped
+            x = torch.nan_to_num(x, nan=0.0).clamp_(0, 1).mul_(255).round_().to(torch.uint8)
+            return x.permute(0, 2, 3, 1).contiguous().cpu().numpy()  # (N, 32, 32, 3)
+
+    return encode, decode
+
+
+@dataclass
+class ServedModel:
+    """One loaded checkpoint and the batchers that serve it."""
+
+    name: str
+    path: Path
+    module: Any = field(repr=False)
+    info: dict = field(repr=False)
+    latent_shape: tuple[int, ...]
+    device: str
+    dtype: str
+    encoder: Batcher = field(repr=False)
+    decoder: Batcher = field(repr=False)
+    executor: ThreadPoolExecutor = field(repr=False)
+
+    @property
+    def key(self) -> str:
+        """The weights' sha256: identifies the model in the latent cache."""
+        return self.info["weights_sha256"]
+
+    @property
+    def metrics(self) -> dict:
+        training = self.info.get("training") or {}
+        metrics = training.get("metrics") if isinstance(training, dict) else None
+        return dict(metrics) if isinstance(metrics, dict) else {}
+
+    @property
+    def batchers(self) -> tuple[Batcher, Batcher]:
+        return self.encoder, self.decoder
+
+    def describe(self, default: str) -> dict:
+        return {
+            "name": self.name,
+            "default": self.name == default,
+            "arch": self.info.get("arch", getattr(self.module, "arch", "unknown")),
+            "spec": str(self.info.get("spec") or getattr(self.module, "spec", "")),
+            "params": int(self.info.get("params") or sum(p.numel() for p in self.module.parameters())),
+            "latent_shape": list(self.latent_shape),
+            "compression_ratio": float(self.info.get("compression_ratio") or self.module.compression_ratio),
+            "weights_sha256": self.key,
+            "metrics": self.metrics,
+        }
+
+
+class Registry:
+    """Every served model by name, and the default one."""
+
+    def __init__(self, models: dict[str, ServedModel], default: str) -> None:
+        if default not in models:
+            raise RegistryError(f"default model {default!r} is not loaded; loaded: {sorted(models)}")
+        self.models = models
+        self.default = default
+
+    def get(self, name: str | None) -> ServedModel:
+        """The named model (the default when None); ``UnknownModel`` lists the known ones."""
+        name = self.default if name is None or name == "" else name
+        model = self.models.get(name)
+        if model is None:
+            raise UnknownModel(f"unknown model {name!r}; loaded models: {sorted(self.models)} (GET /v1/models)")
+        return model
+
+    def batchers(self) -> list[Batcher]:
+        return [b for model in self.models.values() for b in model.batchers]
+
+    def start(self) -> None:
+        for batcher in self.batchers():
+            batcher.start()
+
+    @property
+    def ready(self) -> bool:
+        return all(b.ready.is_set() and b.warmup_error is None for b in self.batchers())
+
+    def not_ready_reason(self) -> str | None:
+        for batcher in self.batchers():
+            if not batcher.ready.is_set():
+                return f"{batcher.name} is warming up"
+            if batcher.warmup_error is not None:
+                return f"{batcher.name} failed its warm-up: {batcher.warmup_error}"
+        return None
+
+    async def drain(self, grace_s: float) -> int:
+        """Finish accepted requests of every batcher within ``grace_s``; the number left unfinished."""
+        left = await asyncio.gather(*(b.drain(grace_s) for b in self.batchers()))
+        for model in self.models.values():
+            model.executor.shutdown(wait=False, cancel_futures=True)
+        return sum(left)
+
+
+def choose_default(settings: Settings, names: list[str]) -> str:
+    if settings.default_model is not None:
+        if settings.default_model not in names:
+            raise RegistryError(
+                f"TESSERA_DEFAULT_MODEL={settings.default_model!r} is not among the loaded models {names}; pick one of them"
+            )
+        return settings.default_model
+    return DEFAULT_MODEL if DEFAULT_MODEL in names else names[0]
+
+
+def load_registry(settings: Settings, observer: Callable[[str, str], BatchObserver] | None = None) -> Registry:
+    """Load every configured checkpoint and set up its batchers (not started).
+
+    ``observer(model, op)`` gives each batcher its metrics observer.
+    Raises ``RegistryError`` or ``model.CheckpointError`` with one line naming the file and the problem.
+    """
+    import torch
+
+    import model as models_pkg
+
+    if settings.torch_threads is not None:
+        torch.set_num_threads(settings.torch_threads)
+    device = resolve_device(settings.device)
+    dtype_name = CUDA_DTYPES[settings.cuda_dtype] if device.startswith("cuda") else "float32"
+    dtype = getattr(torch, dtype_name)
+    files = find_checkpoints(settings.checkpoints)
+    default = choose_default(settings, list(files))
+    models: dict[str, ServedModel] = {}
+    for name, path in files.items():
+        start = time.monotonic()
+        module, info = models_pkg.load_checkpoint(path, device=device, dtype=dtype)
+        module.eval()
+        latent_shape = tuple(int(d) for d in module.latent_shape)
+        encode, decode = make_ops(module, device, dtype)
+        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"tessera-{name}")
+        warm = settings.max_batch_tiles  # one full batch: also proves it fits in memory
+        common = {
+            "max_batch_tiles": settings.max_batch_tiles,
+            "max_wait_s": settings.max_wait_s,
+            "max_queue_tiles": settings.max_queue_tiles,
+            "executor": executor,
+        }
+        encoder = Batcher(
+            f"{name}/encode",
+            encode,
+            warmup=np.zeros((warm, TILE, TILE, 3), np.uint8),
+            observer=observer(name, "encode") if observer else None,
+            **common,
+        )
+        decoder = Batcher(
+            f"{name}/decode",
+            decode,
+            warmup=np.zeros((warm, *latent_shape), np.float32),
+            observer=observer(name, "decode") if observer else None,
+            **common,
+        )
+        models[name] = ServedModel(name, path, module, info, latent_shape, device, dtype_name, encoder, decoder, executor)
+        logger.info(
+            "loaded %s from %s (%s, latent %s, %s on %s) in %.2f s",
+            name, path, info.get("arch"), latent_shape, dtype_name, device, time.monotonic() - start,
+        )
+    return Registry(models, default)

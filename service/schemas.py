@@ -1,0 +1,84 @@
+"""JSON bodies of the HTTP API: what requests may send and what responses hold.
+
+Responses are built as plain dicts for speed; these models describe them in the OpenAPI schema
+and validate the JSON request bodies.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+TILE_PNG_EXAMPLE = (  # a 32x32 PNG tile: red top half, blue bottom half
+    "iVBORw0KGgoAAAANSUhEUgAAACAAAAAgCAIAAAD8GO2jAAAAL0lEQVR42mM8wUBbwMQwasGoBaMWjFowasEQsICRgWHBaBCNWjBqwagFoxaMWgAAyzoBp6L37+UAAAAASUVORK5CYII="
+)
+
+
+class EncodeJSONRequest(BaseModel):
+    """``application/json`` body of ``POST /v1/encode``."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [{"images": [TILE_PNG_EXAMPLE]}]})
+
+    images: list[str] = Field(min_length=1, description="base64 images (PNG or another safe format), each a tile or a sheet")
+
+
+class DecodeJSONRequest(BaseModel):
+    """``application/json`` body of ``POST /v1/decode``."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [{"latents": [[0.0] * 64], "columns": 1}]})
+
+    latents: list[list[float]] | list[list[list[list[float]]]] = Field(
+        min_length=1, description="[N, *latent_shape] or flattened [N, prod(latent_shape)]"
+    )
+    columns: int | None = Field(default=None, ge=1, le=4096, description="sheet width in tiles (the query's columns wins)")
+
+
+class EncodeResponse(BaseModel):
+    model: str
+    latent_shape: list[int]
+    dtype: Literal["float32"]
+    count: int = Field(description="number of tiles encoded")
+    grid: list[int] | None = Field(description="[rows, cols] when the body was one image, else null")
+    grids: list[list[int]] = Field(description="[rows, cols] of every input image; [] for npy input")
+    cached: int = Field(description="tiles answered from the latent cache")
+    latents: list[Any] = Field(description="[count, *latent_shape] nested lists of floats")
+
+
+class DecodeResponse(BaseModel):
+    model: str
+    count: int
+    tiles: list[str] = Field(description="base64 32x32 RGB PNG tiles, in order")
+
+
+class ModelInfo(BaseModel):
+    name: str
+    default: bool
+    arch: str
+    spec: str
+    params: int
+    latent_shape: list[int]
+    compression_ratio: float
+    weights_sha256: str
+    metrics: dict[str, Any] = Field(description="validation metrics from training (val_l1, val_mse, val_psnr), {} when none")
+
+
+class Limits(BaseModel):
+    max_tiles_per_request: int
+    max_body_bytes: int
+    max_batch_tiles: int
+
+
+class ModelsResponse(BaseModel):
+    default: str
+    models: list[ModelInfo]
+    limits: Limits
+
+
+class ErrorResponse(BaseModel):
+    detail: str = Field(description="what was wrong and how to fix it")
+    code: str = Field(description="short snake_case code, e.g. unknown_model, too_large, overloaded")
+
+
+class HealthResponse(BaseModel):
+    status: Literal["ok", "ready"]

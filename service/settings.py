@@ -1,0 +1,89 @@
+"""Service settings, read from ``TESSERA_*`` environment variables (or passed in directly).
+
+    TESSERA_CHECKPOINTS=checkpoints TESSERA_MAX_BATCH_TILES=128 tessera serve
+
+Every field below is one variable: the field name in upper case after ``TESSERA_``.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+DEFAULT_MODEL = "dcae-s48"  # the bundled CPU-sized DC-AE
+
+
+class Settings(BaseSettings):
+    """Everything the service can be told; defaults serve the bundled checkpoints on this host."""
+
+    model_config = SettingsConfigDict(env_prefix="TESSERA_", frozen=True, extra="forbid")
+
+    # models
+    checkpoints: Annotated[tuple[Path, ...], NoDecode] = Field(
+        default=(Path("checkpoints"),),
+        description="checkpoint folder(s) and/or .safetensors files, comma-separated; model name = file stem",
+    )
+    default_model: str | None = Field(
+        default=None, description=f"model used when a request names none; unset: {DEFAULT_MODEL!r} if loaded, else the first by name"
+    )
+    device: str = Field(default="auto", description="auto (cuda when available), cpu, cuda or cuda:N")
+    cuda_dtype: Literal["fp32", "fp16", "bf16"] = Field(default="fp32", description="inference dtype on CUDA; CPU always runs fp32")
+    torch_threads: int | None = Field(default=None, ge=1, description="torch intra-op threads; unset: torch's default")
+
+    # batching
+    max_batch_tiles: int = Field(default=64, ge=1, description="most tiles in one model call")
+    max_wait_ms: float = Field(default=5.0, ge=0, description="how long a batch waits for more tiles after its first")
+    max_queue_tiles: int = Field(default=4096, ge=1, description="most tiles waiting per model and operation; beyond: 503")
+    request_timeout_s: float = Field(default=30.0, gt=0, description="a request not answered by then gets 504")
+    shutdown_grace_s: float = Field(default=20.0, ge=0, description="time to finish accepted requests on shutdown")
+
+    # request limits
+    max_tiles_per_request: int = Field(default=1024, ge=1, description="most tiles (or latents) in one request; beyond: 413")
+    max_body_bytes: int = Field(default=16 * 1024 * 1024, ge=1024, description="largest request body; beyond: 413")
+    max_image_pixels: int = Field(default=4 * 1024 * 1024, ge=1024, description="largest image (width x height) accepted")
+
+    # cache (service.cache)
+    redis_url: str | None = Field(default=None, description="redis://host:port/db for the latent cache; unset: in-process cache")
+    cache_ttl_s: int = Field(default=7 * 24 * 3600, ge=1, description="lifetime of a cached latent")
+    cache_max_bytes: int = Field(default=256 * 1024 * 1024, ge=0, description="size of the in-process cache; 0 disables it")
+
+    # access
+    api_keys: str | None = Field(default=None, description="comma-separated API keys, or @/path/to/file with one per line")
+    metrics_public: bool = Field(default=True, description="whether /metrics is readable without an API key")
+
+    # `tessera serve` only
+    host: str = Field(default="127.0.0.1", description="address `tessera serve` listens on")
+    port: int = Field(default=8000, ge=0, le=65535, description="port `tessera serve` listens on")
+
+    @field_validator("checkpoints", mode="before")
+    @classmethod
+    def _split_paths(cls, value: object) -> object:
+        if isinstance(value, (str, Path)):
+            value = [part.strip() for part in str(value).split(",") if part.strip()]
+        if isinstance(value, (list, tuple)) and not value:
+            raise ValueError("no checkpoint path given; name a folder or .safetensors files")
+        return value
+
+    @field_validator("device")
+    @classmethod
+    def _check_device(cls, value: str) -> str:
+        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", value):
+            raise ValueError(f"unknown device {value!r}; use auto, cpu, cuda or cuda:N")
+        return value
+
+    @model_validator(mode="after")
+    def _check_limits(self) -> Settings:
+        if self.max_tiles_per_request > self.max_queue_tiles:
+            raise ValueError(
+                f"max_tiles_per_request ({self.max_tiles_per_request}) exceeds max_queue_tiles ({self.max_queue_tiles}): "
+                f"such a request could never be queued; raise TESSERA_MAX_QUEUE_TILES"
+            )
+        return self
+
+    @property
+    def max_wait_s(self) -> float:
+        return self.max_wait_ms / 1000.0
