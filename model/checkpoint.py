@@ -84,6 +84,8 @@ def save_checkpoint(module: TileAutoencoder, path: str | os.PathLike, metadata: 
     Returns:
         The header document (the ``info`` that :func:`load_checkpoint` will return).
     """
+    module = getattr(module, "_orig_mod", module)  # torch.compile wrapper
+    module = getattr(module, "module", module)  # DistributedDataParallel wrapper
     if not isinstance(module, TileAutoencoder):
         raise TypeError(f"expected a network from model.build, got {type(module).__name__}")
     if dtype is not None and dtype not in _STORAGE_DTYPES.values():

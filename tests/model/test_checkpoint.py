@@ -194,3 +194,15 @@ def test_unsupported_format_version(tmp_path, tiny):
 
 def test_missing_file(tmp_path):
     _expect(tmp_path / "nope.safetensors", "no such file")
+
+
+def test_wrapped_module_is_saved_as_the_network(tmp_path, tiny):
+    class Wrapper(torch.nn.Module):  # the shape of DistributedDataParallel: the network under .module
+        def __init__(self, module):
+            super().__init__()
+            self.module = module
+
+    info = save_checkpoint(Wrapper(tiny), tmp_path / "w.safetensors")
+    assert info["spec"] == "dcae-t48"
+    with pytest.raises(TypeError, match="expected a network from model.build"):
+        save_checkpoint(torch.nn.Linear(2, 2), tmp_path / "x.safetensors")

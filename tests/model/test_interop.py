@@ -119,3 +119,11 @@ def test_unrepresentable_configs_are_refused(text, needle):
 def test_baseline_is_refused():
     with pytest.raises(ValueError, match="only DC-AE"):
         to_diffusers(model.build("baseline", device="meta"))
+
+
+@pytest.mark.parametrize("name", sorted(n for n in model.PRESETS if n != "baseline"))
+def test_every_dcae_preset_converts(name):
+    ours = model.build(name, device="meta")  # structure and names only
+    theirs = to_diffusers(ours)
+    assert sum(p.numel() for p in theirs.parameters()) == ours.num_params
+    assert from_diffusers(theirs).config == ours.config
