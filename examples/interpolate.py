@@ -1,9 +1,9 @@
 """Walk through latent space from one tile of a sheet to another.
 
-    python examples/interpolate.py [SHEET] [--a 302] [--b 310] [--steps 8] [-o interpolation.png]
+    python examples/interpolate.py [SHEET] [--a 385] [--b 840] [--steps 8] [-o interpolation.png]
 
-Encodes every tile of a Dungeon Crawl Stone Soup sheet (by default ``main.png`` of Debian's
-``crawl-tiles-data``; the defaults --a/--b are two armours on it), mixes the latents of tiles
+Encodes every tile of a Dungeon Crawl Stone Soup sheet (by default ``floor.png`` of Debian's
+``crawl-tiles-data``; the default tiles --a/--b are grass and lava on it), mixes the latents of tiles
 A and B as (1 - t) * z_a + t * z_b for evenly spaced t, decodes the mixes and writes one strip:
 A's reconstruction, the in-betweens, B's reconstruction. Needs a running server
 (`make serve`); the address comes from --url or TESSERA_URL.
@@ -26,8 +26,8 @@ from tqdm import tqdm
 from client import Client, TesseraError
 
 SHEET_CANDIDATES = (
-    Path("/usr/share/crawl/dat/tiles/main.png"),  # apt-get install crawl-tiles-data
-    Path("data/usr/share/crawl/dat/tiles/main.png"),  # dpkg-deb -x crawl-tiles-data_*.deb data/
+    Path("/usr/share/crawl/dat/tiles/floor.png"),  # apt-get install crawl-tiles-data
+    Path("data/usr/share/crawl/dat/tiles/floor.png"),  # dpkg-deb -x crawl-tiles-data_*.deb data/
 )
 
 
@@ -37,9 +37,9 @@ def default_sheet() -> Path | None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("sheet", nargs="?", type=Path, default=default_sheet(), help="DCSS sheet (default: main.png)")
-    parser.add_argument("--a", type=int, default=302, help="index of the first tile, row-major (default: %(default)s)")
-    parser.add_argument("--b", type=int, default=310, help="index of the last tile (default: %(default)s)")
+    parser.add_argument("sheet", nargs="?", type=Path, default=default_sheet(), help="DCSS sheet (default: floor.png)")
+    parser.add_argument("--a", type=int, default=385, help="index of the first tile, row-major (default: %(default)s)")
+    parser.add_argument("--b", type=int, default=840, help="index of the last tile (default: %(default)s)")
     parser.add_argument("--steps", type=int, default=8, help="in-betweens to decode (default: %(default)s)")
     parser.add_argument("--scale", type=int, default=4, help="enlarge the strip this many times (default: %(default)s)")
     parser.add_argument("-o", "--output", type=Path, default=Path("interpolation.png"))

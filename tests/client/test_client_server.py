@@ -112,6 +112,8 @@ def test_wrong_api_key_raises_authentication_error_with_the_servers_detail(serve
 def test_unknown_model_lists_the_known_ones(tessera):
     with pytest.raises(errors.NotFoundError, match="dcae-t48"):
         tessera.encode(np.zeros((1, 32, 32, 3), np.uint8), model="no-such-model")
+    with pytest.raises(errors.NotFoundError, match="dcae-t48"):  # several chunks fail: still one plain error
+        tessera.encode(np.zeros((40, 32, 32, 3), np.uint8), model="no-such-model")
 
 
 def test_latents_of_the_wrong_shape_get_the_servers_explanation(tessera):
