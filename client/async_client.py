@@ -127,7 +127,8 @@ class AsyncClient:
         Returns:
             EncodeResult with float32 latents [N, *latent_shape] in input order.
         """
-        tiles, grids, counts = _gather_tiles(x, crop=crop)
+        # reading and cutting images is CPU work: keep it off the event loop
+        tiles, grids, counts = await asyncio.to_thread(_gather_tiles, x, crop=crop)
         info = await self._limits_and_default()
         model = model or info.default
         chunk = _chunk_size(info.limits, tiles[0].nbytes)
