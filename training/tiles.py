@@ -1,0 +1,78 @@
+"""Cutting sprite sheets into 32x32 RGB tiles, the way the seed's data set was made.
+
+A sheet is read as RGBA, its colours are multiplied by alpha (transparent -> black), and it is
+cut on a grid of ``tile_size`` squares from the top-left corner; a partial row or column at the
+right or bottom edge is ignored. Tiles of another size are resized to 32x32 with nearest
+neighbour.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from training.errors import DataError
+
+TILE = 32  # the models' input side
+IMAGE_SUFFIXES = (".png", ".gif", ".bmp", ".jpg", ".jpeg", ".webp", ".tga")
+
+
+def load_rgba(path: Path) -> np.ndarray:
+    """Read an image file as uint8 RGBA, shape (H, W, 4); the first frame of an animation."""
+    try:
+        with Image.open(path) as image:
+            image.seek(0)
+            return np.asarray(image.convert("RGBA"), dtype=np.uint8).copy()
+    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
+        raise DataError(f"cannot read image {path}: {exc}; fix or remove the file") from exc
+
+
+def premultiply(rgba: np.ndarray) -> np.ndarray:
+    """RGB multiplied by alpha, rounded to nearest: (H, W, 4) uint8 -> (H, W, 3) uint8."""
+    rgb = rgba[..., :3].astype(np.uint16)
+    alpha = rgba[..., 3:].astype(np.uint16)
+    return ((rgb * alpha + 127) // 255).astype(np.uint8)
+
+
+def cut_grid(rgb: np.ndarray, tile_size: int) -> tuple[np.ndarray, list[tuple[int, int]]]:
+    """All whole ``tile_size`` squares of a sheet, row-major.
+
+    Returns tiles (N, tile_size, tile_size, 3) and the (x, y) pixel position of each one's
+    top-left corner in the sheet.
+    """
+    rows, cols = rgb.shape[0] // tile_size, rgb.shape[1] // tile_size
+    grid = rgb[: rows * tile_size, : cols * tile_size]
+    tiles = grid.reshape(rows, tile_size, cols, tile_size, 3).swapaxes(1, 2)  # (rows, cols, t, t, 3)
+    coords = [(c * tile_size, r * tile_size) for r in range(rows) for c in range(cols)]
+    return tiles.reshape(rows * cols, tile_size, tile_size, 3), coords
+
+
+def resize_nearest(tiles: np.ndarray, size: int = TILE) -> np.ndarray:
+    """Nearest-neighbour resize of (N, t, t, C) tiles to (N, size, size, C), sampling pixel centres
+    as Pillow's ``Image.NEAREST`` does."""
+    side = tiles.shape[1]
+    if side == size:
+        return tiles
+    index = ((np.arange(size) + 0.5) * side / size).astype(np.int64)
+    return tiles[:, index][:, :, index]
+
+
+def constant_mask(tiles: np.ndarray) -> np.ndarray:
+    """True for tiles whose pixels all have the same colour, shape (N,)."""
+    flat = tiles.reshape(len(tiles), -1, tiles.shape[-1])
+    return (flat == flat[:, :1]).all(axis=(1, 2))
+
+
+def sheet_tiles(path: Path, tile_size: int) -> tuple[np.ndarray, list[tuple[int, int]]]:
+    """Read one sheet and return its 32x32 RGB tiles (N, 32, 32, 3) uint8 and their positions."""
+    rgba = load_rgba(path)
+    height, width = rgba.shape[:2]
+    if height < tile_size or width < tile_size:
+        raise DataError(
+            f"image {path} is {width}x{height}, smaller than one {tile_size}x{tile_size} tile; "
+            f"remove it or pass a smaller --tile-size"
+        )
+    tiles, coords = cut_grid(premultiply(rgba), tile_size)
+    return resize_nearest(tiles), coords
