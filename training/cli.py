@@ -1,0 +1,215 @@
+"""`tessera data | train | plot | evaluate`: the training package's subcommands.
+
+Each handler imports its module only when run, so `tessera --help` stays fast. Errors a user
+can fix (a missing folder, a corrupt checkpoint, a non-finite loss) print one line and return 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import logging
+import os
+import shlex
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from training.config import CHECKPOINT_DTYPES, DEVICES, FIELDS, TrainConfig
+
+
+def friendly(command: str, handler: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    """Run ``handler``; a user-fixable error becomes one line on stderr and exit code 1."""
+
+    @functools.wraps(handler)
+    def run(args: argparse.Namespace) -> int:
+        from training.errors import DataError, TrainingError
+
+        logging.basicConfig(level=logging.INFO, format="%(message)s")
+        try:
+            return handler(args)
+        except (DataError, TrainingError, ValueError, FileNotFoundError) as exc:
+            print(f"tessera {command}: error: {exc}", file=sys.stderr)
+            return 1
+
+    return run
+
+
+# ---- tessera data
+
+
+def _data_dcss(args: argparse.Namespace) -> int:
+    from training.dcss import build_dcss
+
+    manifest = build_dcss(args.out, deb=args.deb)
+    _print_counts(args.out, manifest)
+    return 0
+
+
+def _data_folder(args: argparse.Namespace) -> int:
+    from training.data import build_folder
+
+    manifest = build_folder(args.path, args.out, tile_size=args.tile_size)
+    _print_counts(args.out, manifest)
+    return 0
+
+
+def _print_counts(out: str, manifest: dict) -> None:
+    c = manifest["counts"]
+    print(
+        f"{out}: {c['kept']} tiles ({c['train']} train, {c['val']} val) from {c['sheets']} sheet(s); "
+        f"cut {c['cut']}, dropped {c['constant']} constant and {c['duplicate']} duplicate"
+    )
+
+
+def _add_data(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser("data", help="build a tile data set (train.npy, val.npy, manifest.json)")
+    kinds = parser.add_subparsers(dest="source", metavar="SOURCE")
+    kinds.required = True
+    dcss = kinds.add_parser("dcss", help="Dungeon Crawl Stone Soup tiles from Debian's crawl-tiles-data (CC0)")
+    dcss.add_argument("--out", default="data/dcss", help="output folder (default: %(default)s)")
+    dcss.add_argument("--deb", help="use this crawl-tiles-data .deb instead of the installed package or a download")
+    dcss.set_defaults(func=friendly("data dcss", _data_dcss))
+    folder = kinds.add_parser("folder", help="any folder of images or sprite sheets, cut on a grid")
+    folder.add_argument("path", help="folder of images (searched recursively)")
+    folder.add_argument("--tile-size", type=int, default=32, help="grid size in the images; tiles are resized to 32x32 (nearest)")
+    folder.add_argument("--out", required=True, help="output folder")
+    folder.set_defaults(func=friendly("data folder", _data_folder))
+
+
+# ---- tessera train
+
+
+def command_line(args: argparse.Namespace) -> str:
+    """The train command as a user would type it, rebuilt from the parsed options (so it is the
+    same however the command line was passed in)."""
+    program = ["python", "-m", "training.train"] if Path(sys.argv[0]).name == "train.py" else ["tessera", "train"]
+    words = []
+    for name in FIELDS:
+        value = getattr(args, name, None)
+        if value is None or name == "command":
+            continue
+        if name in ("tensorboard", "progress"):
+            words += [] if value else [f"--no-{name}"]
+        elif isinstance(value, bool):
+            words += [f"--{name.replace('_', '-')}"] if value else []
+        else:
+            words += [f"--{name.replace('_', '-')}", str(value)]
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    prefix = f"torchrun --nproc_per_node={world} " if "RANK" in os.environ and world > 1 else ""
+    return prefix + shlex.join([*program, *words])
+
+
+def add_train_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of `tessera train`; run-shaping ones default to None so a resume can tell what was given."""
+    d = TrainConfig(model="baseline")  # the defaults, for the help text
+    add = parser.add_argument
+    add("--model", help="preset name (dcae-s48, dcae-t48, baseline, dcae-04, ...) or a seed dot-list string")
+    add("--data", help=f"data set folder from `tessera data` (default: {d.data})")
+    add("--out", help="run folder for checkpoints and logs (default: runs/<model>)")
+    add("--max-inputs", type=int, help=f"training inputs; the cosine schedule spans them (default: {d.max_inputs:,})")
+    add("--batch-size", type=int, help=f"global batch size (default: {d.batch_size})")
+    add("--lr", type=float, help="peak learning rate (default: 3e-4 for baseline, 9.375e-5 for DC-AE)")
+    add("--weight-decay", type=float, help=f"AdamW weight decay (default: {d.weight_decay})")
+    add("--latent-reg", type=float, help=f"weight of the latent regulariser, 0 turns it off (default: {d.latent_reg})")
+    add("--augment", action="store_true", default=None, help="random flips and quarter turns (off by default)")
+    add("--seed", type=int, help=f"random seed (default: {d.seed})")
+    add("--eval-every", type=int, help=f"inputs between validations and checkpoints (default: {d.eval_every:,})")
+    add("--log-every", type=int, help=f"steps between rows of train.csv (default: {d.log_every})")
+    add("--stop-after", type=int, help="stop after this many inputs, resumable; the schedule still spans --max-inputs")
+    add("--resume", action="store_true", help="continue the run in --out from its last state, with its settings")
+    add("--device", choices=DEVICES, help="default: CUDA when present, else CPU")
+    add("--threads", type=int, help="torch CPU threads")
+    add("--num-workers", type=int, help=f"DataLoader workers (default: {d.num_workers})")
+    add("--checkpoint-dtype", choices=CHECKPOINT_DTYPES, help=f"dtype of best/last .safetensors (default: {d.checkpoint_dtype})")
+    add("--no-tensorboard", dest="tensorboard", action="store_false", default=None, help="do not write TensorBoard events")
+    add("--no-progress", dest="progress", action="store_false", default=None, help="no progress bar")
+
+
+def config_from_args(args: argparse.Namespace) -> tuple[TrainConfig, frozenset[str]]:
+    """The run's config and the names of the run-shaping settings given on the command line."""
+    values = {k: getattr(args, k) for k in FIELDS if hasattr(args, k) and getattr(args, k) is not None}
+    if not args.model and not args.resume:
+        raise ValueError("--model is required: a preset name such as dcae-s48, or a dot-list string")
+    if "out" not in values:
+        if args.resume or not args.model or "=" in args.model:
+            raise ValueError("--out is required with --resume or a dot-list --model")
+        values["out"] = f"runs/{args.model}"
+    given = frozenset(values) - {"resume", "out"}
+    return TrainConfig(**{"model": None, **values, "command": command_line(args)}), given
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from training.train import train
+
+    config, given = config_from_args(args)
+    summary = train(config, given)
+    if summary["stopped"] == "signal":
+        print(f"stopped at {summary['inputs_seen']:,} inputs; continue with: tessera train --out {config.out} --resume",
+              file=sys.stderr)
+        return 130
+    return 0
+
+
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser("train", help="train an autoencoder on a tile data set")
+    add_train_arguments(parser)
+    parser.set_defaults(func=friendly("train", run_train))
+
+
+# ---- tessera plot / evaluate
+
+
+def _plot(args: argparse.Namespace) -> int:
+    from training.plots import plot_curves, plot_reconstructions
+
+    curves = plot_curves(args.runs, args.curves, metric=args.metric)
+    print(f"wrote {curves}")
+    if args.data:
+        recon = plot_reconstructions(args.runs, args.data, args.recon, count=args.tiles)
+        print(f"wrote {recon}")
+    return 0
+
+
+def _add_plot(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser("plot", help="validation curves of runs and a reconstruction grid")
+    parser.add_argument("runs", nargs="+", metavar="RUN", help="run folders (for curves) or checkpoints (grid only)")
+    parser.add_argument("--curves", default="curves.png", help="PNG of validation curves (default: %(default)s)")
+    parser.add_argument("--metric", default="val_l1", choices=("val_l1", "val_mse", "val_psnr"))
+    parser.add_argument("--data", help="data set folder: also draw reconstructions of its validation tiles")
+    parser.add_argument("--recon", default="reconstructions.png", help="PNG of the grid (default: %(default)s)")
+    parser.add_argument("--tiles", type=int, default=32, help="validation tiles in the grid (default: %(default)s)")
+    parser.set_defaults(func=friendly("plot", _plot))
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from training.evaluate import evaluate_checkpoints, write_report
+
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    rows = evaluate_checkpoints(args.checkpoints, args.data, batch_size=args.batch_size, device=args.device)
+    table = write_report(rows, args.out)
+    print(table)
+    print(f"wrote {args.out}.md and {args.out}.json")
+    return 0
+
+
+def _add_evaluate(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser("evaluate", help="validation metrics and speed of checkpoints (markdown + JSON)")
+    parser.add_argument("checkpoints", nargs="+", metavar="CHECKPOINT", help=".safetensors files")
+    parser.add_argument("--data", default="data/dcss", help="data set folder (default: %(default)s)")
+    parser.add_argument("--out", default="evaluation", help="writes OUT.md and OUT.json (default: %(default)s)")
+    parser.add_argument("--batch-size", type=int, default=256, help="tiles per batch when timing (default: %(default)s)")
+    parser.add_argument("--device", default="cpu", help="torch device (default: %(default)s)")
+    parser.add_argument("--threads", type=int, help="torch CPU threads")
+    parser.set_defaults(func=friendly("evaluate", _evaluate))
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add data, train, plot and evaluate to the `tessera` command line."""
+    _add_data(subparsers)
+    _add_train(subparsers)
+    _add_plot(subparsers)
+    _add_evaluate(subparsers)

@@ -1,0 +1,64 @@
+"""Settings of a training run, with the seed's values as defaults."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+BASELINE_LR = 3e-4  # seed: lr of the CNN baseline
+DCAE_LR = 9.375e-5  # seed: DC-AE (upstream used 9.375e-7; 9.375e-4 did not train)
+CHECKPOINT_DTYPES = ("float32", "float16", "bfloat16")
+DEVICES = ("auto", "cpu", "cuda")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    model: str | None  # preset name ("dcae-s48", "baseline", ...) or a seed dot-list; None only on resume
+    data: str = "data/dcss"  # folder written by `tessera data`
+    out: str = "runs/run"  # run folder: checkpoints, state, logs
+    max_inputs: int = 1_000_000  # seed: one million training inputs; the cosine schedule spans them
+    batch_size: int = 64  # seed; the global batch, split evenly over processes
+    lr: float | None = None  # None: BASELINE_LR or DCAE_LR by architecture
+    weight_decay: float = 0.01  # AdamW's default, which the seed kept
+    latent_reg: float = 1e-4  # seed: 1e-4 * (|0.5 - std| + |mean|) of the latents; 0 turns it off
+    augment: bool = False  # seed trained without flips/rotations
+    seed: int = 0  # weights init, data order, augmentation
+    eval_every: int = 20_000  # inputs between validations (each one also saves the last checkpoint)
+    log_every: int = 10  # steps between rows of train.csv
+    stop_after: int | None = None  # stop resumably after this many inputs; the schedule still spans max_inputs
+    resume: bool = False  # continue the run in `out` from its last state
+    device: str = "auto"  # auto: CUDA when present, else CPU
+    threads: int | None = None  # torch CPU threads; None: torch's default
+    num_workers: int = 0  # DataLoader worker processes; tiles live in memory, so 0 is usually fastest
+    checkpoint_dtype: str = "float32"  # dtype of best/last .safetensors (the resume state stays fp32)
+    tensorboard: bool = True
+    progress: bool = True  # tqdm bar on the main process
+    command: str = ""  # the command line that started the run, recorded in checkpoints
+
+    def __post_init__(self) -> None:
+        if not self.model and not self.resume:
+            raise ValueError("--model is required: a preset name such as dcae-s48 or a dot-list string")
+        positive = ("max_inputs", "batch_size", "eval_every", "log_every")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        if self.lr is not None and not self.lr > 0:
+            raise ValueError(f"--lr must be positive, got {self.lr}")
+        if self.latent_reg < 0 or self.weight_decay < 0:
+            raise ValueError("--latent-reg and --weight-decay must not be negative")
+        if self.stop_after is not None and self.stop_after < 1:
+            raise ValueError(f"--stop-after must be at least 1, got {self.stop_after}")
+        if self.checkpoint_dtype not in CHECKPOINT_DTYPES:
+            raise ValueError(f"unknown --checkpoint-dtype {self.checkpoint_dtype!r}; known: {list(CHECKPOINT_DTYPES)}")
+        if self.device not in DEVICES:
+            raise ValueError(f"unknown --device {self.device!r}; known: {list(DEVICES)}")
+        if self.threads is not None and self.threads < 1:
+            raise ValueError(f"--threads must be at least 1, got {self.threads}")
+
+
+# settings that shape the weights: a resumed run must keep them
+RUN_KEYS = ("model", "max_inputs", "batch_size", "lr", "weight_decay", "latent_reg", "augment", "seed")
+FIELDS = tuple(f.name for f in fields(TrainConfig))
+
+
+def default_lr(arch: str) -> float:
+    return BASELINE_LR if arch == "baseline" else DCAE_LR

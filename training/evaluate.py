@@ -1,0 +1,99 @@
+"""Compare checkpoints on a data set's validation split: size, ratio, L1/MSE/PSNR and speed.
+
+    report = evaluate_checkpoints(["checkpoints/baseline.safetensors"], "data/dcss")
+    print(write_report(report, "docs/evaluation"))  # writes .md and .json
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import torch
+
+import model as models
+from training.atomic import atomic_write_text
+from training.dataset import TileData
+from training.metrics import evaluate_reconstruction
+from training.plots import display_name
+
+MIN_TIMING_S = 1.0  # time each direction for at least this long (and at least 3 batches)
+
+
+@torch.inference_mode()
+def tiles_per_second(fn, x: torch.Tensor) -> float:
+    """Throughput of ``fn`` on batch ``x`` after two warm-up calls."""
+    for _ in range(2):
+        fn(x)
+    runs, start = 0, time.perf_counter()
+    while runs < 3 or time.perf_counter() - start < MIN_TIMING_S:
+        fn(x)
+        runs += 1
+    return runs * len(x) / (time.perf_counter() - start)
+
+
+def evaluate_checkpoint(path: str | Path, val: torch.Tensor, batch_size: int = 256, device: str = "cpu") -> dict:
+    """One row of the table for checkpoint ``path``; ``val``: uint8 (N, 3, 32, 32)."""
+    module, info = models.load_checkpoint(path, device=device)
+    metrics = evaluate_reconstruction(module, val, batch_size, device)
+    x = val[:batch_size].to(device).float().div(255.0)
+    if len(x) < batch_size:  # a small validation split: repeat it to fill the timing batch
+        x = x.repeat(-(-batch_size // len(x)), 1, 1, 1)[:batch_size]
+    z = module.encode(x).detach()
+    training = info.get("training") or {}
+    return {
+        "name": display_name(Path(path)),
+        "path": str(path),
+        "arch": info["arch"],
+        "spec": info.get("spec"),
+        "params": info["params"],
+        "compression_ratio": info["compression_ratio"],
+        "latent_shape": info["latent_shape"],
+        "stored_dtype": info.get("stored_dtype"),
+        "inputs_seen": training.get("inputs_seen"),
+        **metrics,
+        "encode_tiles_per_s": tiles_per_second(module.encode, x),
+        "decode_tiles_per_s": tiles_per_second(module.decode, z),
+    }
+
+
+def evaluate_checkpoints(paths: list[str], data: str | Path, batch_size: int = 256, device: str = "cpu") -> dict:
+    """Rows for every checkpoint plus what they were measured on."""
+    tiles = TileData.open(data)
+    val = torch.from_numpy(tiles.split("val")).permute(0, 3, 1, 2).contiguous()
+    rows = [evaluate_checkpoint(p, val, batch_size, device) for p in paths]
+    return {
+        "data": tiles.describe(),
+        "device": device,
+        "threads": torch.get_num_threads(),
+        "batch_size": batch_size,
+        "torch": torch.__version__,
+        "rows": rows,
+    }
+
+
+def markdown_table(report: dict) -> str:
+    head = ("| model | params | ratio | latent | val L1 | val MSE | val PSNR (dB) | encode tiles/s | decode tiles/s "
+            "| inputs seen |\n|---|---:|---:|---|---:|---:|---:|---:|---:|---:|\n")
+    lines = []
+    for r in report["rows"]:
+        seen = f"{r['inputs_seen']:,}" if r["inputs_seen"] is not None else "?"
+        lines.append(
+            f"| {r['name']} | {r['params'] / 1e6:.2f}M | {r['compression_ratio']:g} | {'x'.join(map(str, r['latent_shape']))} "
+            f"| {r['val_l1']:.5f} | {r['val_mse']:.6f} | {r['val_psnr']:.2f} | {r['encode_tiles_per_s']:,.0f} "
+            f"| {r['decode_tiles_per_s']:,.0f} | {seen} |"
+        )
+    data = report["data"]
+    note = (f"\nValidation split of `{data['name']}` ({data['counts']['val']} tiles, manifest sha256 "
+            f"{data['manifest_sha256'][:12]}); speed on {report['device']} with {report['threads']} thread(s), "
+            f"batch {report['batch_size']}, torch {report['torch']}.\n")
+    return head + "\n".join(lines) + "\n" + note
+
+
+def write_report(report: dict, out: str | Path) -> str:
+    """Write ``out.md`` and ``out.json``; return the markdown."""
+    table = markdown_table(report)
+    atomic_write_text(f"{out}.md", table)
+    atomic_write_text(f"{out}.json", json.dumps(report, indent=2) + "\n")
+    return table
