@@ -1,0 +1,80 @@
+"""`tessera data | train | plot | evaluate` through the real command-line entry point."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from PIL import Image
+
+import model
+from cli.main import main
+
+
+def run(capsys, *argv):
+    code = main(list(argv))
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_data_folder_prints_counts(capsys, sheet_folder, tmp_path):
+    code, out, _ = run(capsys, "data", "folder", str(sheet_folder), "--tile-size", "32", "--out", str(tmp_path / "d"))
+    assert code == 0
+    assert "183 tiles (" in out and "dropped 6 constant and 3 duplicate" in out
+    assert (tmp_path / "d" / "manifest.json").is_file()
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["data", "folder", "/nonexistent/art", "--out", "x"], "data folder /nonexistent/art does not exist"),
+    (["train", "--model", "dcae-t48", "--data", "/nonexistent/data", "--out", "x"], "data set /nonexistent/data does not exist"),
+    (["train"], "--model is required"),
+    (["train", "--model", "latent_channels=64", "--max-inputs", "10"], "--out is required"),
+    (["train", "--model", "dcae-t48", "--max-inputs", "0", "--out", "x"], "--max-inputs must be at least 1"),
+    (["evaluate", "/nonexistent/model.safetensors", "--data", "/nonexistent/data"], "does not exist"),
+])
+def test_bad_input_is_one_line_and_exit_code_1(capsys, tmp_path, monkeypatch, argv, message):
+    monkeypatch.chdir(tmp_path)
+    code, _, err = run(capsys, *argv)
+    assert code == 1
+    assert err.startswith(f"tessera {argv[0]}") and message in err
+    assert err.count("\n") == 1
+
+
+def test_train_then_resume_with_the_runs_own_settings(capsys, tiny_data, tmp_path):
+    out = tmp_path / "run"
+    common = ["--threads", "1", "--no-progress", "--no-tensorboard"]
+    code, _, _ = run(capsys, "train", "--model", "dcae-t48", "--data", str(tiny_data), "--out", str(out),
+                     "--max-inputs", "256", "--batch-size", "16", "--eval-every", "64", "--stop-after", "64", *common)
+    assert code == 0
+    code, _, err = run(capsys, "train", "--out", str(out), "--resume", *common)
+    assert code == 0, err
+    _, info = model.load_checkpoint(out / "last.safetensors")
+    record = info["training"]
+    assert record["inputs_seen"] == 256 and record["batch_size"] == 16  # settings came from the run
+    assert record["command"].startswith("tessera train --model dcae-t48 --data ") and "--stop-after 64" in record["command"]
+    assert record["resumed_with"] == [f"tessera train --out {out} --resume --threads 1 --no-tensorboard --no-progress"]
+    code, _, err = run(capsys, "train", "--out", str(out), "--resume", "--batch-size", "32", *common)
+    assert code == 1 and "--batch-size 32 (run has 16)" in err
+
+
+def test_plot_and_evaluate(capsys, full_run, tiny_data, tmp_path):
+    curves, recon = tmp_path / "curves.png", tmp_path / "recon.png"
+    code, out, err = run(capsys, "plot", str(full_run), str(full_run / "last.safetensors"), "--data", str(tiny_data),
+                         "--curves", str(curves), "--recon", str(recon), "--tiles", "10")
+    assert code == 0, err
+    assert Image.open(curves).size[0] > 300 and Image.open(recon).size[0] > 300
+
+    report = tmp_path / "eval"
+    code, out, err = run(capsys, "evaluate", str(full_run / "best.safetensors"), "--data", str(tiny_data),
+                         "--out", str(report), "--batch-size", "16", "--threads", "1")
+    assert code == 0, err
+    assert "| full (best) | 0.39M | 48 | 64x1x1 |" in out
+    rows = json.loads((tmp_path / "eval.json").read_text())["rows"]
+    assert set(rows[0]) >= {"params", "compression_ratio", "val_l1", "val_mse", "val_psnr",
+                            "encode_tiles_per_s", "decode_tiles_per_s"}
+    assert (tmp_path / "eval.md").read_text().startswith("| model |")
+
+
+def test_plot_needs_a_run_folder_for_curves(capsys, full_run, tmp_path):
+    code, _, err = run(capsys, "plot", str(full_run / "best.safetensors"), "--curves", str(tmp_path / "c.png"))
+    assert code == 1 and "is a run folder with a val.csv" in err
