@@ -345,7 +345,7 @@ PRESETS: dict[str, str] = {
 def parse_spec(spec: str) -> tuple[str, ModelConfig]:
     """A preset name or a dot-list, as ``(arch, config)``.
 
-    ``arch=baseline`` at the start of a dot-list selects the baseline CNN; anything else is a DC-AE.
+    ``arch=baseline`` in a dot-list selects the baseline CNN; without ``arch`` it is a DC-AE.
     """
     if not isinstance(spec, str):
         raise ConfigError(f"a model spec must be a string, got {type(spec).__name__}")
@@ -354,11 +354,12 @@ def parse_spec(spec: str) -> tuple[str, ModelConfig]:
         raise ConfigError(f"unknown preset {spec!r}; known: {sorted(PRESETS)} (or a dot-list such as "
                           "'latent_channels=64 encoder.width_list=[...]')")
     entries = _tokenize(text)
-    arch = "dcae"
-    if entries and entries[0][0] == "arch":
-        arch = entries[0][1]
-        text = " ".join(f"{k}={v}" for k, v in entries[1:])
+    archs = [value for key, value in entries if key == "arch"]
+    if len(archs) > 1:
+        raise ConfigError("'arch' is given twice")
+    arch = archs[0] if archs else "dcae"
     _check_name("arch", arch, ARCHS)
+    text = " ".join(f"{key}={value}" for key, value in entries if key != "arch")
     if arch == "baseline":
         return arch, BaselineConfig.from_dotlist(text)
     return arch, DCAEConfig.from_dotlist(text)
