@@ -39,6 +39,8 @@ VALUE_VERSION = 1
 _DTYPES = {1: np.dtype("<f4"), 2: np.dtype("<f2")}
 _DTYPE_CODES = {dtype: code for code, dtype in _DTYPES.items()}
 _HEADER = struct.Struct("<BBB")  # version, dtype code, rank
+DEFAULT_TIMEOUT_S = 0.25  # Redis answers in well under a millisecond on a LAN; beyond this it is sick
+DEFAULT_COOLDOWN_S = 5.0  # how long the breaker skips Redis after repeated failures
 
 
 class CacheValueError(ValueError):
@@ -207,7 +209,7 @@ class CircuitBreaker:
     """Skips a failing dependency for ``cooldown_s`` after ``threshold`` consecutive failures,
     then lets one probe call through."""
 
-    def __init__(self, threshold: int = 2, cooldown_s: float = 5.0, clock: Callable[[], float] = time.monotonic):
+    def __init__(self, threshold: int = 2, cooldown_s: float = DEFAULT_COOLDOWN_S, clock: Callable[[], float] = time.monotonic):
         if threshold < 1 or cooldown_s < 0:
             raise ValueError(f"breaker needs threshold >= 1 and cooldown_s >= 0, got {threshold}, {cooldown_s}")
         self.threshold = threshold
@@ -246,7 +248,7 @@ class RedisLatentCache(LatentCache):
 
     backend = "redis"
 
-    def __init__(self, client, ttl_s: float, timeout_s: float = 0.25, breaker: CircuitBreaker | None = None, **hooks):
+    def __init__(self, client, ttl_s: float, timeout_s: float = DEFAULT_TIMEOUT_S, breaker: CircuitBreaker | None = None, **hooks):
         super().__init__(**hooks)
         if ttl_s <= 0:
             raise ValueError(f"ttl_s must be > 0 for Redis entries, got {ttl_s}")
@@ -256,7 +258,7 @@ class RedisLatentCache(LatentCache):
         self.breaker = breaker or CircuitBreaker()
 
     @classmethod
-    def from_url(cls, url: str, ttl_s: float, timeout_s: float = 0.25, **kwargs) -> RedisLatentCache:
+    def from_url(cls, url: str, ttl_s: float, timeout_s: float = DEFAULT_TIMEOUT_S, **kwargs) -> RedisLatentCache:
         """A cache on a lazily connecting client: nothing touches the network until first use.
         Socket timeouts are short and there is one immediate retry on a dropped connection (a
         stale pooled connection after a Redis restart); everything else is the breaker's job."""
@@ -334,33 +336,17 @@ class RedisLatentCache(LatentCache):
 def make_cache(settings, on_lookup: LookupHook | None = None, on_error: ErrorHook | None = None) -> LatentCache:
     """Redis when ``settings.redis_url`` is set, else the in-process LRU.
 
-    Reads ``redis_url``, ``cache_ttl_s`` and ``cache_max_bytes``; ``cache_timeout_s`` and
-    ``cache_breaker_cooldown_s`` when the settings define them. Hooks default to the
-    ``tessera_cache_*`` Prometheus metrics.
+    Reads ``redis_url``, ``cache_ttl_s`` and ``cache_max_bytes``, and ``cache_timeout_s`` and
+    ``cache_breaker_cooldown_s`` where the settings define them. The hooks feed metrics
+    (``service.metrics.Metrics.cache_lookup`` / ``cache_error``).
     """
-    if on_lookup is None and on_error is None:
-        on_lookup, on_error = _metric_hooks()
     hooks = {"on_lookup": on_lookup, "on_error": on_error}
     if settings.redis_url:
-        breaker = CircuitBreaker(cooldown_s=getattr(settings, "cache_breaker_cooldown_s", 5.0))
         return RedisLatentCache.from_url(
             settings.redis_url,
             ttl_s=settings.cache_ttl_s,
-            timeout_s=getattr(settings, "cache_timeout_s", 0.25),
-            breaker=breaker,
+            timeout_s=getattr(settings, "cache_timeout_s", DEFAULT_TIMEOUT_S),
+            breaker=CircuitBreaker(cooldown_s=getattr(settings, "cache_breaker_cooldown_s", DEFAULT_COOLDOWN_S)),
             **hooks,
         )
     return MemoryLatentCache(max_bytes=settings.cache_max_bytes, ttl_s=settings.cache_ttl_s, **hooks)
-
-
-def _metric_hooks() -> tuple[LookupHook, ErrorHook]:
-    from service import metrics
-
-    def on_lookup(backend: str, hits: int, misses: int) -> None:
-        metrics.CACHE_HITS.labels(backend).inc(hits)
-        metrics.CACHE_MISSES.labels(backend).inc(misses)
-
-    def on_error(backend: str, op: str) -> None:
-        metrics.CACHE_ERRORS.labels(backend, op).inc()
-
-    return on_lookup, on_error
