@@ -96,3 +96,9 @@ def redis_server():
             yield server
         finally:
             server.stop()
+
+
+@pytest.fixture(scope="session")
+def prometheus_binary() -> str:
+    """Path of Debian's ``prometheus`` (skips without it, except under CI)."""
+    return require_binary("prometheus", "prometheus")
