@@ -72,7 +72,8 @@ def _add_data(sub: argparse._SubParsersAction) -> None:
     dcss.set_defaults(func=friendly("data dcss", _data_dcss))
     folder = kinds.add_parser("folder", help="any folder of images or sprite sheets, cut on a grid")
     folder.add_argument("path", help="folder of images (searched recursively)")
-    folder.add_argument("--tile-size", type=int, default=32, help="grid size in the images; tiles are resized to 32x32 (nearest)")
+    folder.add_argument("--tile-size", type=int, default=32,
+                        help="grid size in the images; tiles are resized to 32x32 (nearest)")
     folder.add_argument("--out", required=True, help="output folder")
     folder.set_defaults(func=friendly("data folder", _data_folder))
 
@@ -119,10 +120,12 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     add("--stop-after", type=int, help="stop after this many inputs, resumable; the schedule still spans --max-inputs")
     add("--resume", action="store_true", help="continue the run in --out from its last state, with its settings")
     add("--device", choices=DEVICES, help="default: CUDA when present, else CPU")
-    add("--threads", type=int, help="torch CPU threads")
+    add("--threads", type=int, help="torch CPU threads; kept by --resume (the same count gives bit-identical results)")
     add("--num-workers", type=int, help=f"DataLoader workers (default: {d.num_workers})")
-    add("--checkpoint-dtype", choices=CHECKPOINT_DTYPES, help=f"dtype of best/last .safetensors (default: {d.checkpoint_dtype})")
-    add("--no-tensorboard", dest="tensorboard", action="store_false", default=None, help="do not write TensorBoard events")
+    add("--checkpoint-dtype", choices=CHECKPOINT_DTYPES,
+        help=f"dtype of best/last .safetensors (default: {d.checkpoint_dtype})")
+    add("--no-tensorboard", dest="tensorboard", action="store_false", default=None,
+        help="do not write TensorBoard events")
     add("--no-progress", dest="progress", action="store_false", default=None, help="no progress bar")
 
 
@@ -201,7 +204,8 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("checkpoints", nargs="+", metavar="CHECKPOINT", help=".safetensors files")
     parser.add_argument("--data", default="data/dcss", help="data set folder (default: %(default)s)")
     parser.add_argument("--out", default="evaluation", help="writes OUT.md and OUT.json (default: %(default)s)")
-    parser.add_argument("--batch-size", type=int, default=256, help="tiles per batch when timing (default: %(default)s)")
+    parser.add_argument("--batch-size", type=int, default=256,
+                        help="tiles per batch when timing (default: %(default)s)")
     parser.add_argument("--device", default="cpu", help="torch device (default: %(default)s)")
     parser.add_argument("--threads", type=int, help="torch CPU threads")
     parser.set_defaults(func=friendly("evaluate", _evaluate))

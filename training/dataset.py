@@ -38,7 +38,9 @@ class TileData:
         if not path.is_dir():
             raise DataError(f"data set {path} does not exist; build one with `tessera data dcss --out {path}`")
         if not manifest_path.is_file():
-            raise DataError(f"{path} has no manifest.json; build the data set with `tessera data dcss` or `tessera data folder`")
+            raise DataError(
+                f"{path} has no manifest.json; build the data set with `tessera data dcss` or `tessera data folder`"
+            )
         raw = manifest_path.read_bytes()
         try:
             manifest = json.loads(raw)
@@ -124,7 +126,8 @@ class TileDataset(Dataset):
         x = self.tiles[index].float().div_(255.0)
         if not self.augment:
             return x
-        keys = np.asarray(indices, dtype=np.uint64) ^ _mix(np.uint64(self.seed) * np.uint64(1 << 32) + np.uint64(self.epoch))
+        epoch_key = _mix(np.uint64(self.seed) * np.uint64(1 << 32) + np.uint64(self.epoch))
+        keys = np.asarray(indices, dtype=np.uint64) ^ epoch_key
         choice = torch.from_numpy((_mix(keys) % np.uint64(8)).astype(np.int64))
         for k in range(1, 8):
             rows = (choice == k).nonzero().flatten()

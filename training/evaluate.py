@@ -80,7 +80,8 @@ def markdown_table(report: dict) -> str:
     for r in report["rows"]:
         seen = f"{r['inputs_seen']:,}" if r["inputs_seen"] is not None else "?"
         lines.append(
-            f"| {r['name']} | {r['params'] / 1e6:.2f}M | {r['compression_ratio']:g} | {'x'.join(map(str, r['latent_shape']))} "
+            f"| {r['name']} | {r['params'] / 1e6:.2f}M | {r['compression_ratio']:g} "
+            f"| {'x'.join(map(str, r['latent_shape']))} "
             f"| {r['val_l1']:.5f} | {r['val_mse']:.6f} | {r['val_psnr']:.2f} | {r['encode_tiles_per_s']:,.0f} "
             f"| {r['decode_tiles_per_s']:,.0f} | {seen} |"
         )

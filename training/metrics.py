@@ -52,7 +52,9 @@ def reconstruction_sums(
     return sums
 
 
-def evaluate_reconstruction(model: nn.Module, tiles: torch.Tensor, batch_size: int = 256, device="cpu") -> dict[str, float]:
+def evaluate_reconstruction(
+    model: nn.Module, tiles: torch.Tensor, batch_size: int = 256, device: torch.device | str = "cpu"
+) -> dict[str, float]:
     """val_l1, val_mse and val_psnr of ``model`` on uint8 tiles (N, 3, 32, 32)."""
     l1_sum, se_sum, count = reconstruction_sums(model, tiles, batch_size, device).tolist()
     return metrics_from_sums(l1_sum, se_sum, count)

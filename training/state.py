@@ -20,8 +20,8 @@ from training.errors import TrainingError
 
 FORMAT = "tessera-train-state"
 FORMAT_VERSION = 1
-KEYS = ("format", "format_version", "step", "inputs_seen", "elapsed_s", "best_val_l1", "config", "commands", "data", "model",
-        "optimizer", "scheduler", "rng")
+KEYS = ("format", "format_version", "step", "inputs_seen", "elapsed_s", "best_val_l1", "config", "commands", "data",
+        "model", "optimizer", "scheduler", "rng")
 
 
 def rng_state() -> dict:

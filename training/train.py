@@ -127,11 +127,10 @@ def git_revision() -> dict:
     """Commit of the code that trains (and whether it had local changes), when it is a git checkout."""
     root = Path(__file__).resolve().parents[1]
     try:
-        commit = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
-        status = subprocess.run(
-            ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
-            capture_output=True, text=True, timeout=10,
-        )
+        git = ["git", "-C", str(root)]
+        commit = subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
+        status = subprocess.run([*git, "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+                                text=True, timeout=10)
     except (OSError, subprocess.SubprocessError):
         return {"git_commit": None, "git_dirty": None}
     if commit.returncode != 0:
@@ -184,7 +183,9 @@ def _train(config: TrainConfig, given: frozenset[str] | None, procs: Processes) 
             if k in given and getattr(config, k) is not None and getattr(config, k) != saved[k]
         ]
         if clash:
-            raise TrainingError(f"cannot resume {out} with different settings: {'; '.join(clash)}; drop them or start a new --out")
+            raise TrainingError(
+                f"cannot resume {out} with different settings: {'; '.join(clash)}; drop them or start a new --out"
+            )
         now = {k: getattr(config, k) for k in given if k not in RUN_KEYS}
         config = TrainConfig(**{**saved, **now, "resume": True, "out": config.out,
                                 "stop_after": config.stop_after, "command": config.command})
@@ -195,14 +196,18 @@ def _train(config: TrainConfig, given: frozenset[str] | None, procs: Processes) 
     # ---- data
     data = TileData.open(config.data)
     if state is not None and state["data"]["manifest_sha256"] != data.manifest_sha256:
-        raise TrainingError(f"cannot resume: {config.data} is not the data set this run was trained on (manifest differs)")
+        raise TrainingError(
+            f"cannot resume: {config.data} is not the data set this run was trained on (manifest differs)"
+        )
     train_set = TileDataset(data.split("train"), augment=config.augment, seed=config.seed)
     val_tiles = torch.from_numpy(data.split("val")).permute(0, 3, 1, 2)[procs.rank :: procs.world].contiguous()
     if config.batch_size % procs.world:
         raise TrainingError(f"--batch-size {config.batch_size} does not split evenly over {procs.world} processes")
     local_batch = config.batch_size // procs.world
     if len(train_set) < config.batch_size:
-        raise TrainingError(f"{config.data} has {len(train_set)} training tiles, fewer than one batch of {config.batch_size}")
+        raise TrainingError(
+            f"{config.data} has {len(train_set)} training tiles, fewer than one batch of {config.batch_size}"
+        )
     sampler = DistributedSampler(train_set, num_replicas=procs.world, rank=procs.rank, shuffle=True, seed=config.seed)
     steps_per_epoch = len(sampler) // local_batch
     total_steps = math.ceil(config.max_inputs / config.batch_size)
@@ -220,7 +225,9 @@ def _train(config: TrainConfig, given: frozenset[str] | None, procs: Processes) 
         autoencoder.to(memory_format=torch.channels_last)
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
         torch.backends.cudnn.benchmark = True
-    optimizer = torch.optim.AdamW(autoencoder.parameters(), lr=config.lr, weight_decay=config.weight_decay, fused=cuda or None)
+    optimizer = torch.optim.AdamW(
+        autoencoder.parameters(), lr=config.lr, weight_decay=config.weight_decay, fused=cuda or None
+    )
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps)
     autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if cuda else contextlib.nullcontext
 
@@ -243,7 +250,9 @@ def _train(config: TrainConfig, given: frozenset[str] | None, procs: Processes) 
         out.mkdir(parents=True, exist_ok=True)
         train_log = CsvLog(out / "train.csv", TRAIN_FIELDS, keep_until_step=step)
         val_log = CsvLog(out / "val.csv", VAL_FIELDS, keep_until_step=step)
-        board = TensorBoardLog(out / "tb", resume_step=step * config.batch_size if state else None) if config.tensorboard else None
+        board = None
+        if config.tensorboard:
+            board = TensorBoardLog(out / "tb", resume_step=step * config.batch_size if state else None)
     record = {
         "command": commands[0],
         "resumed_with": commands[1:],
@@ -327,11 +336,12 @@ def _train(config: TrainConfig, given: frozenset[str] | None, procs: Processes) 
                 eval_due = step % eval_steps == 0 or step >= total_steps or inputs >= stop_inputs
                 if step % config.log_every == 0 or eval_due or (stop.asked and procs.world == 1):
                     # one all-reduce tells every process the mean loss, a non-finite loss and a stop request
-                    shared = all_sum(torch.stack([loss_sum, nonfinite, torch.tensor(float(stop.asked), device=procs.device),
-                                                  torch.tensor(float(step - logged_step), device=procs.device)]), procs)
+                    flags = torch.tensor([float(stop.asked), float(step - logged_step)], device=procs.device)
+                    shared = all_sum(torch.cat([torch.stack([loss_sum, nonfinite]), flags]), procs)
                     mean_loss, bad, asked, steps = shared.tolist()
                     if bad:
-                        kept = f"the last good checkpoint {out / 'last.safetensors'} is kept" if state_path.exists() else "no checkpoint was written yet"
+                        kept = (f"the last good checkpoint {out / 'last.safetensors'} is kept" if state_path.exists()
+                                else "no checkpoint was written yet")
                         raise TrainingError(
                             f"loss is not finite (nan/inf) at step {step} ({inputs:,} inputs); stopped without saving: "
                             f"{kept}; try a lower --lr"
@@ -360,7 +370,8 @@ def _train(config: TrainConfig, given: frozenset[str] | None, procs: Processes) 
                     metrics = validate()
                     if not all(math.isfinite(v) for k, v in metrics.items() if k != "val_psnr"):
                         raise TrainingError(
-                            f"validation metrics are not finite at step {step}; stopped without saving; try a lower --lr"
+                            f"validation metrics are not finite at step {step}; stopped without saving; "
+                            f"try a lower --lr"
                         )
                     is_best = best is None or metrics["val_l1"] < best
                     best = metrics["val_l1"] if is_best else best
@@ -369,7 +380,8 @@ def _train(config: TrainConfig, given: frozenset[str] | None, procs: Processes) 
                         if board:
                             board.write(inputs, metrics, "val")
                         bar.write(f"step {step} ({inputs:,} inputs): val L1 {metrics['val_l1']:.5f} "
-                                  f"MSE {metrics['val_mse']:.6f} PSNR {metrics['val_psnr']:.2f} dB" + (" (best)" if is_best else ""))
+                                  f"MSE {metrics['val_mse']:.6f} PSNR {metrics['val_psnr']:.2f} dB"
+                                  + (" (best)" if is_best else ""))
                         save(metrics, is_best)
                     logged_time += time.perf_counter() - tock  # validation time is not training time
                 if stopped:

@@ -26,7 +26,8 @@ def test_data_folder_prints_counts(capsys, sheet_folder, tmp_path):
 
 @pytest.mark.parametrize("argv, message", [
     (["data", "folder", "/nonexistent/art", "--out", "x"], "data folder /nonexistent/art does not exist"),
-    (["train", "--model", "dcae-t48", "--data", "/nonexistent/data", "--out", "x"], "data set /nonexistent/data does not exist"),
+    (["train", "--model", "dcae-t48", "--data", "/nonexistent/data", "--out", "x"],
+     "data set /nonexistent/data does not exist"),
     (["train"], "--model is required"),
     (["train", "--model", "latent_channels=64", "--max-inputs", "10"], "--out is required"),
     (["train", "--model", "dcae-t48", "--max-inputs", "0", "--out", "x"], "--max-inputs must be at least 1"),
@@ -51,7 +52,8 @@ def test_train_then_resume_with_the_runs_own_settings(capsys, tiny_data, tmp_pat
     _, info = model.load_checkpoint(out / "last.safetensors")
     record = info["training"]
     assert record["inputs_seen"] == 256 and record["batch_size"] == 16  # settings came from the run
-    assert record["command"].startswith("tessera train --model dcae-t48 --data ") and "--stop-after 64" in record["command"]
+    assert record["command"].startswith("tessera train --model dcae-t48 --data ")
+    assert "--stop-after 64" in record["command"]
     assert record["resumed_with"] == [f"tessera train --out {out} --resume --threads 1 --no-tensorboard --no-progress"]
     code, _, err = run(capsys, "train", "--out", str(out), "--resume", "--batch-size", "32", *common)
     assert code == 1 and "--batch-size 32 (run has 16)" in err
