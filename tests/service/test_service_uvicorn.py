@@ -1,0 +1,104 @@
+"""The service as users run it: `tessera serve` (uvicorn) in its own process, over a socket."""
+
+from __future__ import annotations
+
+import io
+import signal
+import socket
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+
+from service_helpers import NPY, ServerProcess, load_npy, npy, png, random_tiles, sheet_of
+
+
+@pytest.fixture(scope="module")
+def server(checkpoint_dir, tmp_path_factory):
+    process = ServerProcess(checkpoint_dir, tmp_path_factory.mktemp("serve") / "server.log")
+    yield process
+    process.stop()
+
+
+@pytest.fixture(scope="module")
+def slow_server(checkpoint_dir, tmp_path_factory):
+    """Batches stay open 1.5 s, so requests can be caught waiting in them; no cache."""
+    env = {"TESSERA_MAX_WAIT_MS": "1500", "TESSERA_CACHE_MAX_BYTES": "0", "TESSERA_SHUTDOWN_GRACE_S": "10"}
+    process = ServerProcess(checkpoint_dir, tmp_path_factory.mktemp("serve-slow") / "server.log", **env)
+    yield process
+    process.stop()
+
+
+def test_sheet_round_trip_over_http(server):
+    tiles = random_tiles(6, seed=1)
+    with httpx.Client(base_url=server.url, timeout=30) as http:
+        r = http.post("/v1/encode", content=png(sheet_of(tiles, 2, 3)), headers={"Content-Type": "image/png", "Accept": NPY})
+        assert r.status_code == 200 and r.headers["X-Tessera-Grid"] == "2,3", r.text
+        latents = load_npy(r.content)
+        r = http.post("/v1/decode?columns=3", content=npy(latents), headers={"Content-Type": NPY})
+        assert r.status_code == 200 and r.headers["content-type"] == "image/png"
+        sheet = np.asarray(Image.open(io.BytesIO(r.content)))
+        assert sheet.shape == (64, 96, 3)
+        r = http.post("/v1/decode", content=npy(latents), headers={"Content-Type": NPY, "Accept": NPY})
+        np.testing.assert_array_equal(sheet, sheet_of(load_npy(r.content), 2, 3))
+        assert http.get("/v1/models").json()["default"] == "tiny"
+        assert server.metric("tessera_requests_total", endpoint="/v1/encode", status="2xx") >= 1
+
+
+def test_error_over_http_is_json(server):
+    r = httpx.post(server.url + "/v1/encode?model=missing", content=b"x", headers={"Content-Type": NPY})
+    assert r.status_code == 404 and r.json()["code"] == "unknown_model"
+
+
+def raw_request(port: int, body: bytes) -> socket.socket:
+    sock = socket.create_connection(("127.0.0.1", port))
+    head = (
+        f"POST /v1/encode HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: {NPY}\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode()
+    sock.sendall(head + body)
+    return sock
+
+
+def test_disconnected_client_tiles_are_not_computed(slow_server):
+    labels = {"model": "tiny", "op": "encode"}
+    sock = raw_request(slow_server.port, npy(random_tiles(3, seed=2)))
+    time.sleep(0.3)  # the request now waits in the open batch
+    assert slow_server.metric("tessera_queue_depth_tiles", **labels) == 3
+    sock.close()
+    time.sleep(1.8)  # past the batch window
+    assert slow_server.metric("tessera_rejected_tiles_total", reason="disconnected", **labels) == 3
+    assert slow_server.metric("tessera_batch_size_tiles_count", **labels) == 0
+    r = httpx.post(slow_server.url + "/v1/encode", content=npy(random_tiles(1, seed=3)), headers={"Content-Type": NPY}, timeout=30)
+    assert r.status_code == 200
+    assert slow_server.metric("tessera_batch_size_tiles_sum", **labels) == 1
+
+
+def test_sigterm_finishes_accepted_requests(slow_server):
+    """Runs last on the slow server: it shuts the server down."""
+    labels = {"model": "tiny", "op": "encode"}
+
+    def post(i):
+        return httpx.post(slow_server.url + "/v1/encode", content=npy(random_tiles(1, seed=10 + i)),
+                          headers={"Content-Type": NPY}, timeout=30)
+
+    with ThreadPoolExecutor(4) as pool:
+        pending = [pool.submit(post, i) for i in range(4)]
+        deadline = time.monotonic() + 10
+        while slow_server.metric("tessera_queue_depth_tiles", **labels) < 4:
+            assert time.monotonic() < deadline, "requests never queued"
+            time.sleep(0.02)
+        slow_server.process.send_signal(signal.SIGTERM)
+        time.sleep(0.2)
+        with pytest.raises(httpx.TransportError):  # the listener is closed: new connections are refused
+            httpx.get(slow_server.url + "/healthz", timeout=2)
+        responses = [f.result(timeout=30) for f in pending]
+    assert [r.status_code for r in responses] == [200] * 4
+    assert all(r.json()["count"] == 1 for r in responses)
+    # uvicorn re-raises the signal once it has shut down cleanly, so the exit status is SIGTERM's
+    assert slow_server.process.wait(timeout=20) in (0, -signal.SIGTERM)
+    log = slow_server.log.read_text()
+    assert "Application shutdown complete" in log and "unfinished" not in log
