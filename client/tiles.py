@@ -17,6 +17,7 @@ from PIL import Image, UnidentifiedImageError
 from client.errors import InputError
 
 TILE = 32  # side of one tile in pixels
+SIXTEEN_BIT = ("I;16", "I;16B", "I;16L", "I;16N", "I")  # grey modes wider than 8 bits
 
 ImageSource = Image.Image | str | os.PathLike
 
@@ -41,7 +42,11 @@ def load_image(source: ImageSource) -> Image.Image:
 
 
 def image_to_rgb(img: Image.Image) -> np.ndarray:
-    """Pixels as uint8 [H, W, 3], alpha multiplied in when the image has any."""
+    """Pixels as uint8 [H, W, 3], alpha multiplied in when the image has any (as the server does)."""
+    if img.mode in SIXTEEN_BIT:  # Pillow's convert("RGB") would clip these instead of scaling
+        grey = np.asarray(img, dtype=np.int64).clip(0, 65535)
+        grey = ((grey * 255 + 32767) // 65535).astype(np.uint8)
+        return np.repeat(grey[..., None], 3, axis=-1)
     has_alpha = img.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in img.info
     if has_alpha:
         return premultiply(np.asarray(img.convert("RGBA")))
