@@ -15,9 +15,8 @@ TILES = 256  # a fixed slice of the validation split keeps the test fast
 
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    """PSNR in dB of two uint8 or [0, 1] float arrays on the [0, 1] scale."""
-    scale = 255.0 if a.dtype == np.uint8 else 1.0
-    mse = np.mean((a.astype(np.float64) / scale - b.astype(np.float64) / (255.0 if b.dtype == np.uint8 else 1.0)) ** 2)
+    """PSNR in dB of two uint8 images on the [0, 1] scale."""
+    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2) / 255.0**2
     return 10 * math.log10(1.0 / mse)
 
 
@@ -28,15 +27,18 @@ def test_dcss_round_trip_matches_in_process_psnr(checkpoint_dir):
 
     import model
     from training.dataset import TileData
+    from training.metrics import evaluate_reconstruction
 
     checkpoint = BUNDLED if BUNDLED.is_file() else checkpoint_dir / "tiny.safetensors"
     tiles = TileData.open(DATA).split("val")[:TILES]
 
     module, _ = model.load_checkpoint(checkpoint)
+    # the model's own PSNR as training reports it: raw (unclamped) decoder output, float
+    own = evaluate_reconstruction(module, torch.from_numpy(tiles).permute(0, 3, 1, 2))["val_psnr"]
+    # the same model call through the service's conversions: clamped, rounded to uint8
     with torch.inference_mode():
         x = torch.from_numpy(tiles).permute(0, 3, 1, 2).float() / 255
         y = module(x).clamp(0, 1).permute(0, 2, 3, 1).numpy()
-    own_float = psnr(tiles, y)
     own_uint8 = psnr(tiles, np.round(y * 255).astype(np.uint8))
 
     with serving(checkpoint.parent, checkpoints=(checkpoint,), max_batch_tiles=64, cache_max_bytes=0) as client:
@@ -46,6 +48,7 @@ def test_dcss_round_trip_matches_in_process_psnr(checkpoint_dir):
         assert r.status_code == 200, r.text
         served = psnr(tiles, load_npy(r.content))
 
-    print(f"{checkpoint.name}: served {served:.3f} dB, in-process {own_uint8:.3f} dB (uint8) {own_float:.3f} dB (float)")
+    print(f"{checkpoint.name}: served {served:.3f} dB; in-process {own_uint8:.3f} dB (uint8), {own:.3f} dB (training's)")
     assert abs(served - own_uint8) < 0.01, (served, own_uint8, checkpoint.name)
-    assert abs(served - own_float) < 0.1, (served, own_float, checkpoint.name)
+    # clamping to [0, 1] only removes error; rounding to uint8 costs a few hundredths of a dB
+    assert served > own - 0.05, (served, own, checkpoint.name)
