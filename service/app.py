@@ -16,7 +16,7 @@ from fastapi import FastAPI
 from service.codecs import Limits
 from service.errors import install_error_handlers
 from service.metrics import Metrics, RequestMetricsMiddleware
-from service.registry import load_registry
+from service.registry import Registry, load_registry
 from service.routes import ServiceState, router
 from service.settings import Settings
 
@@ -41,15 +41,25 @@ def open_cache(settings: Settings, metrics: Metrics):
     return make_cache(settings, on_lookup=metrics.cache_lookup, on_error=metrics.cache_error)
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
-    """A Tessera app; nothing is loaded until its lifespan starts."""
+def create_app(settings: Settings | None = None, registry: Registry | None = None) -> FastAPI:
+    """A Tessera app; nothing is loaded until its lifespan starts.
+
+    Args:
+        settings: defaults to ``Settings()``, i.e. the ``TESSERA_*`` environment.
+        registry: models already loaded by ``load_registry(settings)`` (``tessera serve``
+            loads them first so that a bad checkpoint is reported before the server starts);
+            it serves one lifespan. None: the lifespan loads them.
+    """
     settings = settings if settings is not None else Settings()
     metrics = Metrics()
+    preloaded = registry
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        nonlocal preloaded
         start = time.monotonic()
-        registry = load_registry(settings, observer=metrics.batch_observer)
+        registry, preloaded = preloaded or load_registry(settings), None
+        registry.observe(metrics.batch_observer)
         for served in registry.models.values():
             info = served.describe(registry.default)
             metrics.add_model(served.name, info["arch"], info["compression_ratio"], served.key)

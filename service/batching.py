@@ -214,7 +214,7 @@ class Batcher:
         self.warmup_error: str | None = None
         self._warmup = warmup
         self._executor = executor
-        self._observer = observer
+        self.observer = observer  # may be set until the worker starts
         self._queue: asyncio.Queue[Slice] = asyncio.Queue()
         self._queued = 0  # tiles waiting, the bound's measure
         self._jobs: set[_Job] = set()
@@ -338,12 +338,12 @@ class Batcher:
 
     def _reject(self, reason: str, tiles: int) -> None:
         self.stats.rejected[reason] += tiles
-        if self._observer is not None:
-            self._observer.on_rejected(reason, tiles)
+        if self.observer is not None:
+            self.observer.on_rejected(reason, tiles)
 
     def _depth_changed(self) -> None:
-        if self._observer is not None:
-            self._observer.on_queue_depth(self._queued)
+        if self.observer is not None:
+            self.observer.on_queue_depth(self._queued)
 
     def _retry_after_s(self) -> float:
         """Rough time to work off the queue, 1 to 60 s."""
@@ -388,8 +388,8 @@ class Batcher:
                 self._reject("deadline", piece.job.remaining)
                 piece.job.fail(DeadlineExceeded(f"{self.name}: the request waited past its deadline; its tiles were not computed"))
                 continue
-            if self._observer is not None:
-                self._observer.on_queue_wait(now - piece.job.enqueued_at)
+            if self.observer is not None:
+                self.observer.on_queue_wait(now - piece.job.enqueued_at)
             live.append(piece)
         if not live:
             return
@@ -428,5 +428,5 @@ class Batcher:
         if seconds > 0:
             rate = unique / seconds
             self._tiles_per_s = rate if self._tiles_per_s == 0 else 0.8 * self._tiles_per_s + 0.2 * rate
-        if self._observer is not None:
-            self._observer.on_batch(tiles, unique, seconds)
+        if self.observer is not None:
+            self.observer.on_batch(tiles, unique, seconds)

@@ -69,11 +69,18 @@ def serve(args: argparse.Namespace) -> int:
 
     import uvicorn
 
+    from model import CheckpointError
     from service.app import create_app
+    from service.registry import RegistryError, load_registry
 
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:  # load before uvicorn starts, so that a bad checkpoint is one line, not a traceback
+        registry = load_registry(settings)
+    except (RegistryError, CheckpointError) as exc:
+        print(f"tessera serve: {exc}", file=sys.stderr)
+        return 2
     config = uvicorn.Config(
-        create_app(settings),
+        create_app(settings, registry=registry),
         host=settings.host,
         port=settings.port,
         lifespan="on",

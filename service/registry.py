@@ -154,6 +154,12 @@ class Registry:
     def batchers(self) -> list[Batcher]:
         return [b for model in self.models.values() for b in model.batchers]
 
+    def observe(self, observer: Callable[[str, str], BatchObserver]) -> None:
+        """Give every batcher ``observer(model, op)`` (before ``start``)."""
+        for model in self.models.values():
+            model.encoder.observer = observer(model.name, "encode")
+            model.decoder.observer = observer(model.name, "decode")
+
     def start(self) -> None:
         for batcher in self.batchers():
             batcher.start()
@@ -188,10 +194,9 @@ def choose_default(settings: Settings, names: list[str]) -> str:
     return DEFAULT_MODEL if DEFAULT_MODEL in names else names[0]
 
 
-def load_registry(settings: Settings, observer: Callable[[str, str], BatchObserver] | None = None) -> Registry:
+def load_registry(settings: Settings) -> Registry:
     """Load every configured checkpoint and set up its batchers (not started).
 
-    ``observer(model, op)`` gives each batcher its metrics observer.
     Raises ``RegistryError`` or ``model.CheckpointError`` with one line naming the file and the problem.
     """
     import torch
@@ -224,14 +229,12 @@ def load_registry(settings: Settings, observer: Callable[[str, str], BatchObserv
             f"{name}/encode",
             encode,
             warmup=np.zeros((warm, TILE, TILE, 3), np.uint8),
-            observer=observer(name, "encode") if observer else None,
             **common,
         )
         decoder = Batcher(
             f"{name}/decode",
             decode,
             warmup=np.zeros((warm, *latent_shape), np.float32),
-            observer=observer(name, "decode") if observer else None,
             **common,
         )
         models[name] = ServedModel(name, path, module, info, latent_shape, device, dtype_name, encoder, decoder, executor)

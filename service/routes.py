@@ -45,7 +45,7 @@ class ServiceState:
     started_at: float = field(default_factory=time.monotonic)
 
 
-def get_state(request: Request) -> ServiceState:
+async def get_state(request: Request) -> ServiceState:
     state = getattr(request.app.state, "tessera", None)
     if state is None:
         raise NotReady("the service is starting; retry in a moment", retry_after_s=1)

@@ -91,3 +91,19 @@ def test_serve_refuses_bad_settings_in_one_line():
     )
     assert result.returncode == 2
     assert result.stderr.strip().count("\n") == 0 and "max_batch_tiles" in result.stderr
+
+
+@pytest.mark.parametrize("content", [b"garbage", None])
+def test_serve_refuses_bad_checkpoints_in_one_line(tmp_path, content):
+    folder = tmp_path / "checkpoints"
+    if content is not None:
+        folder.mkdir()
+        (folder / "broken.safetensors").write_bytes(content)
+    result = subprocess.run(
+        [sys.executable, "-m", "cli.main", "serve", "--checkpoints", str(folder), "--port", "1"],
+        cwd=ROOT, capture_output=True, text=True, timeout=60,
+    )
+    assert result.returncode == 2, result.stderr
+    line = result.stderr.strip()
+    assert line.count("\n") == 0 and "Traceback" not in line
+    assert (str(folder / "broken.safetensors") if content else str(folder)) in line
