@@ -29,6 +29,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 logger = logging.getLogger(__name__)
 
@@ -150,6 +151,12 @@ async def _validation_error(request: Request, exc: RequestValidationError) -> JS
     return JSONResponse(error_body(detail, "invalid_request"), status_code=422)
 
 
+async def _client_disconnect(request: Request, exc: ClientDisconnect) -> JSONResponse:
+    """The client left while sending its body; nobody reads this answer."""
+    error = ClientDisconnected("the client disconnected while sending the request body")
+    return JSONResponse(error_body(error.detail, error.code), status_code=error.status)
+
+
 async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
     logger.exception("unhandled error on %s %s", request.method, request.url.path)
     detail = f"internal error ({type(exc).__name__}); this is a bug in the service, please report it"
@@ -161,4 +168,5 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(TesseraError, _tessera_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(ClientDisconnect, _client_disconnect)
     app.add_exception_handler(Exception, _unexpected_error)

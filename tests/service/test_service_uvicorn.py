@@ -53,14 +53,23 @@ def test_error_over_http_is_json(server):
     assert r.status_code == 404 and r.json()["code"] == "unknown_model"
 
 
-def raw_request(port: int, body: bytes) -> socket.socket:
+def raw_request(port: int, body: bytes, length: int | None = None) -> socket.socket:
     sock = socket.create_connection(("127.0.0.1", port))
     head = (
         f"POST /v1/encode HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: {NPY}\r\n"
-        f"Content-Length: {len(body)}\r\n\r\n"
+        f"Content-Length: {len(body) if length is None else length}\r\n\r\n"
     ).encode()
     sock.sendall(head + body)
     return sock
+
+
+def test_client_leaving_mid_body_is_not_a_server_error(server):
+    sock = raw_request(server.port, b"\x93NUMPY" + b"x" * 100, length=100_000)
+    time.sleep(0.2)
+    sock.close()
+    time.sleep(0.3)
+    assert server.metric("tessera_requests_total", endpoint="/v1/encode", status="5xx") == 0
+    assert "Traceback" not in server.log.read_text()
 
 
 def test_disconnected_client_tiles_are_not_computed(slow_server):
