@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 
 from fastapi import FastAPI
 
+from service.auth import KeyCheck, load_keys
 from service.codecs import Limits
 from service.errors import install_error_handlers
 from service.metrics import Metrics, RequestMetricsMiddleware
@@ -44,6 +45,8 @@ def open_cache(settings: Settings, metrics: Metrics):
 def create_app(settings: Settings | None = None, registry: Registry | None = None) -> FastAPI:
     """A Tessera app; nothing is loaded until its lifespan starts.
 
+    Raises ``ValueError`` when ``TESSERA_API_KEYS`` names an unreadable or empty key file.
+
     Args:
         settings: defaults to ``Settings()``, i.e. the ``TESSERA_*`` environment.
         registry: models already loaded by ``load_registry(settings)`` (``tessera serve``
@@ -51,6 +54,7 @@ def create_app(settings: Settings | None = None, registry: Registry | None = Non
             it serves one lifespan. None: the lifespan loads them.
     """
     settings = settings if settings is not None else Settings()
+    keys = KeyCheck(load_keys(settings.api_keys))  # a bad key file fails here, before serving
     metrics = Metrics()
     preloaded = registry
 
@@ -92,6 +96,7 @@ def create_app(settings: Settings | None = None, registry: Registry | None = Non
     )
     app.state.settings = settings
     app.state.metrics = metrics
+    app.state.keys = keys
     app.state.tessera = None
     install_error_handlers(app)
     app.include_router(router)

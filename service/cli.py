@@ -71,16 +71,19 @@ def serve(args: argparse.Namespace) -> int:
 
     from model import CheckpointError
     from service.app import create_app
+    from service.auth import load_keys
     from service.registry import RegistryError, load_registry
 
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:  # load before uvicorn starts, so that a bad checkpoint is one line, not a traceback
+    try:  # load before uvicorn starts, so that a bad checkpoint or key file is one line, not a traceback
+        load_keys(settings.api_keys)  # a bad key file is reported before the models load
         registry = load_registry(settings)
-    except (RegistryError, CheckpointError) as exc:
+        app = create_app(settings, registry=registry)
+    except (RegistryError, CheckpointError, ValueError) as exc:
         print(f"tessera serve: {exc}", file=sys.stderr)
         return 2
     config = uvicorn.Config(
-        create_app(settings, registry=registry),
+        app,
         host=settings.host,
         port=settings.port,
         lifespan="on",

@@ -11,6 +11,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse, Response
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from service import codecs
@@ -52,7 +53,16 @@ async def get_state(request: Request) -> ServiceState:
     return state
 
 
+_bearer = HTTPBearer(auto_error=False, description="one of TESSERA_API_KEYS, when the server sets them")
+
+
+async def require_key(request: Request, _: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> None:
+    """401 unless the request carries a known API key (a no-op without TESSERA_API_KEYS)."""
+    request.app.state.keys.check(request.headers.get("authorization"))
+
+
 State = Annotated[ServiceState, Depends(get_state)]
+KEY = [Depends(require_key)]
 ModelName = Annotated[str | None, Query(description="model name (GET /v1/models); omitted: the default model", max_length=200)]
 
 router = APIRouter()
@@ -119,6 +129,7 @@ ERRORS = {
     status: {"model": ErrorResponse, "description": text}
     for status, text in {
         400: "undecodable body (image, npy, base64 or JSON)",
+        401: "missing or unknown API key (when the server sets TESSERA_API_KEYS)",
         404: "unknown model",
         406: "Accept names no type this endpoint answers",
         413: "body, tile count or image pixels over the limits",
@@ -156,6 +167,7 @@ DECODE_BODY = {
 @router.post(
     "/v1/encode",
     summary="Encode tiles to latents",
+    dependencies=KEY,
     response_model=EncodeResponse,
     responses={
         200: {
@@ -216,6 +228,7 @@ async def encode(request: Request, state: State, model: ModelName = None) -> Res
 @router.post(
     "/v1/decode",
     summary="Decode latents to tiles",
+    dependencies=KEY,
     response_class=Response,
     responses={
         200: {
@@ -261,7 +274,13 @@ async def decode(
     return Response(codecs.png_bytes(codecs.tile_sheet(tiles, width)), media_type=PNG, headers=headers)
 
 
-@router.get("/v1/models", summary="Loaded models and request limits", response_model=ModelsResponse)
+@router.get(
+    "/v1/models",
+    summary="Loaded models and request limits",
+    response_model=ModelsResponse,
+    dependencies=KEY,
+    responses={401: ERRORS[401]},
+)
 async def models(state: State) -> dict:
     registry = state.registry
     return {
@@ -301,4 +320,6 @@ async def readyz(request: Request) -> Response:
 
 @router.get("/metrics", summary="Prometheus metrics", response_class=Response)
 async def metrics(request: Request) -> Response:
+    if not request.app.state.settings.metrics_public:
+        request.app.state.keys.check(request.headers.get("authorization"))
     return Response(request.app.state.metrics.exposition(), media_type=CONTENT_TYPE_LATEST)

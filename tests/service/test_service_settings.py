@@ -93,6 +93,16 @@ def test_serve_refuses_bad_settings_in_one_line():
     assert result.stderr.strip().count("\n") == 0 and "max_batch_tiles" in result.stderr
 
 
+def test_serve_refuses_an_unreadable_key_file_in_one_line(tmp_path, checkpoint_dir):
+    result = subprocess.run(
+        [sys.executable, "-m", "cli.main", "serve", "--checkpoints", str(checkpoint_dir), "--port", "1"],
+        cwd=ROOT, capture_output=True, text=True, timeout=60,
+        env={**os.environ, "TESSERA_API_KEYS": f"@{tmp_path / 'keys'}", "TESSERA_TORCH_THREADS": "1"},
+    )
+    assert result.returncode == 2 and result.stderr.strip().count("\n") == 0, result.stderr
+    assert str(tmp_path / "keys") in result.stderr
+
+
 @pytest.mark.parametrize("content", [b"garbage", None])
 def test_serve_refuses_bad_checkpoints_in_one_line(tmp_path, content):
     folder = tmp_path / "checkpoints"
