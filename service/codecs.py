@@ -30,6 +30,7 @@ JSON = "application/json"
 PNG = "image/png"
 _NPY_MAGIC = b"\x93NUMPY"
 _SIXTEEN_BIT = ("I;16", "I;16B", "I;16L", "I;16N", "I")
+_NPY_HEADER_READERS = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
 
 
 @dataclass(frozen=True)
@@ -159,20 +160,33 @@ def tiles_from_json(data: bytes, limits: Limits) -> TileBatch:
 
 
 def read_npy(data: bytes) -> np.ndarray:
-    """An array from ``.npy`` bytes; never unpickles (object arrays are refused)."""
+    """An array from ``.npy`` bytes; never unpickles (object arrays are refused).
+
+    The header is read and checked first: the dtype must be plain numeric and the data must be
+    exactly as long as the declared shape says, so a small body that declares a huge array is
+    refused before anything is allocated.
+    """
     if not data.startswith(_NPY_MAGIC):
         raise BadRequest("body is not an .npy file (no \\x93NUMPY magic); write it with numpy.save")
+    stream = io.BytesIO(data)
     try:
-        array = np.load(io.BytesIO(data), allow_pickle=False)
-    except ValueError as exc:
-        if "pickle" in str(exc) or "object" in str(exc).lower():
-            raise InvalidInput("object arrays are not accepted; send a numeric array", code="bad_dtype") from None
-        raise BadRequest(f"unreadable .npy data ({exc}); write it with numpy.save") from None
-    except (OSError, EOFError, SyntaxError, TypeError) as exc:
-        raise BadRequest(f"unreadable .npy data ({type(exc).__name__}: {exc}); write it with numpy.save") from None
-    if array.dtype.hasobject or array.dtype.names is not None:
-        raise InvalidInput(f"dtype {array.dtype} is not accepted; send a plain numeric array", code="bad_dtype")
-    return array
+        version = np.lib.format.read_magic(stream)
+        if version not in _NPY_HEADER_READERS:
+            raise ValueError(f"format version {version[0]}.{version[1]} is not supported (1.0 and 2.0 are)")
+        shape, fortran_order, dtype = _NPY_HEADER_READERS[version](stream)
+    except (ValueError, OSError, EOFError, SyntaxError, TypeError) as exc:
+        raise BadRequest(f"unreadable .npy header ({exc}); write it with numpy.save") from None
+    if dtype.hasobject or dtype.names is not None or dtype.subdtype is not None or dtype.itemsize == 0:
+        raise InvalidInput(f"dtype {dtype} is not accepted; send a plain numeric array", code="bad_dtype")
+    declared = math.prod(shape) * dtype.itemsize  # Python ints: no overflow
+    held = len(data) - stream.tell()
+    if declared != held:
+        raise BadRequest(
+            f".npy header declares shape {list(shape)} of {dtype} ({declared} bytes) but the body holds {held} bytes "
+            f"of data; send the whole file written by numpy.save"
+        )
+    flat = np.frombuffer(data, dtype=dtype, count=math.prod(shape), offset=stream.tell())
+    return flat.reshape(shape, order="F" if fortran_order else "C").copy()
 
 
 def tiles_from_npy(data: bytes, limits: Limits) -> TileBatch:
