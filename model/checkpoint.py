@@ -149,7 +149,7 @@ def _parse(path: str | os.PathLike, data: bytes) -> tuple[dict[str, Any], dict[s
     if len(data) < 8:
         raise CheckpointError(path, f"not a safetensors file (only {len(data)} bytes; truncated or empty)")
     (header_len,) = struct.unpack("<Q", data[:8])
-    looks_like_header = data[8:10] == b'{"'
+    looks_like_header = data[8:9] == b"{"  # the format requires the JSON header to open with "{"
     if not looks_like_header or header_len > _MAX_HEADER_BYTES:
         raise CheckpointError(path, "not a safetensors file (no JSON header at the start)")
     if 8 + header_len > len(data):
@@ -179,6 +179,8 @@ def _parse(path: str | os.PathLike, data: bytes) -> tuple[dict[str, Any], dict[s
         doc = json.loads(raw)
     except json.JSONDecodeError as error:
         raise CheckpointError(path, f"its {METADATA_KEY!r} metadata is not JSON: {error}") from None
+    if not isinstance(doc, dict):
+        raise CheckpointError(path, f"its {METADATA_KEY!r} metadata is not a JSON object")
     missing = [k for k in ("format_version", "arch", "config", "weights_sha256") if k not in doc]
     if missing:
         raise CheckpointError(path, f"its metadata lacks {missing}")
