@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import io
 import math
 import warnings
@@ -159,6 +160,33 @@ def tiles_from_json(data: bytes, limits: Limits) -> TileBatch:
 # -- npy ---------------------------------------------------------------------------------------
 
 
+def _npy_data_offset(data: bytes) -> int:
+    """Where the array data starts: magic and version (8 bytes), header length (2 bytes in
+    format 1.0, 4 in 2.0), header."""
+    width = 2 if data[6:7] == b"\x01" else 4
+    if len(data) < 8 + width:
+        raise ValueError("the header is cut short")
+    return 8 + width + int.from_bytes(data[8 : 8 + width], "little")
+
+
+@functools.lru_cache(maxsize=64)
+def _npy_header(prefix: bytes) -> tuple[tuple[int, ...], bool, np.dtype]:
+    """Shape, Fortran order and dtype of one .npy header (magic and version included).
+
+    Cached: clients send the same few headers again and again, and parsing one (numpy runs
+    ``ast.literal_eval`` on it) costs more than reading a whole tile. Headers that fail to
+    parse raise and are not cached.
+    """
+    stream = io.BytesIO(prefix)
+    version = np.lib.format.read_magic(stream)
+    if version not in _NPY_HEADER_READERS:
+        raise ValueError(f"format version {version[0]}.{version[1]} is not supported (1.0 and 2.0 are)")
+    header = _NPY_HEADER_READERS[version](stream)
+    if stream.tell() != len(prefix):
+        raise ValueError("the header length field does not match the header")
+    return header
+
+
 def read_npy(data: bytes) -> np.ndarray:
     """An array from ``.npy`` bytes; never unpickles (object arrays are refused).
 
@@ -168,24 +196,21 @@ def read_npy(data: bytes) -> np.ndarray:
     """
     if not data.startswith(_NPY_MAGIC):
         raise BadRequest("body is not an .npy file (no \\x93NUMPY magic); write it with numpy.save")
-    stream = io.BytesIO(data)
     try:
-        version = np.lib.format.read_magic(stream)
-        if version not in _NPY_HEADER_READERS:
-            raise ValueError(f"format version {version[0]}.{version[1]} is not supported (1.0 and 2.0 are)")
-        shape, fortran_order, dtype = _NPY_HEADER_READERS[version](stream)
+        start = _npy_data_offset(data)
+        shape, fortran_order, dtype = _npy_header(data[:start])
     except (ValueError, OSError, EOFError, SyntaxError, TypeError) as exc:
         raise BadRequest(f"unreadable .npy header ({exc}); write it with numpy.save") from None
     if dtype.hasobject or dtype.names is not None or dtype.subdtype is not None or dtype.itemsize == 0:
         raise InvalidInput(f"dtype {dtype} is not accepted; send a plain numeric array", code="bad_dtype")
     declared = math.prod(shape) * dtype.itemsize  # Python ints: no overflow
-    held = len(data) - stream.tell()
+    held = len(data) - start
     if declared != held:
         raise BadRequest(
             f".npy header declares shape {list(shape)} of {dtype} ({declared} bytes) but the body holds {held} bytes "
             f"of data; send the whole file written by numpy.save"
         )
-    flat = np.frombuffer(data, dtype=dtype, count=math.prod(shape), offset=stream.tell())
+    flat = np.frombuffer(data, dtype=dtype, count=math.prod(shape), offset=start)
     return flat.reshape(shape, order="F" if fortran_order else "C").copy()
 
 

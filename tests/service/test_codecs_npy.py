@@ -1,0 +1,48 @@
+"""read_npy: the cached header parse gives what numpy.load gives, and refuses what it should."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+
+from service import codecs
+from service.errors import BadRequest
+
+
+def npy(array: np.ndarray, version: tuple[int, int] | None = None) -> bytes:
+    buffer = io.BytesIO()
+    np.lib.format.write_array(buffer, array, version=version)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize(
+    "array",
+    [
+        np.arange(2 * 32 * 32 * 3, dtype=np.uint8).reshape(2, 32, 32, 3),
+        np.linspace(-1, 1, 3 * 64, dtype=np.float32).reshape(3, 64, 1, 1),
+        np.asfortranarray(np.arange(6.0).reshape(2, 3)),
+    ],
+)
+@pytest.mark.parametrize("version", [(1, 0), (2, 0)])
+def test_read_npy_matches_numpy_load(array, version):
+    data = npy(array, version)
+    for _ in range(2):  # the second read comes from the header cache
+        out = codecs.read_npy(data)
+        expected = np.load(io.BytesIO(data), allow_pickle=False)
+        assert out.dtype == expected.dtype and out.shape == expected.shape and np.array_equal(out, expected)
+        assert out.flags.writeable
+
+
+def test_same_header_other_data_is_read_afresh():
+    first, second = np.zeros((1, 32, 32, 3), np.uint8), np.full((1, 32, 32, 3), 7, np.uint8)
+    assert codecs.read_npy(npy(first)).max() == 0
+    assert codecs.read_npy(npy(second)).min() == 7
+
+
+def test_header_length_field_that_lies_is_400():
+    data = bytearray(npy(np.zeros((1, 4), np.float32)))
+    data[8] -= 16  # header length 16 bytes short: the header runs into the data
+    with pytest.raises(BadRequest):
+        codecs.read_npy(bytes(data))
