@@ -19,14 +19,21 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 RUN python -m venv /opt/venv
 
-# torch first and pinned: an unpinned torch from PyPI is the multi-GB CUDA build
-RUN --mount=type=bind,target=/context \
-    if compgen -G "/context/.wheels/torch-${TORCH_VERSION}+${TORCH_VARIANT}-*.whl" > /dev/null; then \
-        pip install --find-links /context/.wheels "torch==${TORCH_VERSION}+${TORCH_VARIANT}"; \
+# torch first and pinned (an unpinned torch from PyPI is the multi-GB CUDA build), from .wheels/
+# when the context holds the wheel, else from PyTorch's index. The optional .wheel[s] glob needs a
+# file that always exists beside it; pyproject.toml is that file.
+WORKDIR /build
+COPY pyproject.toml .wheel[s] ./
+RUN if compgen -G "torch-${TORCH_VERSION}+${TORCH_VARIANT}-*.whl" > /dev/null; then \
+        pip install --find-links . "torch==${TORCH_VERSION}+${TORCH_VARIANT}"; \
     else \
         pip install --index-url "${TORCH_INDEX_URL}" "torch==${TORCH_VERSION}+${TORCH_VARIANT}"; \
     fi
 
+# the project's dependencies in a layer that only pyproject.toml invalidates, then the project
+RUN python -c 'import tomllib; print("\n".join(tomllib.load(open("pyproject.toml", "rb"))["project"]["dependencies"]))' \
+        > requirements.txt \
+    && pip install --requirement requirements.txt
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY cli/ cli/
@@ -34,7 +41,7 @@ COPY client/ client/
 COPY model/ model/
 COPY service/ service/
 COPY training/ training/
-RUN pip install . \
+RUN pip install --no-deps . \
     && tessera --help > /dev/null
 
 # whatever checkpoints the context holds (possibly none: then mount some at run time)
