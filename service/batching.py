@@ -10,7 +10,8 @@ thread and hands every request its rows back in order.
   arrival order and reassembled in order.
 - Identical tiles in a batch are computed once (sheets repeat tiles a lot).
 - The queue is bounded in tiles: a request that does not fit is refused at once (``Overloaded``,
-  503 with Retry-After) instead of queueing without bound.
+  503 with Retry-After) instead of queueing without bound. So is a request that would not be
+  computed before its deadline at the recent throughput: better a quick 503 than a slow 504.
 - A request that waits past its deadline gets ``DeadlineExceeded`` (504); a request whose client
   went away is abandoned. In both cases its tiles still waiting are dropped, never computed.
 - A model call that raises, or returns the wrong number of rows, fails every request of that
@@ -288,9 +289,19 @@ class Batcher:
                 f"not fit; retry later or send fewer tiles per request",
                 retry_after_s=self._retry_after_s(),
             )
-        if deadline <= time.monotonic():
+        now = time.monotonic()
+        if deadline <= now:
             self._reject("deadline", n)
             raise DeadlineExceeded(f"{self.name}: the request deadline passed before it was queued")
+        expected_s = self._expected_wait_s(n)
+        if now + expected_s > deadline:
+            self._reject("queue_full", n)
+            raise Overloaded(
+                f"{self.name}: {self._queued} tiles are queued, about {expected_s:.1f} s of work at the recent "
+                f"{self._tiles_per_s:.0f} tiles/s, more than the {deadline - now:.1f} s left before this request's "
+                f"deadline; retry later or send fewer tiles per request",
+                retry_after_s=self._retry_after_s(),
+            )
         job = _Job(rows, asyncio.get_running_loop().create_future(), deadline)
         self._jobs.add(job)
         self._queued += n
@@ -344,6 +355,13 @@ class Batcher:
     def _depth_changed(self) -> None:
         if self.observer is not None:
             self.observer.on_queue_depth(self._queued)
+
+    def _expected_wait_s(self, n: int) -> float:
+        """Rough time until ``n`` more tiles would be computed: the queue ahead of them and
+        their own rows at the recent throughput, plus one batch window (0 before any measurement)."""
+        if self._tiles_per_s <= 0:
+            return 0.0
+        return (self._queued + n) / self._tiles_per_s + self.max_wait_s
 
     def _retry_after_s(self) -> float:
         """Rough time to work off the queue, 1 to 60 s."""

@@ -73,6 +73,7 @@ def serve(args: argparse.Namespace) -> int:
     from service.app import create_app
     from service.auth import load_keys
     from service.registry import RegistryError, load_registry
+    from service.shutdown import DrainingServer
 
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:  # load before uvicorn starts, so that a bad checkpoint or key file is one line, not a traceback
@@ -91,6 +92,6 @@ def serve(args: argparse.Namespace) -> int:
         access_log=args.access_log,
         timeout_graceful_shutdown=settings.shutdown_grace_s,
     )
-    server = uvicorn.Server(config)
+    server = DrainingServer(config, app, settings)
     server.run()
     return 0 if server.started else 1

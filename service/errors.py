@@ -100,7 +100,13 @@ class Overloaded(Unavailable):
 
 
 class ShuttingDown(Unavailable):
+    """Also closes the connection, so that a keep-alive client reconnects (to another instance)."""
+
     code = "shutting_down"
+
+    def __init__(self, detail: str, *, retry_after_s: float = 1.0, code: str | None = None) -> None:
+        super().__init__(detail, retry_after_s=retry_after_s, code=code)
+        self.headers["Connection"] = "close"
 
 
 class NotReady(Unavailable):

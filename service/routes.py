@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from typing import Annotated, Any
 
@@ -17,7 +17,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from service import codecs
 from service.cache import LatentCache
 from service.codecs import IMAGE_TYPES, JSON, NPY, PNG, Limits
-from service.errors import BadRequest, NotReady, ShuttingDown, TooLarge, UnsupportedMediaType, error_body
+from service.errors import BadRequest, NotReady, Overloaded, ShuttingDown, TooLarge, UnsupportedMediaType, error_body
 from service.metrics import Metrics
 from service.pipeline import decode_latents, encode_tiles
 from service.registry import Registry
@@ -42,8 +42,25 @@ class ServiceState:
     metrics: Metrics
     cache: LatentCache | None
     limits: Limits
-    draining: bool = False
+    draining: bool = False  # set on SIGTERM (service.shutdown) and by the lifespan's shutdown
+    in_flight: int = 0  # admitted /v1/encode and /v1/decode requests not answered yet
     started_at: float = field(default_factory=time.monotonic)
+
+    @contextlib.contextmanager
+    def admit(self) -> Iterator[None]:
+        """Count one request as in flight for its whole life; 503 while draining or at the limit."""
+        if self.draining:
+            raise ShuttingDown("the server is shutting down; retry on another instance", retry_after_s=5)
+        limit = self.settings.max_requests_in_flight
+        if self.in_flight >= limit:
+            raise Overloaded(
+                f"{self.in_flight} requests are in progress (limit {limit}, TESSERA_MAX_REQUESTS_IN_FLIGHT); retry later"
+            )
+        self.in_flight += 1
+        try:
+            yield
+        finally:
+            self.in_flight -= 1
 
 
 async def get_state(request: Request) -> ServiceState:
@@ -116,11 +133,6 @@ def _content_type(request: Request, accepted: tuple[str, ...]) -> str:
     return kind
 
 
-def _check_accepting(state: ServiceState) -> None:
-    if state.draining:
-        raise ShuttingDown("the server is shutting down; retry on another instance", retry_after_s=5)
-
-
 def _binary(description: str) -> dict[str, Any]:
     return {"schema": {"type": "string", "format": "binary"}, "description": description}
 
@@ -184,8 +196,12 @@ async def encode(request: Request, state: State, model: ModelName = None) -> Res
     Body by Content-Type: an image, ``application/x-npy`` uint8 tiles, or JSON with base64
     images. RGBA is multiplied by alpha. Answers JSON (default) or ``application/x-npy`` by Accept.
     """
+    with state.admit():
+        return await _encode(request, state, model)
+
+
+async def _encode(request: Request, state: ServiceState, model: str | None) -> Response:
     started = time.monotonic()
-    _check_accepting(state)
     served = state.registry.get(model)
     kind = _content_type(request, (*IMAGE_TYPES, NPY, JSON))
     answer = codecs.negotiate(request.headers.get("accept"), (JSON, NPY))
@@ -250,8 +266,12 @@ async def decode(
     columns: Annotated[int | None, Query(ge=1, le=4096, description="sheet width in tiles; default N if N <= 16 else ceil(sqrt(N))")] = None,
 ) -> Response:
     """Decode latents ``[N, *latent_shape]`` (npy or JSON) back to 32x32 RGB tiles."""
+    with state.admit():
+        return await _decode(request, state, model, columns)
+
+
+async def _decode(request: Request, state: ServiceState, model: str | None, columns: int | None) -> Response:
     started = time.monotonic()
-    _check_accepting(state)
     served = state.registry.get(model)
     kind = _content_type(request, (NPY, JSON))
     answer = codecs.negotiate(request.headers.get("accept"), (PNG, NPY, JSON))

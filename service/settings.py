@@ -33,6 +33,9 @@ class Settings(BaseSettings):
     device: str = Field(default="auto", description="auto (cuda when available), cpu, cuda or cuda:N")
     cuda_dtype: Literal["fp32", "fp16", "bf16"] = Field(default="fp32", description="inference dtype on CUDA; CPU always runs fp32")
     torch_threads: int | None = Field(default=None, ge=1, description="torch intra-op threads; unset: torch's default")
+    skip_bad_checkpoints: bool = Field(
+        default=False, description="serve the good checkpoints when some cannot be loaded (listed in /v1/models as skipped)"
+    )
 
     # batching
     max_batch_tiles: int = Field(default=64, ge=1, description="most tiles in one model call")
@@ -40,11 +43,18 @@ class Settings(BaseSettings):
     max_queue_tiles: int = Field(default=4096, ge=1, description="most tiles waiting per model and operation; beyond: 503")
     request_timeout_s: float = Field(default=30.0, gt=0, description="a request not answered by then gets 504")
     shutdown_grace_s: float = Field(default=20.0, ge=0, description="time to finish accepted requests on shutdown")
+    shutdown_delay_s: float = Field(
+        default=0.0, ge=0,
+        description="after SIGTERM, keep answering 503 (readyz too) at least this long, so load balancers see it before the port closes",
+    )
 
     # request limits
     max_tiles_per_request: int = Field(default=1024, ge=1, description="most tiles (or latents) in one request; beyond: 413")
     max_body_bytes: int = Field(default=16 * 1024 * 1024, ge=1024, description="largest request body; beyond: 413")
     max_image_pixels: int = Field(default=4 * 1024 * 1024, ge=1024, description="largest image (width x height) accepted")
+    max_requests_in_flight: int = Field(
+        default=256, ge=1, description="most /v1/encode and /v1/decode requests handled at once; beyond: 503 with Retry-After"
+    )
 
     # cache (service.cache)
     redis_url: str | None = Field(default=None, description="redis://host:port/db for the latent cache; unset: in-process cache")

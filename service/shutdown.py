@@ -1,0 +1,70 @@
+"""Graceful shutdown of ``tessera serve``: SIGTERM starts a drain, not an exit.
+
+On the first SIGTERM (or SIGINT) the server keeps its port open and stops admitting work:
+
+- ``/readyz`` answers 503, so a load balancer takes the instance out of rotation;
+- new ``/v1/encode`` and ``/v1/decode`` requests get 503 ``shutting_down`` with ``Retry-After``
+  and ``Connection: close``: a proxy retries them on another instance, and keep-alive clients
+  reconnect;
+- every request admitted before the signal runs to completion.
+
+When no admitted request is left (and at least ``TESSERA_SHUTDOWN_DELAY_S`` has passed), or
+after ``TESSERA_SHUTDOWN_GRACE_S`` at the latest, uvicorn closes the port and the app's lifespan
+stops the batchers. The process then exits 0: the drain was the expected end. A second signal
+during the drain is uvicorn's own: stop now, exit by the signal.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from types import FrameType
+
+import uvicorn
+from fastapi import FastAPI
+
+from service.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+
+class DrainingServer(uvicorn.Server):
+    """A ``uvicorn.Server`` whose first shutdown signal drains the app before exiting."""
+
+    def __init__(self, config: uvicorn.Config, app: FastAPI, settings: Settings) -> None:
+        super().__init__(config)
+        self.app = app
+        self.settings = settings
+        self.drain_started: float | None = None
+        self._announced = False
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        state = getattr(self.app.state, "tessera", None)
+        if self.drain_started is not None or self.should_exit or state is None:
+            super().handle_exit(sig, frame)  # a second signal, or not serving yet: exit now
+            return
+        # a signal handler: set flags only, log from the event loop (on_tick)
+        state.draining = True
+        self.drain_started = time.monotonic()
+
+    async def on_tick(self, counter: int) -> bool:
+        if self.drain_started is not None and not self.should_exit:
+            self._check_drain()
+        return await super().on_tick(counter)
+
+    def _check_drain(self) -> None:
+        state = self.app.state.tessera
+        in_flight = state.in_flight if state is not None else 0
+        if not self._announced:
+            self._announced = True
+            logger.info(
+                "shutdown signal: draining %d request(s) in flight (up to %.1f s); new requests get 503",
+                in_flight, self.settings.shutdown_grace_s,
+            )
+        elapsed = time.monotonic() - self.drain_started
+        if in_flight == 0 and elapsed >= self.settings.shutdown_delay_s:
+            logger.info("drained in %.2f s; closing the port", elapsed)
+            self.should_exit = True
+        elif elapsed >= self.settings.shutdown_grace_s:
+            logger.warning("%d request(s) still in flight after the %.1f s grace period", in_flight, self.settings.shutdown_grace_s)
+            self.should_exit = True
