@@ -81,7 +81,7 @@ def serve(args: argparse.Namespace) -> int:
         registry = load_registry(settings)
         app = create_app(settings, registry=registry)
     except (RegistryError, CheckpointError, ValueError) as exc:
-        print(f"tessera serve: {exc}", file=sys.stderr)
+        print(f"tessera serve: {' '.join(str(exc).split())}", file=sys.stderr)  # one line, whatever the message
         return 2
     config = uvicorn.Config(
         app,

@@ -29,8 +29,24 @@ CUDA_DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
 OPS = ("encode", "decode")
 
 
+PICKLE_SUFFIXES = (".pt", ".pth", ".ckpt", ".pkl", ".pickle")
+PICKLE_PROBLEM = (
+    "a pickle-based PyTorch file (torch.save), not safetensors; Tessera never unpickles files, as that can run "
+    "code: convert it where you trust it (model.save_checkpoint) or remove it"
+)
+
+
 class RegistryError(ValueError):
     """The configured checkpoints cannot be served (none found, duplicate names, bad default)."""
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """A checkpoint left out under ``TESSERA_SKIP_BAD_CHECKPOINTS``, and why."""
+
+    name: str
+    file: str  # the file name only: API clients need not learn the server's paths
+    reason: str
 
 
 def find_checkpoints(paths: tuple[Path, ...]) -> dict[str, Path]:
@@ -53,6 +69,41 @@ def find_checkpoints(paths: tuple[Path, ...]) -> dict[str, Path]:
             f"or point TESSERA_CHECKPOINTS at the bundled checkpoints/ folder"
         )
     return dict(sorted(found.items()))
+
+
+def find_pickles(paths: tuple[Path, ...]) -> list[Path]:
+    """Pickle-based PyTorch files (``.pt`` and the like) lying in the checkpoint folders: they are
+    reported as bad checkpoints rather than silently ignored."""
+    return sorted(f for path in paths if path.is_dir() for f in path.iterdir() if f.suffix.lower() in PICKLE_SUFFIXES)
+
+
+def read_checkpoint(path: Path, device: str, dtype) -> tuple[Any, dict]:
+    """``model.load_checkpoint`` with every failure as one ``CheckpointError`` naming the file."""
+    from model import CheckpointError, load_checkpoint
+
+    if path.suffix.lower() in PICKLE_SUFFIXES:
+        raise CheckpointError(path, PICKLE_PROBLEM)
+    try:
+        return load_checkpoint(path, device=device, dtype=dtype)
+    except CheckpointError as exc:
+        if _looks_pickled(path):
+            raise CheckpointError(path, f"{PICKLE_PROBLEM} (despite its {path.suffix} name)") from None
+        raise
+    except OSError as exc:
+        raise CheckpointError(path, f"cannot be read: {exc.strerror or exc}") from None
+    except (ValueError, TypeError, KeyError, IndexError, RuntimeError) as exc:
+        raise CheckpointError(path, f"cannot be loaded ({type(exc).__name__}: {exc})") from None
+
+
+def _looks_pickled(path: Path) -> bool:
+    """torch.save's zip container, or a bare pickle (protocol 2+: PROTO, then an opcode; a
+    safetensors header length of that size would have a zero third byte)."""
+    try:
+        with open(path, "rb") as file:
+            head = file.read(4)
+    except OSError:
+        return False
+    return head.startswith(b"PK\x03\x04") or (len(head) == 4 and head[0] == 0x80 and 2 <= head[1] <= 5 and head[2] != 0)
 
 
 def resolve_device(setting: str) -> str:
@@ -137,11 +188,12 @@ class ServedModel:
 class Registry:
     """Every served model by name, and the default one."""
 
-    def __init__(self, models: dict[str, ServedModel], default: str) -> None:
+    def __init__(self, models: dict[str, ServedModel], default: str, skipped: tuple[Skipped, ...] = ()) -> None:
         if default not in models:
             raise RegistryError(f"default model {default!r} is not loaded; loaded: {sorted(models)}")
         self.models = models
         self.default = default
+        self.skipped = skipped
 
     def get(self, name: str | None) -> ServedModel:
         """The named model (the default when None); ``UnknownModel`` lists the known ones."""
@@ -184,8 +236,13 @@ class Registry:
         return sum(left)
 
 
-def choose_default(settings: Settings, names: list[str]) -> str:
+def choose_default(settings: Settings, names: list[str], skipped: tuple[Skipped, ...] = ()) -> str:
     if settings.default_model is not None:
+        reasons = {s.name: s.reason for s in skipped}
+        if settings.default_model in reasons:
+            raise RegistryError(
+                f"TESSERA_DEFAULT_MODEL={settings.default_model!r} cannot be loaded: {reasons[settings.default_model]}"
+            )
         if settings.default_model not in names:
             raise RegistryError(
                 f"TESSERA_DEFAULT_MODEL={settings.default_model!r} is not among the loaded models {names}; pick one of them"
@@ -197,23 +254,41 @@ def choose_default(settings: Settings, names: list[str]) -> str:
 def load_registry(settings: Settings) -> Registry:
     """Load every configured checkpoint and set up its batchers (not started).
 
+    A checkpoint that cannot be loaded (truncated, not safetensors, a pickle, a config that does
+    not match its weights) stops the loading, unless ``settings.skip_bad_checkpoints``: then it
+    is logged, left out and listed in ``Registry.skipped``.
+
     Raises ``RegistryError`` or ``model.CheckpointError`` with one line naming the file and the problem.
     """
     import torch
 
-    import model as models_pkg
+    from model import CheckpointError
 
     if settings.torch_threads is not None:
         torch.set_num_threads(settings.torch_threads)
     device = resolve_device(settings.device)
     dtype_name = CUDA_DTYPES[settings.cuda_dtype] if device.startswith("cuda") else "float32"
     dtype = getattr(torch, dtype_name)
+    skipped: list[Skipped] = []
+
+    def skip(exc: CheckpointError, path: Path) -> None:
+        if not settings.skip_bad_checkpoints:
+            raise exc
+        logger.warning("skipping %s (TESSERA_SKIP_BAD_CHECKPOINTS): %s", exc.path, exc.problem)
+        skipped.append(Skipped(path.stem, path.name, exc.problem))
+
+    for path in find_pickles(settings.checkpoints):
+        skip(CheckpointError(path, PICKLE_PROBLEM), path)
     files = find_checkpoints(settings.checkpoints)
-    default = choose_default(settings, list(files))
+    choose_default(settings, list(files))  # an unknown TESSERA_DEFAULT_MODEL fails before anything loads
     models: dict[str, ServedModel] = {}
     for name, path in files.items():
         start = time.monotonic()
-        module, info = models_pkg.load_checkpoint(path, device=device, dtype=dtype)
+        try:
+            module, info = read_checkpoint(path, device, dtype)
+        except CheckpointError as exc:
+            skip(exc, path)
+            continue
         module.eval()
         latent_shape = tuple(int(d) for d in module.latent_shape)
         encode, decode = make_ops(module, device, dtype)
@@ -242,4 +317,7 @@ def load_registry(settings: Settings) -> Registry:
             "loaded %s from %s (%s, latent %s, %s on %s) in %.2f s",
             name, path, info.get("arch"), latent_shape, dtype_name, device, time.monotonic() - start,
         )
-    return Registry(models, default)
+    if not models:
+        problems = "; ".join(f"{s.file}: {s.reason}" for s in skipped)
+        raise RegistryError(f"no checkpoint could be loaded ({problems})")
+    return Registry(models, choose_default(settings, list(models), tuple(skipped)), tuple(skipped))

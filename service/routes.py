@@ -306,6 +306,7 @@ async def models(state: State) -> dict:
     return {
         "default": registry.default,
         "models": [m.describe(registry.default) for m in registry.models.values()],
+        "skipped": [{"name": s.name, "file": s.file, "reason": s.reason} for s in registry.skipped],
         "limits": {
             "max_tiles_per_request": state.settings.max_tiles_per_request,
             "max_body_bytes": state.settings.max_body_bytes,

@@ -69,9 +69,18 @@ class Limits(BaseModel):
     max_batch_tiles: int
 
 
+class SkippedModel(BaseModel):
+    name: str
+    file: str
+    reason: str = Field(description="why the checkpoint could not be loaded")
+
+
 class ModelsResponse(BaseModel):
     default: str
     models: list[ModelInfo]
+    skipped: list[SkippedModel] = Field(
+        default=[], description="checkpoints left out because they cannot be loaded (TESSERA_SKIP_BAD_CHECKPOINTS)"
+    )
     limits: Limits
 
 
