@@ -44,7 +44,7 @@ class AsyncClient:
 
     Args:
         base_url: where the server listens, e.g. "http://127.0.0.1:8000".
-        api_key: sent when the server requires keys, both as a bearer token and as X-API-Key.
+        api_key: sent when the server requires keys, as ``Authorization: Bearer <key>``.
         timeout: seconds to wait for any one request.
         retries: how many times a 429/503 answer or a broken connection is retried.
         concurrency: how many chunk requests may be in flight at once.
@@ -73,7 +73,6 @@ class AsyncClient:
         headers = {"User-Agent": "tessera-client"}
         if api_key:
             headers["Authorization"] = f"Bearer {api_key}"
-            headers["X-API-Key"] = api_key
         self._http = httpx.AsyncClient(base_url=self.base_url, headers=headers, timeout=timeout)
         self._models: Models | None = None
 
