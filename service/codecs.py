@@ -296,8 +296,22 @@ def parse_json(schema, data: bytes):
 
 
 def npy_bytes(array: np.ndarray) -> bytes:
+    """``array`` as .npy bytes, the same as ``numpy.save`` writes for a C-ordered array."""
+    array = np.ascontiguousarray(array)
+    return _npy_prefix(array.dtype, array.shape) + array.tobytes()
+
+
+@functools.lru_cache(maxsize=64)
+def _npy_prefix(dtype: np.dtype, shape: tuple[int, ...]) -> bytes:
+    """Magic, version and header of a C-ordered array; cached, since answers repeat a few shapes
+    and formatting a header costs more than copying a tile's latent."""
     buffer = io.BytesIO()
-    np.save(buffer, array, allow_pickle=False)
+    header = {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False, "shape": shape}
+    try:
+        np.lib.format.write_array_header_1_0(buffer, header)
+    except ValueError:  # a header too long for format 1.0
+        buffer = io.BytesIO()
+        np.lib.format.write_array_header_2_0(buffer, header)
     return buffer.getvalue()
 
 

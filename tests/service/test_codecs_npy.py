@@ -1,4 +1,4 @@
-"""read_npy: the cached header parse gives what numpy.load gives, and refuses what it should."""
+"""read_npy and npy_bytes: the cached headers give what numpy gives, and bad headers are refused."""
 
 from __future__ import annotations
 
@@ -46,3 +46,19 @@ def test_header_length_field_that_lies_is_400():
     data[8] -= 16  # header length 16 bytes short: the header runs into the data
     with pytest.raises(BadRequest):
         codecs.read_npy(bytes(data))
+
+
+@pytest.mark.parametrize(
+    "array",
+    [
+        np.zeros((1, 64, 1, 1), np.float32),
+        np.arange(2 * 32 * 32 * 3, dtype=np.uint8).reshape(2, 32, 32, 3),
+        np.asfortranarray(np.arange(6.0).reshape(2, 3)),
+        np.ones((5, 128), np.float32)[:, ::2],
+    ],
+)
+def test_npy_bytes_is_what_numpy_save_writes(array):
+    buffer = io.BytesIO()
+    np.save(buffer, np.ascontiguousarray(array))
+    for _ in range(2):  # the second answer's header comes from the cache
+        assert codecs.npy_bytes(array) == buffer.getvalue()
