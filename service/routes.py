@@ -156,7 +156,7 @@ ENCODE_BODY = {
     "requestBody": {
         "required": True,
         "content": {
-            PNG: _binary("one 32x32 tile or a sheet with sides multiple of 32 (JPEG, WebP, GIF, BMP too)"),
+            **{kind: _binary("one 32x32 tile or a sheet with sides multiple of 32; one frame") for kind in IMAGE_TYPES},
             NPY: _binary("uint8 [N, 32, 32, 3] or [N, 32, 32, 4]"),
             JSON: {"schema": EncodeJSONRequest.model_json_schema(), "example": EncodeJSONRequest.model_config["json_schema_extra"]["examples"][0]},
         },
