@@ -126,14 +126,14 @@ def make_ops(module, device: str, dtype) -> tuple[Callable[[np.ndarray], np.ndar
 
     def encode(tiles: np.ndarray) -> np.ndarray:
         with torch.inference_mode():
-            x = torch.from_numpy(np.ascontiguousarray(tiles)).to(device, non_blocking=True)  # (N, 32, 32, 3) uint8
+            x = torch.from_numpy(np.require(tiles, requirements="CW")).to(device, non_blocking=True)  # (N, 32, 32, 3) uint8
             x = x.permute(0, 3, 1, 2).to(dtype).div_(255)  # (N, 3, 32, 32) in [0, 1]
             z = module.encode(x)
             return z.float().cpu().numpy()
 
     def decode(latents: np.ndarray) -> np.ndarray:
         with torch.inference_mode():
-            z = torch.from_numpy(np.ascontiguousarray(latents)).to(device, dtype=dtype)
+            z = torch.from_numpy(np.require(latents, requirements="CW")).to(device, dtype=dtype)
             x = module.decode(z).float()  # (N, 3, 32, 32), not clamped
             x = torch.nan_to_num(x, nan=0.0).clamp_(0, 1).mul_(255).round_().to(torch.uint8)
             return x.permute(0, 2, 3, 1).contiguous().cpu().numpy()  # (N, 32, 32, 3)
