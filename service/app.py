@@ -7,7 +7,6 @@ loads the models, starts their batchers (warm-up first) and, on shutdown, drains
 from __future__ import annotations
 
 import contextlib
-import gc
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -17,6 +16,7 @@ from fastapi import FastAPI
 from service.auth import KeyCheck, load_keys
 from service.codecs import Limits
 from service.errors import install_error_handlers
+from service.gc_tuning import tune_for_serving
 from service.metrics import Metrics, RequestMetricsMiddleware
 from service.openapi import install_openapi
 from service.registry import Registry, load_registry
@@ -74,10 +74,7 @@ def create_app(settings: Settings | None = None, registry: Registry | None = Non
         state = ServiceState(settings, registry, metrics, cache, limits)
         app.state.tessera = state
         registry.start()
-        # the models, torch and every module live as long as the app: keep them out of the
-        # collector's way (a full collection scanned them all: ~0.2 s pauses under load)
-        gc.collect()
-        gc.freeze()
+        untune_gc = tune_for_serving()
         logger.info(
             "serving %s (default %s); loaded in %.2f s, warming up",
             sorted(registry.models), registry.default, time.monotonic() - start,
@@ -92,7 +89,7 @@ def create_app(settings: Settings | None = None, registry: Registry | None = Non
             if cache is not None:
                 await cache.close()
             app.state.tessera = None
-            gc.unfreeze()
+            untune_gc()
 
     app = FastAPI(
         title="Tessera",
