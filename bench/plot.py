@@ -1,0 +1,45 @@
+"""The benchmark plot: tiles/s and p99 latency against concurrency, next to the raw model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def raw_curve(raw: dict, model: str, threads: int, op: str = "encode") -> tuple[list[int], list[float]]:
+    points = sorted(
+        (p["batch"], p["tiles_per_s"]) for p in raw["points"]
+        if p["model"] == model and p["op"] == op and p["device"] == "cpu" and p["threads"] == threads
+    )
+    return [b for b, _ in points], [t for _, t in points]
+
+
+def throughput_plot(service: dict, raw: dict | None, path: Path) -> Path:
+    """Two panels: encode tiles/s and p99 latency per number of closed-loop clients."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    threads = service["plan"]["threads"]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
+    for key, label, style in (("batching", "service, batching", "o-"), ("no_batching", "service, max_batch_tiles=1", "s--")):
+        points = service.get(key) or []
+        clients = [p["concurrency"] for p in points]
+        left.plot(clients, [p["tiles_per_s"] for p in points], style, label=label)
+        right.plot(clients, [p["latency_ms"]["p99"] for p in points], style, label=label)
+    if raw is not None:
+        batches, tiles_per_s = raw_curve(raw, service["model"], threads)
+        left.plot(batches, tiles_per_s, "^:", color="black", label=f"raw model, batch = clients ({threads} thread)")
+    left.set(xscale="log", xlabel="concurrent clients (raw model: batch size)", ylabel="tiles/s",
+             title=f"{service['model']} encode throughput, single-tile requests")
+    right.set(xscale="log", yscale="log", xlabel="concurrent clients", ylabel="p99 latency (ms)", title="p99 latency")
+    for axis in (left, right):
+        axis.set_xticks([1, 4, 16, 64, 128, 256], labels=["1", "4", "16", "64", "128", "256"])
+        axis.grid(True, which="both", alpha=0.3)
+        axis.legend(fontsize=8)
+    left.set_ylim(bottom=0)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -1,0 +1,110 @@
+"""Raw model speed: encode and decode tiles/s in-process, no HTTP and no queue in between.
+
+This is the limit the service is measured against. Inputs are float tensors prepared in
+advance; each point is the median of ``torch.utils.benchmark.Timer.blocked_autorange``. CPU
+runs fp32 at every thread count asked for; CUDA (when present) runs fp32, fp16 and bf16.
+
+    python -m bench.raw --threads 1,2 --out bench/results/raw.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+from bench import results
+from bench.console import setup_logging
+from bench.machine import describe
+
+logger = logging.getLogger(__name__)
+
+BATCH_SIZES = (1, 4, 16, 64, 256)
+CUDA_BATCH_SIZES = (64, 256, 1024, 4096)
+CUDA_DTYPES = ("float32", "float16", "bfloat16")
+
+
+def _timed(fn, threads: int, min_run_time: float):
+    from torch.utils.benchmark import Timer
+
+    return Timer(stmt="fn()", globals={"fn": fn}, num_threads=threads).blocked_autorange(min_run_time=min_run_time)
+
+
+def measure_model(name: str, path: Path, *, device: str, dtype_name: str, threads: int, batch_sizes, min_run_time: float) -> list[dict]:
+    """Encode and decode tiles/s of one checkpoint at each batch size."""
+    import torch
+
+    import model
+
+    dtype = getattr(torch, dtype_name)
+    module, _ = model.load_checkpoint(path, device=device, dtype=dtype)
+    module.eval()
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    rows = []
+    for batch in batch_sizes:
+        x = torch.rand(batch, 3, 32, 32, device=device, dtype=dtype)  # (B, 3, 32, 32)
+        with torch.inference_mode():
+            z = module.encode(x)  # (B, *latent_shape)
+
+        def encode(x=x):
+            with torch.inference_mode():
+                module.encode(x)
+            sync()
+
+        def decode(z=z):
+            with torch.inference_mode():
+                module.decode(z)
+            sync()
+
+        for op, fn in (("encode", encode), ("decode", decode)):
+            fn()
+            m = _timed(fn, threads, min_run_time)
+            row = {
+                "model": name, "op": op, "device": device, "dtype": dtype_name, "threads": threads, "batch": batch,
+                "median_s": m.median, "iqr_s": m.iqr, "runs": len(m.times) * m.number_per_run,
+                "tiles_per_s": batch / m.median,
+            }
+            logger.info("%s %s %s/%s threads=%d batch=%d: %.0f tiles/s", name, op, device, dtype_name, threads, batch, row["tiles_per_s"])
+            rows.append(row)
+    return rows
+
+
+def run(checkpoints: tuple[Path, ...], threads: list[int], batch_sizes, min_run_time: float) -> dict:
+    import torch
+
+    from service.registry import find_checkpoints
+
+    files = find_checkpoints(checkpoints)
+    rows = []
+    for name, path in files.items():
+        for count in threads:
+            rows += measure_model(name, path, device="cpu", dtype_name="float32", threads=count,
+                                  batch_sizes=batch_sizes, min_run_time=min_run_time)
+        if torch.cuda.is_available():
+            for dtype_name in CUDA_DTYPES:
+                rows += measure_model(name, path, device="cuda", dtype_name=dtype_name, threads=1,
+                                      batch_sizes=CUDA_BATCH_SIZES, min_run_time=min_run_time)
+    return {"machine": describe(), "models": {name: str(path) for name, path in files.items()}, "points": rows}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.raw", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--checkpoints", default="checkpoints", help="folders or .safetensors files, comma-separated")
+    parser.add_argument("--threads", default="1,2", help="torch intra-op thread counts to measure, comma-separated")
+    parser.add_argument("--batch-sizes", default=",".join(map(str, BATCH_SIZES)))
+    parser.add_argument("--min-run-time", type=float, default=0.4, help="seconds of timing per point")
+    parser.add_argument("--out", type=Path, default=results.RESULTS / "raw.json")
+    args = parser.parse_args(argv)
+    setup_logging()
+    data = run(
+        tuple(Path(p) for p in args.checkpoints.split(",")),
+        [int(t) for t in args.threads.split(",")],
+        [int(b) for b in args.batch_sizes.split(",")],
+        args.min_run_time,
+    )
+    results.save(args.out, data)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

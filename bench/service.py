@@ -1,0 +1,139 @@
+"""Service load: a real ``tessera serve`` process driven by the load generator.
+
+- sweep: closed-loop single-tile npy encodes at each concurrency, with batching as configured
+  and again with ``TESSERA_MAX_BATCH_TILES=1`` (no batching);
+- sheet: one 1,024-tile PNG sheet per request, one client, every sheet distinct;
+- open loop: single tiles at a fixed rate (a fraction of the 64-client throughput);
+- threads: the 64-client point and the sheet again with the other torch thread count.
+
+Every tile is distinct, so the latent cache (on, as by default) only adds its lookups.
+
+    python -m bench.service --out bench/results/service.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from bench import load, results, scrape
+from bench.bodies import NpyTiles, Sheets
+from bench.console import setup_logging
+from bench.machine import describe
+from bench.procs import Server, tessera_server, thread_cpu_s
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Plan:
+    concurrencies: tuple[int, ...] = (1, 4, 16, 64, 128)
+    duration_s: float = 6.0  # measured window of each sweep point
+    warmup_s: float = 1.5  # before it: connections open, batches fill
+    sheet_grid: tuple[int, int] = (32, 32)  # 1,024 tiles
+    sheet_requests: int = 6
+    open_rate_fraction: float = 0.7  # of the 64-client tiles/s
+    open_duration_s: float = 6.0
+    threads: int = 1  # TESSERA_TORCH_THREADS of the server
+    other_threads: int | None = 2  # measured too, at 64 clients and for the sheet; None: skip
+    max_batch_tiles: int = 64
+    headline_concurrency: int = 64
+
+
+QUICK = Plan(concurrencies=(1, 8), duration_s=1.0, warmup_s=0.3, sheet_grid=(4, 4), sheet_requests=2,
+             open_duration_s=1.0, other_threads=None, headline_concurrency=8)
+
+
+def server_env(checkpoint: Path, plan: Plan, **overrides: str | int) -> dict[str, str]:
+    env = {
+        "TESSERA_CHECKPOINTS": str(checkpoint),
+        "TESSERA_TORCH_THREADS": str(plan.threads),
+        "TESSERA_MAX_BATCH_TILES": str(plan.max_batch_tiles),
+    }
+    env.update({f"TESSERA_{k.upper()}": str(v) for k, v in overrides.items()})
+    return env
+
+
+def measured(server: Server, model: str, coro) -> dict:
+    """Run one load coroutine between two /metrics scrapes; adds the server's counts and the CPU
+    seconds of the server's event loop, its other threads (model calls) and this load generator."""
+    before, cpu_before = scrape.scrape(server.url), thread_cpu_s(server.pid)
+    wall, client = time.perf_counter(), time.process_time()
+    point = load.run(coro)
+    wall, client = time.perf_counter() - wall, time.process_time() - client
+    cpu_after = thread_cpu_s(server.pid)
+    point["server"] = scrape.between(before, scrape.scrape(server.url), model)
+    point["cpu_s"] = {"wall": wall, "load_generator": client}
+    if cpu_before and cpu_after:
+        point["cpu_s"].update(server_loop=cpu_after["main"] - cpu_before["main"], server_model=cpu_after["others"] - cpu_before["others"])
+    logger.info(
+        "%s c=%s rate=%s: %.0f tiles/s, p50 %.1f ms, p99 %.1f ms, errors %d, mean batch %s, cpu %s",
+        point["mode"], point.get("concurrency"), point.get("rate"), point["tiles_per_s"], point["latency_ms"]["p50"],
+        point["latency_ms"]["p99"], point["errors"], fmt_opt(point["server"]["mean_batch_tiles"]),
+        {k: round(v, 2) for k, v in point["cpu_s"].items()},
+    )
+    return point
+
+
+def fmt_opt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.1f}"
+
+
+def sweep(server: Server, model: str, plan: Plan, concurrencies: tuple[int, ...]) -> list[dict]:
+    tiles = NpyTiles()
+    return [
+        measured(server, model, load.closed_loop(server.url, tiles, concurrency=c, duration_s=plan.duration_s, warmup_s=plan.warmup_s))
+        for c in concurrencies
+    ]
+
+
+def sheet(server: Server, model: str, plan: Plan, seed: int) -> dict:
+    sheets = Sheets(*plan.sheet_grid, count=plan.sheet_requests + 1, seed=seed)
+    return measured(server, model, load.closed_loop(server.url, sheets, concurrency=1, requests=plan.sheet_requests, warmup_requests=1))
+
+
+def run(checkpoint: Path, plan: Plan, logs: Path) -> dict:
+    model = checkpoint.stem
+    out: dict = {"machine": describe(), "model": model, "plan": dataclasses.asdict(plan)}
+    env = server_env(checkpoint, plan)
+    out["server_env"] = env
+    with tessera_server(env, logs / "serve-batching.log") as server:
+        out["batching"] = sweep(server, model, plan, plan.concurrencies)
+        out["sheet"] = sheet(server, model, plan, seed=1000)
+        headline = next(p for p in out["batching"] if p["concurrency"] == plan.headline_concurrency)
+        rate = max(1.0, round(plan.open_rate_fraction * headline["tiles_per_s"]))
+        opened = load.open_loop(server.url, NpyTiles(seed=1), rate=rate, duration_s=plan.open_duration_s, warmup_s=plan.warmup_s)
+        out["open_loop"] = measured(server, model, opened)
+    with tessera_server(server_env(checkpoint, plan, max_batch_tiles=1), logs / "serve-no-batching.log") as server:
+        out["no_batching"] = sweep(server, model, plan, plan.concurrencies)
+    if plan.other_threads is not None:
+        other = dataclasses.replace(plan, threads=plan.other_threads)
+        with tessera_server(server_env(checkpoint, other), logs / "serve-threads.log") as server:
+            out["other_threads"] = {
+                "threads": plan.other_threads,
+                "sweep": sweep(server, model, plan, (plan.headline_concurrency,)),
+                "sheet": sheet(server, model, plan, seed=2000),
+            }
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.service", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--checkpoint", type=Path, default=Path("checkpoints/dcae-s48.safetensors"), help="the model to serve")
+    parser.add_argument("--threads", type=int, default=Plan.threads, help="TESSERA_TORCH_THREADS of the server")
+    parser.add_argument("--quick", action="store_true", help="a few seconds per stage, to check the harness")
+    parser.add_argument("--out", type=Path, default=results.RESULTS / "service.json")
+    parser.add_argument("--logs", type=Path, default=Path("bench/logs"), help="server logs go here")
+    args = parser.parse_args(argv)
+    setup_logging()
+    plan = dataclasses.replace(QUICK if args.quick else Plan(), threads=args.threads)
+    results.save(args.out, run(args.checkpoint, plan, args.logs))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
