@@ -235,6 +235,13 @@ class CircuitBreaker:
         self.state = BreakerState.CLOSED
         self._failures = 0
 
+    def abandoned(self) -> None:
+        """An allowed call was cancelled before its outcome was known: no verdict on the backend,
+        but a cancelled probe must not leave the breaker half-open (skipping) for good."""
+        if self.state is BreakerState.HALF_OPEN:
+            self.state = BreakerState.OPEN
+            self._opened_at = self._clock() - self.cooldown_s  # the next call probes again
+
     def failed(self) -> None:
         self._failures += 1
         if self.state is BreakerState.HALF_OPEN or self._failures >= self.threshold:
@@ -286,7 +293,7 @@ class RedisLatentCache(LatentCache):
             async with asyncio.timeout(self.timeout_s * 2):
                 result = await make_call()
         except asyncio.CancelledError:
-            self.breaker.failed()
+            self.breaker.abandoned()
             raise
         except Exception as exc:  # fail open: any backend trouble is a miss, never the caller's error
             logger.debug("redis %s failed: %r", op, exc)

@@ -141,3 +141,22 @@ def test_make_cache_picks_backend_from_settings(redis_server):
     Settings.redis_url = None
     memory = make_cache(Settings, **hooks)
     assert isinstance(memory, MemoryLatentCache) and memory.max_bytes == 1 << 20
+
+
+def test_breaker_probe_cycle_and_cancelled_probe():
+    now = [0.0]
+    breaker = CircuitBreaker(threshold=2, cooldown_s=5, clock=lambda: now[0])
+    breaker.failed()
+    assert breaker.allow()  # one failure is not enough
+    breaker.failed()
+    assert not breaker.allow()
+    now[0] = 5.0
+    assert breaker.allow() and not breaker.allow()  # one probe at a time
+    breaker.abandoned()  # the probe's request was cancelled
+    assert breaker.allow()  # ... so the next call probes
+    breaker.failed()
+    assert not breaker.allow()
+    now[0] = 10.0
+    assert breaker.allow()
+    breaker.succeeded()
+    assert breaker.allow() and breaker.allow() and breaker.state.value == "closed"
