@@ -11,6 +11,7 @@ import io
 from pathlib import Path
 
 from training.atomic import atomic_write_text
+from training.errors import TrainingError
 
 
 class CsvLog:
@@ -55,7 +56,12 @@ class TensorBoardLog:
     """Scalars under ``log_dir``; a resumed run purges events past its step."""
 
     def __init__(self, log_dir: str | Path, resume_step: int | None = None):
-        from torch.utils.tensorboard import SummaryWriter  # slow import, only when asked for
+        try:  # slow import, only when asked for
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError as exc:
+            raise TrainingError(
+                "TensorBoard logs need the 'train' extra (pip install -e '.[train]'); "
+                "or pass --no-tensorboard") from exc
 
         purge = resume_step + 1 if resume_step is not None else None
         self._writer = SummaryWriter(log_dir=str(log_dir), purge_step=purge)

@@ -14,7 +14,7 @@ import torch
 import model as models
 from training.atomic import atomic_write
 from training.dataset import TileData
-from training.errors import DataError
+from training.errors import DataError, TrainingError
 from training.logs import read_csv
 
 LABELS = {"val_l1": "validation L1", "val_mse": "validation MSE", "val_psnr": "validation PSNR (dB)"}
@@ -22,7 +22,10 @@ COLUMNS = 8  # tiles per row of the reconstruction grid
 
 
 def _pyplot():
-    import matplotlib
+    try:
+        import matplotlib
+    except ImportError as exc:
+        raise TrainingError("plots need the 'train' extra: pip install -e '.[train]'") from exc
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
