@@ -38,6 +38,9 @@ from service.errors import ClientDisconnected, DeadlineExceeded, InferenceFailed
 logger = logging.getLogger(__name__)
 
 Infer = Callable[[np.ndarray], np.ndarray]  # rows in -> rows out, same count; runs in a worker thread
+# A request is admitted only if its expected wait, times this, fits before its deadline: under
+# overload the model gets less CPU than when its throughput was measured, so leave room.
+ADMISSION_MARGIN = 2.0
 
 
 class _Job:
@@ -294,7 +297,7 @@ class Batcher:
             self._reject("deadline", n)
             raise DeadlineExceeded(f"{self.name}: the request deadline passed before it was queued")
         expected_s = self._expected_wait_s(n)
-        if now + expected_s > deadline:
+        if now + ADMISSION_MARGIN * expected_s > deadline:
             self._reject("queue_full", n)
             raise Overloaded(
                 f"{self.name}: {self._queued} tiles are queued, about {expected_s:.1f} s of work at the recent "

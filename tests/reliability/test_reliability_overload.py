@@ -1,0 +1,80 @@
+"""Overload: requests arriving at 10x the rate the server can sustain.
+
+The sustainable rate is measured first (closed loop, distinct tiles, so neither the cache nor
+de-duplication helps); then an open-loop burst arrives at ten times that. The server must shed
+the excess at once with 503 + Retry-After rather than queue it: no 504, every accepted request
+answered within its deadline, resident memory under twice its idle level.
+"""
+
+from __future__ import annotations
+
+import collections
+
+import numpy as np
+import pytest
+
+from reliability_load import RssSampler, closed_loop, latency_ms, open_loop, rss_bytes
+from service_helpers import NPY, ServerProcess, npy
+
+TILES = 128  # per request, and the CPU-sized model: its work dominates HTTP and the load generator
+TIMEOUT_S = 3.0  # TESSERA_REQUEST_TIMEOUT_S: the deadline accepted requests must meet
+
+
+@pytest.fixture(scope="module")
+def cpu_model_dir(tmp_path_factory):
+    """dcae-s48, the bundled model's architecture, with random weights."""
+    import torch
+
+    import model
+
+    folder = tmp_path_factory.mktemp("overload")
+    torch.manual_seed(0)
+    model.save_checkpoint(model.build("dcae-s48"), folder / "s48.safetensors")
+    return folder
+
+
+def bodies(count: int, seed: int) -> list[bytes]:
+    noise = np.random.default_rng(seed).integers(0, 256, size=(count, TILES, 32, 32, 3), dtype=np.uint8)
+    return [npy(tiles) for tiles in noise]
+
+
+def test_ten_times_the_sustainable_rate_is_shed_with_503(cpu_model_dir, tmp_path, measurements):
+    env = {"TESSERA_CACHE_MAX_BYTES": "0", "TESSERA_REQUEST_TIMEOUT_S": str(TIMEOUT_S), "TESSERA_MAX_BATCH_TILES": "64"}
+    server = ServerProcess(cpu_model_dir, tmp_path / "server.log", **env)
+    try:
+        warm = bodies(8, seed=1)
+        closed_loop(server.url, lambda i: ("/v1/encode", warm[i % 8], {"Content-Type": NPY}), clients=2, duration_s=1.0)
+        idle_rss = rss_bytes(server.process.pid)
+
+        measure = bodies(64, seed=2)
+        window_s = 3.0  # saturated: enough clients to keep full batches queued
+        shots = closed_loop(server.url, lambda i: ("/v1/encode", measure[i % 64], {"Content-Type": NPY}), clients=6, duration_s=window_s)
+        assert all(s.status == 200 for s in shots)
+        sustainable = sum(1 for s in shots if s.status == 200) / window_s
+
+        burst = bodies(128, seed=3)
+        rate = 10 * sustainable
+        with RssSampler(server.process.pid) as rss:
+            shots = open_loop(server.url, lambda i: ("/v1/encode", burst[i % 128], {"Content-Type": NPY}), rate=rate, duration_s=4.0)
+        after = closed_loop(server.url, lambda i: ("/v1/encode", warm[i % 8], {"Content-Type": NPY}), clients=2, duration_s=0.5)
+    finally:
+        assert server.stop() == 0
+
+    statuses = collections.Counter(s.status for s in shots)
+    ok = [s for s in shots if s.status == 200]
+    shed = [s for s in shots if s.status == 503]
+    assert set(statuses) <= {200, 503}, statuses  # no 504, no transport error
+    assert all(s.code == "overloaded" and int(s.retry_after) >= 1 for s in shed), shed[:3]
+    assert len(shed) / len(shots) >= 0.5, statuses
+    assert max(s.latency_s for s in ok) <= TIMEOUT_S + 0.5, latency_ms(ok)  # + the client's own queueing
+    assert np.median([s.latency_s for s in shed]) < 0.5, latency_ms(shed)  # shed at once, not after a wait
+    assert rss.peak < 2 * idle_rss, (rss.peak, idle_rss)
+    assert after and all(s.status == 200 for s in after)
+    measurements["overload"] = {
+        "tiles_per_request": TILES, "sustainable_requests_per_s": round(sustainable, 1), "offered_requests_per_s": round(rate, 1),
+        "requests": len(shots), "ok": len(ok), "shed_503": len(shed), "shed_share": round(len(shed) / len(shots), 3),
+        "statuses": {str(k): v for k, v in sorted(statuses.items())},
+        "ok_latency_ms": latency_ms(ok), "shed_latency_ms": latency_ms(shed), "deadline_s": TIMEOUT_S,
+        "idle_rss_mib": round(idle_rss / 2**20, 1), "peak_rss_mib": round(rss.peak / 2**20, 1),
+        "peak_over_idle": round(rss.peak / idle_rss, 2),
+    }
