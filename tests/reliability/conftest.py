@@ -19,17 +19,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "service"))
 
-
-def save_tiny(path: Path, seed: int = 0) -> Path:
-    """A tiny DC-AE checkpoint (dcae-t48, random weights) at ``path``."""
-    import torch
-
-    import model
-
-    torch.manual_seed(seed)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    model.save_checkpoint(model.build("dcae-t48"), path, metadata={"metrics": {"val_psnr": 12.5}})
-    return path
+from reliability_models import save_tiny  # noqa: E402  (after the path is set up)
 
 
 @pytest.fixture(scope="session")
