@@ -36,12 +36,22 @@ def raw(port: int, head: str, body: bytes = b"", read_s: float = 5.0) -> tuple[i
         started = time.monotonic()
         sock.sendall(head.encode() + body)
         data = b""
-        while b"\r\n\r\n" not in data:
+        while b"\r\n\r\n" not in data or len(data) < _expected_length(data):
             chunk = sock.recv(65536)
             if not chunk:
                 break
             data += chunk
         return int(data.split(b" ", 2)[1]), data, time.monotonic() - started
+
+
+def _expected_length(data: bytes) -> int:
+    """Head plus Content-Length of a response whose head has arrived."""
+    head, _, _ = data.partition(b"\r\n\r\n")
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            return len(head) + 4 + int(value)
+    return len(head) + 4
 
 
 def test_only_bearer_keys_from_the_file_open_v1(server):
