@@ -225,6 +225,7 @@ class Batcher:
         self._accepting = True
         self._task: asyncio.Task | None = None
         self._tiles_per_s = 0.0  # moving average of compute throughput, for Retry-After
+        self.calling_since: float | None = None  # time.monotonic() when the running model call began
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -360,9 +361,11 @@ class Batcher:
             self.observer.on_queue_depth(self._queued)
 
     def _expected_wait_s(self, n: int) -> float:
-        """Rough time until ``n`` more tiles would be computed: the queue ahead of them and
-        their own rows at the recent throughput, plus one batch window (0 before any measurement)."""
-        if self._tiles_per_s <= 0:
+        """Rough time until ``n`` more tiles would be computed: the queue ahead of them and their
+        own rows at the recent throughput, plus one batch window. 0 with nothing queued (or no
+        measurement yet): a request that waits for nobody is always tried, which also renews a
+        throughput measured during a hiccup."""
+        if self._tiles_per_s <= 0 or self._queued == 0:
             return 0.0
         return (self._queued + n) / self._tiles_per_s + self.max_wait_s
 
@@ -416,7 +419,7 @@ class Batcher:
             return
         rows = np.concatenate([piece.tiles for piece in live]) if len(live) > 1 else live[0].tiles
         unique, inverse = dedupe(rows)
-        start = time.monotonic()
+        start = self.calling_since = time.monotonic()
         try:
             out = await asyncio.get_running_loop().run_in_executor(self._executor, self.infer, unique)
             if not isinstance(out, np.ndarray) or len(out) != len(unique):
@@ -433,6 +436,8 @@ class Batcher:
             for piece in live:
                 piece.job.fail(error)
             return
+        finally:
+            self.calling_since = None
         seconds = time.monotonic() - start
         self._record(len(rows), len(unique), seconds)
         out = out[inverse] if len(unique) != len(rows) else out

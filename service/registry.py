@@ -220,12 +220,18 @@ class Registry:
     def ready(self) -> bool:
         return all(b.ready.is_set() and b.warmup_error is None for b in self.batchers())
 
-    def not_ready_reason(self) -> str | None:
+    def not_ready_reason(self, stuck_after_s: float | None = None) -> str | None:
+        """Why the service cannot take work now, or None: a batcher still warming up, failed
+        warm-up, or a model call running longer than ``stuck_after_s`` (a hung device)."""
+        now = time.monotonic()
         for batcher in self.batchers():
             if not batcher.ready.is_set():
                 return f"{batcher.name} is warming up"
             if batcher.warmup_error is not None:
                 return f"{batcher.name} failed its warm-up: {batcher.warmup_error}"
+            since = batcher.calling_since
+            if stuck_after_s is not None and since is not None and now - since > stuck_after_s:
+                return f"{batcher.name}: a model call has been running for {now - since:.0f} s; the device may be hung, restart"
         return None
 
     async def drain(self, grace_s: float) -> int:

@@ -333,7 +333,7 @@ async def readyz(request: Request) -> Response:
     elif state.draining:
         reason = "shutting down"
     else:
-        reason = state.registry.not_ready_reason()
+        reason = state.registry.not_ready_reason(stuck_after_s=state.settings.request_timeout_s)
     if reason is not None:
         return JSONResponse(error_body(f"not ready: {reason}", "not_ready"), status_code=503, headers={"Retry-After": "1"})
     return JSONResponse({"status": "ready"})

@@ -138,3 +138,30 @@ def test_checkpoint_with_nan_weights_gives_503_not_garbage(tmp_path):
         body = r.json()
         assert body["code"] == "inference_failed" and "non-finite" in body["detail"] and "checkpoint" in body["detail"], body
         assert client.get("/healthz").status_code == 200
+
+
+def test_hung_model_call_gives_504_and_takes_the_instance_out_of_rotation(checkpoint_dir):
+    with serving(checkpoint_dir, request_timeout_s=0.5, cache_max_bytes=0) as client:
+        encoder = batcher(client)
+        working, release = encoder.infer, threading.Event()
+
+        def hung(rows):
+            release.wait(20)
+            return working(rows)
+
+        encoder.infer = hung
+        started = time.monotonic()
+        r = client.post("/v1/encode", content=npy(random_tiles(1, seed=1)), headers={"Content-Type": NPY})
+        assert r.status_code == 504 and r.json()["code"] == "deadline_exceeded", r.text
+        assert time.monotonic() - started < 2.0  # answered at the deadline, not when the call returns
+        time.sleep(0.6)  # the call now runs longer than the request timeout
+        ready = client.get("/readyz")
+        assert ready.status_code == 503 and "model call has been running" in ready.json()["detail"], ready.text
+        encoder.infer = working
+        release.set()
+        deadline = time.monotonic() + 10
+        while client.get("/readyz").status_code != 200:
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        after = client.post("/v1/encode", content=npy(random_tiles(1, seed=2)), headers={"Content-Type": NPY})
+        assert after.status_code == 200, after.text
