@@ -133,8 +133,8 @@ def render(data: dict, soak: dict | None) -> str:
     sigterm = data.get("sigterm")
     if sigterm:
         out += ["### SIGTERM under load", "",
-                f"**{sigterm['lost']} requests lost.** {sigterm['in_flight_at_signal']} requests in flight at the signal "
-                f"({sigterm['admitted_before_signal']} surely admitted): {sigterm['completed_after_signal']} completed 200; "
+                f"**{sigterm['lost']} requests lost.** {sigterm['in_flight_at_signal']} requests admitted and in flight at the "
+                f"signal: {sigterm['completed_after_signal']} completed 200; "
                 f"{sigterm['refused_503_after_signal']} later requests refused with 503 `shutting_down`; "
                 f"exit status {sigterm['exit_code']} after {sigterm['exit_after_s']} s.", ""]
 
