@@ -62,9 +62,11 @@ class DrainingServer(uvicorn.Server):
                 in_flight, self.settings.shutdown_grace_s,
             )
         elapsed = time.monotonic() - self.drain_started
-        if in_flight == 0 and elapsed >= self.settings.shutdown_delay_s:
-            logger.info("drained in %.2f s; closing the port", elapsed)
-            self.should_exit = True
-        elif elapsed >= self.settings.shutdown_grace_s:
+        drained = in_flight == 0 and elapsed >= self.settings.shutdown_delay_s
+        if not drained and elapsed < self.settings.shutdown_grace_s:
+            return
+        if in_flight:
             logger.warning("%d request(s) still in flight after the %.1f s grace period", in_flight, self.settings.shutdown_grace_s)
-            self.should_exit = True
+        else:
+            logger.info("drained in %.2f s; closing the port", elapsed)
+        self.should_exit = True
