@@ -22,6 +22,7 @@ LOST = 0  # sent, but no HTTP answer came back
 
 @dataclass(frozen=True)
 class Shot:
+    index: int  # the i given to Make
     sent: float  # time.monotonic() when it was due (open loop) or sent (closed loop)
     latency_s: float
     status: int  # HTTP status, or CONNECT_ERROR / LOST
@@ -42,14 +43,14 @@ async def _send(client: httpx.AsyncClient, make: Make, i: int, due: float) -> Sh
     try:
         response = await client.post(path, content=body, headers=headers)
     except httpx.ConnectError:
-        return Shot(due, time.monotonic() - due, CONNECT_ERROR, None, None, 0)
+        return Shot(i, due, time.monotonic() - due, CONNECT_ERROR, None, None, 0)
     except httpx.HTTPError:
-        return Shot(due, time.monotonic() - due, LOST, None, None, 0)
+        return Shot(i, due, time.monotonic() - due, LOST, None, None, 0)
     code = None
     if response.status_code >= 400 and response.headers.get("content-type", "").startswith("application/json"):
         code = response.json().get("code")
     cached = int(response.headers.get("x-tessera-cached", 0))
-    return Shot(due, time.monotonic() - due, response.status_code, code, response.headers.get("retry-after"), cached)
+    return Shot(i, due, time.monotonic() - due, response.status_code, code, response.headers.get("retry-after"), cached)
 
 
 class BackgroundLoad:

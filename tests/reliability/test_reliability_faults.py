@@ -63,11 +63,14 @@ def test_redis_killed_under_load_fails_no_request(checkpoint_dir, redis_server, 
     assert not any(s.cached for s in during), "cache hits while Redis was down?"
     assert errors >= 1  # Redis errors happened and were absorbed
     lat_before, lat_during = latency_ms(before), latency_ms(during)
-    assert lat_during["p50"] <= 2 * lat_before["p50"] + 2.0, (lat_before, lat_during)  # +2 ms: timer noise on tiny numbers
-    assert lat_during["p95"] <= 2 * lat_before["p95"] + 5.0, (lat_before, lat_during)
+    assert lat_during["p95"] <= 2 * lat_before["p95"] + 5.0, (lat_before, lat_during)  # +5 ms: noise on small numbers
+    # like for like: new tiles miss the cache either way, so this is what handling the outage costs
+    new_before, new_during = latency_ms([s for s in before if s.index % 2 == 0]), latency_ms([s for s in during if s.index % 2 == 0])
+    assert new_during["p50"] <= 2 * new_before["p50"] + 2.0, (new_before, new_during)
     measurements["redis_kill"] = {
         "requests": len(shots), "failed": len(failed),
         "latency_ms_before": lat_before, "latency_ms_during": lat_during, "latency_ms_after": latency_ms(after),
+        "new_tiles_latency_ms_before": new_before, "new_tiles_latency_ms_during": new_during,
         "requests_during_outage": len(during), "cache_resumed_after_s": round(resumed_at - restarted_at, 2),
         "redis_errors_absorbed": int(errors),
     }
