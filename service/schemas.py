@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt
 
 TILE_PNG_EXAMPLE = (  # a 32x32 PNG tile: red top half, blue bottom half
     "iVBORw0KGgoAAAANSUhEUgAAACAAAAAgCAIAAAD8GO2jAAAAL0lEQVR42mM8wUBbwMQwasGoBaMWjFowasEQsICRgWHBaBCNWjBqwagFoxaMWgAAyzoBp6L37+UAAAAASUVORK5CYII="
@@ -28,10 +28,10 @@ class DecodeJSONRequest(BaseModel):
 
     model_config = ConfigDict(json_schema_extra={"examples": [{"latents": [[0.0] * 64], "columns": 1}]})
 
-    latents: list[list[float]] | list[list[list[list[float]]]] = Field(
+    latents: list[list[StrictFloat]] | list[list[list[list[StrictFloat]]]] = Field(  # true/false are no numbers
         min_length=1, description="[N, *latent_shape] or flattened [N, prod(latent_shape)]"
     )
-    columns: int | None = Field(default=None, ge=1, le=4096, description="sheet width in tiles (the query's columns wins)")
+    columns: StrictInt | None = Field(default=None, ge=1, le=4096, description="sheet width in tiles (the query's columns wins)")
 
 
 class EncodeResponse(BaseModel):

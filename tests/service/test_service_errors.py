@@ -169,6 +169,8 @@ def test_wrong_json_latents_are_422(client):
     check(client.post(DECODE, json={"latents": [["a"] * 64]}), 422, "bad_json")
     check(client.post(DECODE, json={"latents": []}), 422, "bad_json")
     check(client.post(DECODE, json={"latents": [[1.0] * 64], "columns": 0}), 422, "bad_json")
+    check(client.post(DECODE, json={"latents": [[True] * 64]}), 422, "bad_json")  # booleans are no numbers
+    check(client.post(DECODE, json={"latents": [[1.0] * 64], "columns": True}), 422, "bad_json")
     r = client.post(DECODE, content=b'{"latents": [[NaN' + b", 0" * 63 + b"]]}", headers={"Content-Type": "application/json"})
     assert r.status_code == 422, r.text
 
