@@ -146,6 +146,7 @@ def memory_verdict(samples: list[dict], max_growth: float) -> dict:
 
 
 def run(args: argparse.Namespace) -> dict:
+    machine = describe()  # before the run: its load average is the machine's, not the soak's
     env = {"TESSERA_CHECKPOINTS": str(args.checkpoint), "TESSERA_TORCH_THREADS": str(args.threads), "TESSERA_DEVICE": "cpu"}
     with contextlib.ExitStack() as stack:
         redis_url = None
@@ -163,7 +164,7 @@ def run(args: argparse.Namespace) -> dict:
     memory = memory_verdict(measured["samples"], args.max_growth)
     overall = measured["overall"]
     return {
-        "machine": describe(),
+        "machine": machine,
         "config": {"checkpoint": args.checkpoint.name, "duration_s": args.duration, "clients": args.clients,
                    "cache": "redis" if redis_url else "memory", "torch_threads": args.threads, "mix": list(MIX)},
         "idle_rss_mib": round(idle, 1),
