@@ -353,8 +353,8 @@ def make_cache(settings, on_lookup: LookupHook | None = None, on_error: ErrorHoo
         return RedisLatentCache.from_url(
             settings.redis_url,
             ttl_s=settings.cache_ttl_s,
-            timeout_s=getattr(settings, "cache_timeout_s", DEFAULT_TIMEOUT_S),
-            breaker=CircuitBreaker(cooldown_s=getattr(settings, "cache_breaker_cooldown_s", DEFAULT_COOLDOWN_S)),
+            timeout_s=settings.cache_timeout_s,
+            breaker=CircuitBreaker(cooldown_s=settings.cache_breaker_cooldown_s),
             **hooks,
         )
     return MemoryLatentCache(max_bytes=settings.cache_max_bytes, ttl_s=settings.cache_ttl_s, **hooks)

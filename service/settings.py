@@ -60,6 +60,8 @@ class Settings(BaseSettings):
     redis_url: str | None = Field(default=None, description="redis://host:port/db for the latent cache; unset: in-process cache")
     cache_ttl_s: int = Field(default=7 * 24 * 3600, ge=1, description="lifetime of a cached latent")
     cache_max_bytes: int = Field(default=256 * 1024 * 1024, ge=0, description="size of the in-process cache; 0 disables it")
+    cache_timeout_s: float = Field(default=0.25, gt=0, le=10, description="Redis socket timeout; a slower answer counts as a miss")
+    cache_breaker_cooldown_s: float = Field(default=5.0, ge=0, le=300, description="after Redis failures, skip it this long")
 
     # access
     api_keys: str | None = Field(default=None, description="comma-separated API keys, or @/path/to/file with one per line")

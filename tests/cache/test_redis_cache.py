@@ -131,15 +131,13 @@ def test_hung_redis_times_out_as_a_miss(redis_server):
 
 
 def test_make_cache_picks_backend_from_settings(redis_server):
-    class Settings:
-        redis_url = redis_server.url
-        cache_ttl_s = 30
-        cache_max_bytes = 1 << 20
+    from service.settings import Settings
 
     hooks = Recorder().hooks()
-    assert isinstance(make_cache(Settings, **hooks), RedisLatentCache)
-    Settings.redis_url = None
-    memory = make_cache(Settings, **hooks)
+    redis = make_cache(Settings(redis_url=redis_server.url, cache_ttl_s=30, cache_timeout_s=0.5, cache_breaker_cooldown_s=2), **hooks)
+    assert isinstance(redis, RedisLatentCache)
+    assert redis.timeout_s == 0.5 and redis.breaker.cooldown_s == 2
+    memory = make_cache(Settings(cache_max_bytes=1 << 20), **hooks)
     assert isinstance(memory, MemoryLatentCache) and memory.max_bytes == 1 << 20
 
 
