@@ -9,7 +9,7 @@ A's reconstruction, the in-betweens, B's reconstruction. Needs a running server
 (`make serve`); the address comes from --url or TESSERA_URL.
 
 Get the sheets without installing the game:
-    apt-get download crawl-tiles-data && dpkg-deb -x crawl-tiles-data_*.deb data/
+    mkdir -p data && (cd data && apt-get download crawl-tiles-data && dpkg-deb -x crawl-tiles-data_*.deb .)
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ def main() -> int:
     args = parser.parse_args()
     if args.sheet is None:
         parser.error("no DCSS sheet found; pass one, or unpack one with: "
-                     "apt-get download crawl-tiles-data && dpkg-deb -x crawl-tiles-data_*.deb data/")
+                     "mkdir -p data && (cd data && apt-get download crawl-tiles-data && dpkg-deb -x crawl-tiles-data_*.deb .)")
 
     try:
         with Client(args.url, api_key=os.environ.get("TESSERA_API_KEY")) as tessera:
