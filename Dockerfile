@@ -37,6 +37,7 @@ RUN python -c 'import tomllib; print("\n".join(tomllib.load(open("pyproject.toml
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY cli/ cli/
+COPY tiles/ tiles/
 COPY client/ client/
 COPY model/ model/
 COPY service/ service/

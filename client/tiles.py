@@ -7,7 +7,6 @@ same rule the server applies to RGBA uploads, so a tile has one identity whichev
 
 from __future__ import annotations
 
-import math
 import os
 from pathlib import Path
 
@@ -15,9 +14,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from client.errors import InputError
-
-TILE = 32  # side of one tile in pixels
-SIXTEEN_BIT = ("I;16", "I;16B", "I;16L", "I;16N", "I")  # grey modes wider than 8 bits
+from tiles import TILE, assemble, cut, default_columns, premultiply, to_rgb  # noqa: F401 (re-exported)
 
 ImageSource = Image.Image | str | os.PathLike
 
@@ -41,23 +38,7 @@ def load_image(source: ImageSource) -> Image.Image:
         raise InputError(f"{path}: cannot read the image: {exc}") from None
 
 
-def image_to_rgb(img: Image.Image) -> np.ndarray:
-    """Pixels as uint8 [H, W, 3], alpha multiplied in when the image has any (as the server does)."""
-    if img.mode in SIXTEEN_BIT:  # Pillow's convert("RGB") would clip these instead of scaling
-        grey = np.asarray(img, dtype=np.int64).clip(0, 65535)
-        grey = ((grey * 255 + 32767) // 65535).astype(np.uint8)
-        return np.repeat(grey[..., None], 3, axis=-1)
-    has_alpha = img.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in img.info
-    if has_alpha:
-        return premultiply(np.asarray(img.convert("RGBA")))
-    return np.asarray(img.convert("RGB"))
-
-
-def premultiply(rgba: np.ndarray) -> np.ndarray:
-    """uint8 [..., 4] -> uint8 [..., 3]: colour times alpha, rounded to nearest."""
-    rgb = rgba[..., :3].astype(np.uint16)
-    alpha = rgba[..., 3:4].astype(np.uint16)
-    return ((rgb * alpha + 127) // 255).astype(np.uint8)
+image_to_rgb = to_rgb  # the server's and training's rule: alpha multiplied in, 16-bit grey scaled
 
 
 def cut_sheet(pixels: np.ndarray, *, crop: bool = False, name: str = "image") -> tuple[np.ndarray, tuple[int, int]]:
@@ -80,9 +61,7 @@ def cut_sheet(pixels: np.ndarray, *, crop: bool = False, name: str = "image") ->
             f"{name} is {width}x{height} pixels; both sides must be multiples of {TILE} "
             f"(crop or pad it, or drop the partial edge tiles with crop=True; --crop on the command line)"
         )
-    rows, cols = height // TILE, width // TILE
-    tiles = pixels.reshape(rows, TILE, cols, TILE, 3).swapaxes(1, 2).reshape(rows * cols, TILE, TILE, 3)
-    return np.ascontiguousarray(tiles), (rows, cols)
+    return cut(pixels)
 
 
 def tiles_from_array(array: np.ndarray) -> np.ndarray:
@@ -98,18 +77,9 @@ def tiles_from_array(array: np.ndarray) -> np.ndarray:
     return premultiply(array) if array.shape[3] == 4 else np.ascontiguousarray(array)
 
 
-def default_columns(count: int) -> int:
-    """The server's sheet width for `count` tiles: all in one row up to 16, else about square."""
-    return count if count <= 16 else math.ceil(math.sqrt(count))
-
-
 def assemble_sheet(tiles: np.ndarray, columns: int | None = None) -> np.ndarray:
     """uint8 [N, 32, 32, 3] -> [rows*32, columns*32, 3], row-major, unused cells black."""
-    count = tiles.shape[0]
-    columns = default_columns(count) if columns is None else int(columns)
+    columns = default_columns(len(tiles)) if columns is None else int(columns)
     if columns < 1:
         raise InputError(f"columns must be at least 1, got {columns}")
-    rows = math.ceil(count / columns)
-    padded = np.zeros((rows * columns, TILE, TILE, 3), dtype=np.uint8)
-    padded[:count] = tiles
-    return padded.reshape(rows, columns, TILE, TILE, 3).swapaxes(1, 2).reshape(rows * TILE, columns * TILE, 3)
+    return assemble(tiles, columns)

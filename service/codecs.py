@@ -22,15 +22,14 @@ from pydantic import ValidationError
 
 from service.errors import BadRequest, InvalidInput, NotAcceptable, TooLarge
 from service.schemas import DecodeJSONRequest, EncodeJSONRequest
+from tiles import TILE, cut, premultiply, to_rgb
 
-TILE = 32
 IMAGE_FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "BMP")  # Pillow decoders accepted from clients
 IMAGE_TYPES = ("image/png", "image/jpeg", "image/webp", "image/gif", "image/bmp")
 NPY = "application/x-npy"
 JSON = "application/json"
 PNG = "image/png"
 _NPY_MAGIC = b"\x93NUMPY"
-_SIXTEEN_BIT = ("I;16", "I;16B", "I;16L", "I;16N", "I")
 _NPY_HEADER_READERS = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
 
 
@@ -56,44 +55,6 @@ class TileBatch:
 
 
 # -- pixels ------------------------------------------------------------------------------------
-
-
-def premultiply(rgba: np.ndarray) -> np.ndarray:
-    """RGB multiplied by alpha, rounded to nearest: [..., 4] uint8 -> [..., 3] uint8."""
-    rgb = rgba[..., :3].astype(np.uint16)
-    alpha = rgba[..., 3:].astype(np.uint16)
-    return ((rgb * alpha + 127) // 255).astype(np.uint8)
-
-
-def cut_sheet(rgb: np.ndarray) -> np.ndarray:
-    """[rows*32, cols*32, 3] -> [rows*cols, 32, 32, 3], row-major."""
-    rows, cols = rgb.shape[0] // TILE, rgb.shape[1] // TILE
-    return rgb.reshape(rows, TILE, cols, TILE, 3).swapaxes(1, 2).reshape(rows * cols, TILE, TILE, 3)
-
-
-def default_columns(n: int) -> int:
-    """Sheet width for ``n`` tiles: one row up to 16 tiles, else about square."""
-    return n if n <= 16 else math.ceil(math.sqrt(n))
-
-
-def tile_sheet(tiles: np.ndarray, columns: int) -> np.ndarray:
-    """[N, 32, 32, 3] -> one [rows*32, columns*32, 3] sheet, row-major; unused cells black."""
-    n = len(tiles)
-    rows = max(1, math.ceil(n / columns))
-    canvas = np.zeros((rows * columns, TILE, TILE, 3), dtype=np.uint8)
-    canvas[:n] = tiles
-    return canvas.reshape(rows, columns, TILE, TILE, 3).swapaxes(1, 2).reshape(rows * TILE, columns * TILE, 3)
-
-
-def _image_rgb(image: Image.Image) -> np.ndarray:
-    """Pixels of an opened image as uint8 RGB, alpha premultiplied, 16-bit grey scaled down."""
-    if image.mode in _SIXTEEN_BIT:
-        grey = np.asarray(image, dtype=np.int64).clip(0, 65535)
-        grey = ((grey * 255 + 32767) // 65535).astype(np.uint8)
-        return np.repeat(grey[..., None], 3, axis=-1)
-    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info:
-        return premultiply(np.asarray(image.convert("RGBA")))
-    return np.asarray(image.convert("RGB"))
 
 
 def decode_image(data: bytes, limits: Limits, label: str = "image") -> tuple[np.ndarray, tuple[int, int]]:
@@ -127,10 +88,10 @@ def decode_image(data: bytes, limits: Limits, label: str = "image") -> tuple[np.
             raise InvalidInput(f"{label} is animated ({image.n_frames} frames); send a single frame", code="animated_image")
         try:
             image.load()
-            rgb = _image_rgb(image)
+            rgb = to_rgb(image)
         except (OSError, ValueError, SyntaxError, EOFError) as exc:
             raise BadRequest(f"{label} is truncated or corrupt ({type(exc).__name__}: {exc}); send the whole file") from None
-    return cut_sheet(rgb), (rows, cols)
+    return cut(rgb)
 
 
 def tiles_from_image(data: bytes, limits: Limits) -> TileBatch:

@@ -31,6 +31,7 @@ from service.schemas import (
     ModelsResponse,
 )
 from service.settings import Settings
+from tiles import assemble, default_columns
 
 
 @dataclass
@@ -288,10 +289,10 @@ async def _decode(request: Request, state: ServiceState, model: str | None, colu
         return Response(codecs.npy_bytes(tiles), media_type=NPY, headers=headers)
     if answer == JSON:
         return JSONResponse({"model": served.name, "count": len(tiles), "tiles": codecs.tiles_base64(tiles)}, headers=headers)
-    width = columns or body_columns or codecs.default_columns(len(tiles))
+    width = columns or body_columns or default_columns(len(tiles))
     rows = -(-len(tiles) // width)
     headers["X-Tessera-Grid"] = f"{rows},{width}"
-    return Response(codecs.png_bytes(codecs.tile_sheet(tiles, width)), media_type=PNG, headers=headers)
+    return Response(codecs.png_bytes(assemble(tiles, width)), media_type=PNG, headers=headers)
 
 
 @router.get(

@@ -13,9 +13,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from tiles import TILE, cut, premultiply
 from training.errors import DataError
 
-TILE = 32  # the models' input side
 IMAGE_SUFFIXES = (".png", ".gif", ".bmp", ".jpg", ".jpeg", ".webp", ".tga")
 
 
@@ -29,24 +29,15 @@ def load_rgba(path: Path) -> np.ndarray:
         raise DataError(f"cannot read image {path}: {exc}; fix or remove the file") from exc
 
 
-def premultiply(rgba: np.ndarray) -> np.ndarray:
-    """RGB multiplied by alpha, rounded to nearest: (H, W, 4) uint8 -> (H, W, 3) uint8."""
-    rgb = rgba[..., :3].astype(np.uint16)
-    alpha = rgba[..., 3:].astype(np.uint16)
-    return ((rgb * alpha + 127) // 255).astype(np.uint8)
-
-
 def cut_grid(rgb: np.ndarray, tile_size: int) -> tuple[np.ndarray, list[tuple[int, int]]]:
     """All whole ``tile_size`` squares of a sheet, row-major.
 
     Returns tiles (N, tile_size, tile_size, 3) and the (x, y) pixel position of each one's
     top-left corner in the sheet.
     """
-    rows, cols = rgb.shape[0] // tile_size, rgb.shape[1] // tile_size
-    grid = rgb[: rows * tile_size, : cols * tile_size]
-    tiles = grid.reshape(rows, tile_size, cols, tile_size, 3).swapaxes(1, 2)  # (rows, cols, t, t, 3)
+    tiles, (rows, cols) = cut(rgb, tile_size)
     coords = [(c * tile_size, r * tile_size) for r in range(rows) for c in range(cols)]
-    return tiles.reshape(rows * cols, tile_size, tile_size, 3), coords
+    return tiles, coords
 
 
 def resize_nearest(tiles: np.ndarray, size: int = TILE) -> np.ndarray:

@@ -1,0 +1,61 @@
+"""The tile format every part of Tessera agrees on: 32x32 RGB uint8, cut row-major from sheets.
+
+Pure numpy and Pillow (no torch), so the client can share it. RGBA is multiplied by alpha
+(transparent -> black, as the training data was made) and 16-bit grey is scaled down, so a tile
+has one identity whether it arrives as a PNG, a sheet or an array.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from PIL import Image
+
+TILE = 32  # side of one tile in pixels, the models' input size
+SIXTEEN_BIT = ("I;16", "I;16B", "I;16L", "I;16N", "I")  # grey modes wider than 8 bits
+_ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
+
+
+def premultiply(rgba: np.ndarray) -> np.ndarray:
+    """uint8 [..., 4] -> uint8 [..., 3]: colour times alpha, rounded to nearest."""
+    rgb = rgba[..., :3].astype(np.uint16)
+    alpha = rgba[..., 3:4].astype(np.uint16)
+    return ((rgb * alpha + 127) // 255).astype(np.uint8)
+
+
+def to_rgb(image: Image.Image) -> np.ndarray:
+    """Pixels of an opened image as uint8 [H, W, 3]: alpha multiplied in, 16-bit grey scaled."""
+    if image.mode in SIXTEEN_BIT:  # Pillow's convert("RGB") would clip these instead of scaling
+        grey = np.asarray(image, dtype=np.int64).clip(0, 65535)
+        grey = ((grey * 255 + 32767) // 65535).astype(np.uint8)
+        return np.repeat(grey[..., None], 3, axis=-1)
+    if image.mode in _ALPHA_MODES or "transparency" in image.info:
+        return premultiply(np.asarray(image.convert("RGBA")))
+    return np.asarray(image.convert("RGB"))
+
+
+def cut(pixels: np.ndarray, size: int = TILE) -> tuple[np.ndarray, tuple[int, int]]:
+    """Every whole ``size`` square of [H, W, C], row-major; a partial last row/column is dropped.
+
+    Returns tiles [rows * cols, size, size, C] (contiguous) and the grid (rows, cols).
+    """
+    rows, cols = pixels.shape[0] // size, pixels.shape[1] // size
+    channels = pixels.shape[2]
+    grid = pixels[: rows * size, : cols * size]
+    tiles = grid.reshape(rows, size, cols, size, channels).swapaxes(1, 2)  # (rows, cols, size, size, C)
+    return np.ascontiguousarray(tiles.reshape(rows * cols, size, size, channels)), (rows, cols)
+
+
+def default_columns(count: int) -> int:
+    """Sheet width for ``count`` tiles: one row up to 16 tiles, else about square."""
+    return count if count <= 16 else math.ceil(math.sqrt(count))
+
+
+def assemble(tiles: np.ndarray, columns: int) -> np.ndarray:
+    """uint8 [N, 32, 32, 3] -> one [rows*32, columns*32, 3] sheet, row-major; unused cells black."""
+    count = len(tiles)
+    rows = max(1, math.ceil(count / columns))
+    canvas = np.zeros((rows * columns, TILE, TILE, 3), dtype=np.uint8)
+    canvas[:count] = tiles
+    return canvas.reshape(rows, columns, TILE, TILE, 3).swapaxes(1, 2).reshape(rows * TILE, columns * TILE, 3)
