@@ -17,7 +17,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from service import codecs
 from service.cache import LatentCache
 from service.codecs import IMAGE_TYPES, JSON, NPY, PNG, Limits
-from service.errors import BadRequest, NotReady, Overloaded, ShuttingDown, TooLarge, UnsupportedMediaType, error_body
+from service.errors import BadRequest, InvalidInput, NotReady, Overloaded, ShuttingDown, TooLarge, UnsupportedMediaType, error_body
 from service.metrics import Metrics
 from service.pipeline import decode_latents, encode_tiles
 from service.registry import Registry
@@ -77,6 +77,22 @@ _bearer = HTTPBearer(auto_error=False, description="one of TESSERA_API_KEYS, whe
 async def require_key(request: Request, _: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> None:
     """401 unless the request carries a known API key (a no-op without TESSERA_API_KEYS)."""
     request.app.state.keys.check(request.headers.get("authorization"))
+
+
+def known_query(*names: str):
+    """A dependency refusing query parameters other than ``names`` (422): a typo like ``?modle=``
+    would otherwise silently fall back to a default."""
+    known = frozenset(names)
+
+    async def check(request: Request) -> None:
+        unknown = sorted(set(request.query_params) - known)
+        if unknown:
+            raise InvalidInput(
+                f"unknown query parameter(s) {unknown}; this endpoint takes {sorted(known)}",
+                code="unknown_parameter",
+            )
+
+    return Depends(check)
 
 
 State = Annotated[ServiceState, Depends(get_state)]
@@ -180,7 +196,7 @@ DECODE_BODY = {
 @router.post(
     "/v1/encode",
     summary="Encode tiles to latents",
-    dependencies=KEY,
+    dependencies=[*KEY, known_query("model")],
     response_model=EncodeResponse,
     responses={
         200: {
@@ -245,7 +261,7 @@ async def _encode(request: Request, state: ServiceState, model: str | None) -> R
 @router.post(
     "/v1/decode",
     summary="Decode latents to tiles",
-    dependencies=KEY,
+    dependencies=[*KEY, known_query("model", "columns")],
     response_class=Response,
     responses={
         200: {

@@ -179,5 +179,6 @@ def test_bad_query_parameters_are_422(client):
     latents = npy(np.zeros((1, 64, 1, 1), np.float32))
     for query in ("columns=0", "columns=abc", "columns=99999"):
         check(client.post(f"{DECODE}?{query}", content=latents, headers={"Content-Type": NPY}), 422, "invalid_request")
-    r = client.post(f"{DECODE}?unknown=1", content=latents, headers={"Content-Type": NPY})
-    assert r.status_code == 200  # unknown parameters are ignored
+    body = check(client.post(f"{DECODE}?modle=tiny", content=latents, headers={"Content-Type": NPY}), 422, "unknown_parameter")
+    assert "modle" in body["detail"] and "columns" in body["detail"]  # names the typo and what is known
+    check(client.post(f"{ENCODE}?columns=2", content=npy(random_tiles(1)), headers={"Content-Type": NPY}), 422, "unknown_parameter")
