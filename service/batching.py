@@ -103,12 +103,15 @@ class Slice:
 async def collect_batch(
     queue: asyncio.Queue[Slice], max_tiles: int, max_wait_s: float, carry: Slice | None = None
 ) -> tuple[list[Slice], Slice | None]:
-    """Take slices from ``queue`` until ``max_tiles`` tiles or ``max_wait_s`` after the first tile.
+    """Take slices from ``queue`` until ``max_tiles`` tiles or ``max_wait_s`` after the first tile
+    arrived (was enqueued).
 
     ``carry`` is the rest of a request that did not fit the previous batch; it goes first.
-    Waits as long as needed for the first tile, then at most until the deadline. Slices of
-    abandoned requests are dropped. Returns the batch and the part of the last slice that did
-    not fit (the next call's ``carry``), or None.
+    Waits as long as needed for the first tile, then at most until the deadline. A first tile
+    that already waited ``max_wait_s`` (queued while the model was busy) closes the batch with
+    whatever is queued now: waiting longer would only leave the model idle. Slices of abandoned
+    requests are dropped. Returns the batch and the part of the last slice that did not fit
+    (the next call's ``carry``), or None.
     """
     if max_tiles < 1:
         raise ValueError(f"max_tiles must be >= 1, got {max_tiles}")
@@ -123,15 +126,18 @@ async def collect_batch(
             elif not queue.empty():
                 pending = queue.get_nowait()
             else:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
                 try:
-                    pending = await asyncio.wait_for(queue.get(), deadline - time.monotonic())
+                    pending = await asyncio.wait_for(queue.get(), remaining)
                 except TimeoutError:
                     break
         if pending.abandoned:
             pending = None
             continue
         if deadline is None:
-            deadline = time.monotonic() + max_wait_s
+            deadline = pending.job.enqueued_at + max_wait_s
         head, pending = pending.split(max_tiles - size)
         batch.append(head)
         size += head.size
