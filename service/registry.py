@@ -127,7 +127,8 @@ def make_ops(module, device: str, dtype) -> tuple[Callable[[np.ndarray], np.ndar
     def encode(tiles: np.ndarray) -> np.ndarray:
         with torch.inference_mode():
             x = torch.from_numpy(np.require(tiles, requirements="CW")).to(device, non_blocking=True)  # (N, 32, 32, 3) uint8
-            x = x.permute(0, 3, 1, 2).to(dtype).div_(255)  # (N, 3, 32, 32) in [0, 1]
+            # (N, 3, 32, 32) in [0, 1], laid out NCHW: the permuted view would run the network channels-last
+            x = x.permute(0, 3, 1, 2).to(dtype, memory_format=torch.contiguous_format).div_(255)
             z = module.encode(x)
             return z.float().cpu().numpy()
 
