@@ -157,28 +157,47 @@ async def open_loop(
     rate: float,
     duration_s: float,
     warmup_s: float = 0.0,
-    connections: int = 256,
+    connections: int = 512,
     timeout_s: float = 60.0,
 ) -> dict:
     """Requests due every ``1/rate`` s; those due in the window after ``warmup_s`` are counted,
-    each from its due time to its answer. At most ``connections`` are in flight; the rest wait
-    for a connection (and that wait counts)."""
+    each from its due time to its answer. Each request in flight has a connection of its own
+    (opened when none is free, up to ``connections``; beyond that a request waits for one, and
+    the wait counts)."""
     if rate <= 0:
         raise ValueError(f"rate must be > 0, got {rate}")
+    tls = ssl.create_default_context()
+    idle: list[httpx.AsyncHTTPTransport] = []
+    opened: list[httpx.AsyncHTTPTransport] = []
+    available = asyncio.Semaphore(connections)
+
+    async def one(i: int, due: float) -> Shot:
+        async with available:
+            transport = idle.pop() if idle else None
+            if transport is None:
+                transport = _transport(1, tls)
+                opened.append(transport)
+            try:
+                return await _send(transport, url, make_request(i), due, timeout_s)
+            finally:
+                idle.append(transport)
+
     start = time.perf_counter()
     window_start, window_end = start + warmup_s, start + warmup_s + duration_s
     tasks: list[tuple[bool, asyncio.Task]] = []  # (counted, task)
-    async with _transport(connections, ssl.create_default_context()) as transport:
+    try:
         i = 0
         while (due := start + i / rate) < window_end:
             delay = due - time.perf_counter()
             if delay > 0:
                 await asyncio.sleep(delay)
-            tasks.append((due >= window_start, asyncio.ensure_future(_send(transport, url, make_request(i), due, timeout_s))))
+            tasks.append((due >= window_start, asyncio.ensure_future(one(i, due))))
             i += 1
         shots = await asyncio.gather(*(task for _, task in tasks))
+    finally:
+        await asyncio.gather(*(transport.aclose() for transport in opened))
     counted = [shot for (keep, _), shot in zip(tasks, shots) if keep]
-    return {"mode": "open", "rate": rate, **summarize(counted, duration_s)}
+    return {"mode": "open", "rate": rate, "connections_opened": len(opened), **summarize(counted, duration_s)}
 
 
 def run(coro):

@@ -19,6 +19,7 @@ def throughput_plot(service: dict, raw: dict | None, path: Path) -> Path:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter
 
     threads = service["plan"]["threads"]
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
@@ -38,6 +39,9 @@ def throughput_plot(service: dict, raw: dict | None, path: Path) -> Path:
         axis.grid(True, which="both", alpha=0.3)
         axis.legend(fontsize=8)
     left.set_ylim(bottom=0)
+    plain = FuncFormatter(lambda value, _: f"{value:g}")
+    right.yaxis.set_major_formatter(plain)
+    right.yaxis.set_minor_formatter(plain)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)

@@ -55,6 +55,17 @@ def thread_cpu_s(pid: int) -> dict[str, float] | None:
     return {"main": main, "others": others}
 
 
+def machine_busy_s() -> float | None:
+    """CPU seconds all processes together have used since boot (user, nice, system, irq,
+    softirq, steal), from /proc/stat; None where it is unavailable."""
+    try:
+        fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+        user, nice, system, _idle, _iowait, irq, softirq, steal = (int(v) for v in fields[:8])
+    except (OSError, ValueError):
+        return None
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
 def tessera_command() -> list[str]:
     """The installed ``tessera`` script next to this Python, else the CLI module."""
     script = Path(sys.executable).with_name("tessera")

@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import argparse
 import logging
+import time
 from pathlib import Path
 
 from bench import results
 from bench.console import setup_logging
 from bench.machine import describe
+from bench.procs import machine_busy_s
 
 logger = logging.getLogger(__name__)
 
@@ -30,7 +32,9 @@ def _timed(fn, threads: int, min_run_time: float):
     return Timer(stmt="fn()", globals={"fn": fn}, num_threads=threads).blocked_autorange(min_run_time=min_run_time)
 
 
-def measure_model(name: str, path: Path, *, device: str, dtype_name: str, threads: int, batch_sizes, min_run_time: float) -> list[dict]:
+def measure_model(
+    name: str, path: Path, *, device: str, dtype_name: str, threads: int, batch_sizes, min_run_time: float, ops=("encode", "decode")
+) -> list[dict]:
     """Encode and decode tiles/s of one checkpoint at each batch size."""
     import torch
 
@@ -57,19 +61,25 @@ def measure_model(name: str, path: Path, *, device: str, dtype_name: str, thread
             sync()
 
         for op, fn in (("encode", encode), ("decode", decode)):
+            if op not in ops:
+                continue
             fn()
+            busy, own, wall = machine_busy_s(), time.process_time(), time.perf_counter()
             m = _timed(fn, threads, min_run_time)
+            busy_after, own, wall = machine_busy_s(), time.process_time() - own, time.perf_counter() - wall
             row = {
                 "model": name, "op": op, "device": device, "dtype": dtype_name, "threads": threads, "batch": batch,
                 "median_s": m.median, "iqr_s": m.iqr, "runs": len(m.times) * m.number_per_run,
                 "tiles_per_s": batch / m.median,
+                # cores' worth of CPU other processes used meanwhile: well above 0, the point is low
+                "other_cores": None if busy is None or busy_after is None else max(0.0, busy_after - busy - own) / wall,
             }
             logger.info("%s %s %s/%s threads=%d batch=%d: %.0f tiles/s", name, op, device, dtype_name, threads, batch, row["tiles_per_s"])
             rows.append(row)
     return rows
 
 
-def run(checkpoints: tuple[Path, ...], threads: list[int], batch_sizes, min_run_time: float) -> dict:
+def run(checkpoints: tuple[Path, ...], threads: list[int], batch_sizes, min_run_time: float, ops=("encode", "decode")) -> dict:
     import torch
 
     from service.registry import find_checkpoints
@@ -79,11 +89,11 @@ def run(checkpoints: tuple[Path, ...], threads: list[int], batch_sizes, min_run_
     for name, path in files.items():
         for count in threads:
             rows += measure_model(name, path, device="cpu", dtype_name="float32", threads=count,
-                                  batch_sizes=batch_sizes, min_run_time=min_run_time)
+                                  batch_sizes=batch_sizes, min_run_time=min_run_time, ops=ops)
         if torch.cuda.is_available():
             for dtype_name in CUDA_DTYPES:
                 rows += measure_model(name, path, device="cuda", dtype_name=dtype_name, threads=1,
-                                      batch_sizes=CUDA_BATCH_SIZES, min_run_time=min_run_time)
+                                      batch_sizes=CUDA_BATCH_SIZES, min_run_time=min_run_time, ops=ops)
     return {"machine": describe(), "models": {name: str(path) for name, path in files.items()}, "points": rows}
 
 
@@ -92,7 +102,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--checkpoints", default="checkpoints", help="folders or .safetensors files, comma-separated")
     parser.add_argument("--threads", default="1,2", help="torch intra-op thread counts to measure, comma-separated")
     parser.add_argument("--batch-sizes", default=",".join(map(str, BATCH_SIZES)))
-    parser.add_argument("--min-run-time", type=float, default=0.4, help="seconds of timing per point")
+    parser.add_argument("--ops", default="encode,decode", help="encode and/or decode")
+    parser.add_argument("--min-run-time", type=float, default=0.5, help="seconds of timing per point")
     parser.add_argument("--out", type=Path, default=results.RESULTS / "raw.json")
     args = parser.parse_args(argv)
     setup_logging()
@@ -101,6 +112,7 @@ def main(argv: list[str] | None = None) -> int:
         [int(t) for t in args.threads.split(",")],
         [int(b) for b in args.batch_sizes.split(",")],
         args.min_run_time,
+        tuple(args.ops.split(",")),
     )
     results.save(args.out, data)
     return 0

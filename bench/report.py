@@ -12,6 +12,8 @@ import argparse
 import os
 from pathlib import Path
 
+import numpy as np
+
 from bench import results
 from bench.machine import ROOT
 from bench.plot import throughput_plot
@@ -50,32 +52,45 @@ def table(header: list[str], rows: list[list[str]], align: str | None = None) ->
 # -- the ratios ----------------------------------------------------------------------------------
 
 
-def ratios(raw: dict | None, service: dict | None, cache: dict | None) -> list[dict]:
-    """The four targets of the suite: what was measured against what."""
+def headline_runs(raw: dict | None, service: dict, repeat: dict | None) -> dict[str, list[float]]:
+    """Every measurement of each headline number: the main run's first, then the repeats'."""
+    model, plan = service["model"], service["plan"]
+    c, max_batch = plan["headline_concurrency"], plan["max_batch_tiles"]
+    first = {
+        "raw": raw_tiles_per_s(raw, model, max_batch, plan["threads"]),
+        "batching": (point_at(service["batching"], c) or {}).get("tiles_per_s"),
+        "sheet": (service.get("sheet") or {}).get("tiles_per_s"),
+        "no_batching": (point_at(service.get("no_batching") or [], c) or {}).get("tiles_per_s"),
+    }
+    later = (repeat or {}).get("runs") or {}
+    return {key: [v for v in [value, *later.get(key, [])] if v] for key, value in first.items()}
+
+
+def _runs(values: list[float]) -> str:
+    middle = float(np.median(values))
+    if len(values) == 1:
+        return fmt(middle)
+    return f"{fmt(middle)} (runs: {', '.join(fmt(v) for v in values)})"
+
+
+def ratios(raw: dict | None, service: dict | None, cache: dict | None, repeat: dict | None = None) -> list[dict]:
+    """The four targets of the suite: what was measured against what (median of all runs of each)."""
     out = []
     if service is not None:
-        model, plan = service["model"], service["plan"]
-        threads, c, max_batch = plan["threads"], plan["headline_concurrency"], plan["max_batch_tiles"]
-        head, flat = point_at(service["batching"], c), point_at(service["no_batching"], c)
-        raw_c = raw_tiles_per_s(raw, model, min(c, max_batch), threads)
-        raw_max = raw_tiles_per_s(raw, model, max_batch, threads)
-        if head and raw_c:
-            out.append({
-                "key": "concurrent", "what": f"{c} concurrent single-tile encodes vs raw model at batch {min(c, max_batch)}",
-                "measured": f"{fmt(head['tiles_per_s'])} vs {fmt(raw_c)} tiles/s", "ratio": head["tiles_per_s"] / raw_c,
-            })
+        plan = service["plan"]
+        c, max_batch = plan["headline_concurrency"], plan["max_batch_tiles"]
+        runs = headline_runs(raw, service, repeat)
         sheet = service.get("sheet")
-        if sheet and raw_max:
-            out.append({
-                "key": "sheet", "what": f"one {sheet['tiles'] // max(sheet['ok'], 1):,}-tile sheet per request vs raw model at batch {max_batch}",
-                "measured": f"{fmt(sheet['tiles_per_s'])} vs {fmt(raw_max)} tiles/s", "ratio": sheet["tiles_per_s"] / raw_max,
-            })
-        if head and flat and flat["tiles_per_s"] > 0:
-            out.append({
-                "key": "batching", "what": f"batching vs max_batch_tiles=1, {c} clients",
-                "measured": f"{fmt(head['tiles_per_s'])} vs {fmt(flat['tiles_per_s'])} tiles/s",
-                "ratio": head["tiles_per_s"] / flat["tiles_per_s"],
-            })
+        cases = [
+            ("concurrent", f"{c} concurrent single-tile encodes vs raw model at batch {max_batch}", "batching", "raw"),
+            ("sheet", f"one {sheet['tiles'] // max(sheet['ok'], 1):,}-tile sheet per request vs raw model at batch {max_batch}"
+             if sheet else "", "sheet", "raw"),
+            ("batching", f"batching vs max_batch_tiles=1, {c} clients", "batching", "no_batching"),
+        ]
+        for key, what, top, bottom in cases:
+            if runs[top] and runs[bottom]:
+                out.append({"key": key, "what": what, "measured": f"{_runs(runs[top])} vs {_runs(runs[bottom])} tiles/s",
+                            "ratio": float(np.median(runs[top]) / np.median(runs[bottom]))})
     for backend, data in ((cache or {}).get("backends") or {}).items():
         case = next((k for k in data["cases"] if k["tiles"] == 256), None)
         if case:
@@ -100,9 +115,13 @@ def machine_section(machine: dict) -> list[str]:
             "", f"Measured {machine['measured_at']}. GPUs: {', '.join(machine['cuda_devices']) or 'none'}.", ""]
 
 
-def summary_section(found: list[dict]) -> list[str]:
+def summary_section(found: list[dict], repeat: dict | None) -> list[str]:
     rows = [[r["what"], r["measured"], f"**{r['ratio']:.2f}x**", f">= {r['target']:g}x", "yes" if r["met"] else "**no**"] for r in found]
-    return ["## Targets", "", *table(["case", "measured", "ratio", "target", "met"], rows, "llrrl"), ""]
+    note = []
+    if repeat:
+        note = ["", f"Throughputs are the median of {1 + repeat['repeats']} runs, each in fresh processes, for the raw model and "
+                f"the service alike (`bench/repeat.py` says why); every run is listed. Cache speed-ups are p50 latencies of one run."]
+    return ["## Targets", "", *table(["case", "measured", "ratio", "target", "met"], rows, "llrrl"), *note, ""]
 
 
 def config_section(service: dict) -> list[str]:
@@ -173,8 +192,8 @@ def cpu_rows(points: list[tuple[str, dict]]) -> list[list[str]]:
         if not tiles or "server_loop" not in cpu:
             continue
         parts = [cpu["load_generator"], cpu["server_loop"], cpu["server_model"]]
-        busy = sum(parts) / cpu["wall"]
-        rows.append([label, *(fmt(1e6 * v / tiles) for v in parts), fmt(1e6 * sum(parts) / tiles), fmt(busy, 2)])
+        rows.append([label, *(fmt(1e6 * v / tiles) for v in parts), fmt(1e6 * sum(parts) / tiles),
+                     fmt(sum(parts) / cpu["wall"], 2), fmt(cpu.get("other_processes", float("nan")) / cpu["wall"], 2)])
     return rows
 
 
@@ -191,9 +210,10 @@ def cpu_section(service: dict) -> list[str]:
             "CPU time of each part per tile computed, over the whole run of each case (warm-up included), from "
             "`/proc/<pid>/task/*/stat` of the server and `time.process_time()` of the load generator. *server loop* is the "
             "server's main thread (uvicorn, FastAPI, decoding, hashing, cache, batching); *model* is every other thread "
-            "(model calls). *cores busy* is the sum over wall time: the machine has "
-            f"{service['machine']['cores']}.", "",
-            *table(["case", "load generator us", "server loop us", "model us", "total us", "cores busy"], rows), ""]
+            "(model calls). *cores busy* is their sum over wall time (the machine has "
+            f"{service['machine']['cores']}); *others* is what every other process used meanwhile (from /proc/stat): "
+            f"well above 0 means the case shared the machine and its numbers are low.", "",
+            *table(["case", "load generator us", "server loop us", "model us", "total us", "cores busy", "others (cores)"], rows), ""]
 
 
 def sheet_section(service: dict, raw: dict | None) -> list[str]:
@@ -285,8 +305,8 @@ def gpu_section(raw: dict | None) -> list[str]:
 
 def render(folder: Path, doc: Path = DOC, plot: Path = PLOT) -> str:
     """The page for ``doc``; draws ``plot`` on the way."""
-    raw, service, cache, path, profile, run = (
-        results.load(folder, s) for s in ("raw", "service", "cache", "path", "profile", "run")
+    raw, service, cache, path, profile, repeat, run = (
+        results.load(folder, s) for s in ("raw", "service", "cache", "path", "profile", "repeat", "run")
     )
     machine = next((d["machine"] for d in (service, raw, cache, path) if d), None)
     if machine is None:
@@ -299,7 +319,7 @@ def render(folder: Path, doc: Path = DOC, plot: Path = PLOT) -> str:
         stages = ", ".join(f"{k} {v:.0f} s" for k, v in run["stage_seconds"].items() if k != "total")
         lines += [f"The whole run took {run['stage_seconds']['total'] / 60:.1f} minutes ({stages}); 1-minute load average "
                   f"before it: {run['load_avg_1m_before']:.2f}." + (" **Quick run: the numbers mean nothing.**" if run["quick"] else ""), ""]
-    lines += summary_section(ratios(raw, service, cache))
+    lines += summary_section(ratios(raw, service, cache, repeat), repeat)
     if service:
         lines += config_section(service)
     if raw:

@@ -24,7 +24,7 @@ from bench import load, results, scrape
 from bench.bodies import NpyTiles, Sheets
 from bench.console import setup_logging
 from bench.machine import describe
-from bench.procs import Server, tessera_server, thread_cpu_s
+from bench.procs import Server, machine_busy_s, tessera_server, thread_cpu_s
 
 logger = logging.getLogger(__name__)
 
@@ -61,15 +61,17 @@ def server_env(checkpoint: Path, plan: Plan, **overrides: str | int) -> dict[str
 def measured(server: Server, model: str, coro) -> dict:
     """Run one load coroutine between two /metrics scrapes; adds the server's counts and the CPU
     seconds of the server's event loop, its other threads (model calls) and this load generator."""
-    before, cpu_before = scrape.scrape(server.url), thread_cpu_s(server.pid)
+    before, cpu_before, busy = scrape.scrape(server.url), thread_cpu_s(server.pid), machine_busy_s()
     wall, client = time.perf_counter(), time.process_time()
     point = load.run(coro)
     wall, client = time.perf_counter() - wall, time.process_time() - client
-    cpu_after = thread_cpu_s(server.pid)
+    cpu_after, busy_after = thread_cpu_s(server.pid), machine_busy_s()
     point["server"] = scrape.between(before, scrape.scrape(server.url), model)
     point["cpu_s"] = {"wall": wall, "load_generator": client}
     if cpu_before and cpu_after:
         point["cpu_s"].update(server_loop=cpu_after["main"] - cpu_before["main"], server_model=cpu_after["others"] - cpu_before["others"])
+        if busy is not None and busy_after is not None:  # everything else the machine ran meanwhile
+            point["cpu_s"]["other_processes"] = max(0.0, busy_after - busy - client - point["cpu_s"]["server_loop"] - point["cpu_s"]["server_model"])
     logger.info(
         "%s c=%s rate=%s: %.0f tiles/s, p50 %.1f ms, p99 %.1f ms, errors %d, mean batch %s, cpu %s",
         point["mode"], point.get("concurrency"), point.get("rate"), point["tiles_per_s"], point["latency_ms"]["p50"],
