@@ -7,6 +7,7 @@ Tiles are uniform noise: the worst case for PNG size and decoding, and never equ
 from __future__ import annotations
 
 import io
+import itertools
 
 import numpy as np
 from PIL import Image
@@ -28,8 +29,9 @@ def npy_header(shape: tuple[int, ...]) -> bytes:
 
 
 class NpyTiles:
-    """One uint8 tile per request as npy, the i-th request's tile distinct from every other
-    request's: 3,072-byte windows of one noise buffer, each request's a few bytes further on."""
+    """One uint8 tile per request as npy, every tile distinct from every other this object
+    gives out (across runs too: it ignores the run's request index and counts on itself):
+    3,072-byte windows of one noise buffer, each request's a few bytes further on."""
 
     def __init__(self, seed: int = 0, buffer_mib: int = 4, path: str = "/v1/encode") -> None:
         self.header = npy_header((1, TILE, TILE, 3))
@@ -37,9 +39,10 @@ class NpyTiles:
         self.span = len(self.noise) - TILE_BYTES
         self.path = path
         self.headers = {"Content-Type": NPY, "Accept": NPY}
+        self._next = itertools.count()
 
     def __call__(self, i: int) -> Request:
-        offset = (i * 7919) % self.span  # 7919 is prime: distinct offsets for millions of requests
+        offset = (next(self._next) * 7919) % self.span  # 7919 is prime: distinct offsets for millions of requests
         return Request(self.path, self.header + self.noise[offset : offset + TILE_BYTES], self.headers, 1)
 
 

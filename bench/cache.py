@@ -42,7 +42,8 @@ def sheet_case(server: Server, model: str, grid: tuple[int, int], plan: CachePla
     uncached = load.closed_loop(server.url, sheets, concurrency=1, requests=plan.uncached_requests, warmup_requests=1)
     uncached = measured(server, model, uncached)
     # sheet 1 was sent once above (measured, every tile a miss): from now on every tile is a hit
-    cached = measured(server, model, load.closed_loop(server.url, sheets.repeat(1), concurrency=1, requests=plan.cached_requests))
+    cached = load.closed_loop(server.url, sheets.repeat(1), concurrency=1, requests=plan.cached_requests)
+    cached = measured(server, model, cached, expect_cached=True)
     return {
         "tiles": grid[0] * grid[1],
         "uncached": uncached,

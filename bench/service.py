@@ -58,7 +58,7 @@ def server_env(checkpoint: Path, plan: Plan, **overrides: str | int) -> dict[str
     return env
 
 
-def measured(server: Server, model: str, coro) -> dict:
+def measured(server: Server, model: str, coro, expect_cached: bool = False) -> dict:
     """Run one load coroutine between two /metrics scrapes; adds the server's counts and the CPU
     seconds of the server's event loop, its other threads (model calls) and this load generator."""
     before, cpu_before, busy = scrape.scrape(server.url), thread_cpu_s(server.pid), machine_busy_s()
@@ -72,6 +72,8 @@ def measured(server: Server, model: str, coro) -> dict:
         point["cpu_s"].update(server_loop=cpu_after["main"] - cpu_before["main"], server_model=cpu_after["others"] - cpu_before["others"])
         if busy is not None and busy_after is not None:  # everything else the machine ran meanwhile
             point["cpu_s"]["other_processes"] = max(0.0, busy_after - busy - client - point["cpu_s"]["server_loop"] - point["cpu_s"]["server_model"])
+    if point["cached_tiles"] and not expect_cached:
+        logger.warning("%d tiles came from the cache; the case meant to compute every one", point["cached_tiles"])
     logger.info(
         "%s c=%s rate=%s: %.0f tiles/s, p50 %.1f ms, p99 %.1f ms, errors %d, mean batch %s, cpu %s",
         point["mode"], point.get("concurrency"), point.get("rate"), point["tiles_per_s"], point["latency_ms"]["p50"],
