@@ -132,8 +132,8 @@ def config_section(service: dict) -> list[str]:
         f"- Server: `tessera serve` in its own process (uvicorn, uvloop, httptools), access log off, serving "
         f"`{service['model']}` only; {env}; everything else default (batch window `TESSERA_MAX_WAIT_MS` 5 ms, in-process "
         f"latent cache on). Requests are npy in, npy out (`Accept: application/x-npy`).",
-        f"- Load generator: `httpx.AsyncClient` on uvloop in a second process on the same "
-        f"{service['machine']['cores']} cores; one keep-alive connection per client. Every tile is distinct, so neither the "
+        f"- Load generator: httpx (`httpx.AsyncHTTPTransport`, one keep-alive connection per client) on uvloop, in a "
+        f"second process on the same {service['machine']['cores']} cores. Every tile is distinct, so neither the "
         f"cache nor the batcher's de-duplication saves model work; the cache still costs its hashing and lookups.",
         f"- Torch threads: the server runs {plan['threads']} intra-op thread(s) and the raw model is compared at the same "
         f"count. The load generator and the server's event loop need the rest of the machine: with as many torch threads "
