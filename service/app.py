@@ -17,6 +17,7 @@ from service.auth import KeyCheck, load_keys
 from service.codecs import Limits
 from service.errors import install_error_handlers
 from service.gc_tuning import tune_for_serving
+from service.malloc_tuning import keep_freed_memory
 from service.metrics import Metrics, RequestMetricsMiddleware
 from service.openapi import install_openapi
 from service.registry import Registry, load_registry
@@ -73,6 +74,7 @@ def create_app(settings: Settings | None = None, registry: Registry | None = Non
         limits = Limits(max_tiles=settings.max_tiles_per_request, max_pixels=settings.max_image_pixels)
         state = ServiceState(settings, registry, metrics, cache, limits)
         app.state.tessera = state
+        keep_freed_memory()  # model calls reuse their activation memory (service.malloc_tuning)
         registry.start()
         untune_gc = tune_for_serving()
         logger.info(
