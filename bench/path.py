@@ -56,6 +56,9 @@ def measure(checkpoint: Path, threads: int, min_time_s: float) -> list[dict]:
     from service.cache import MemoryLatentCache, tile_hashes
     from service.registry import make_ops
 
+    from service.malloc_tuning import keep_freed_memory
+
+    keep_freed_memory()  # as the server does
     torch.set_num_threads(threads)
     module, info = model.load_checkpoint(checkpoint, device="cpu", dtype=torch.float32)
     module.eval()

@@ -82,8 +82,10 @@ def measure_model(
 def run(checkpoints: tuple[Path, ...], threads: list[int], batch_sizes, min_run_time: float, ops=("encode", "decode")) -> dict:
     import torch
 
+    from service.malloc_tuning import keep_freed_memory
     from service.registry import find_checkpoints
 
+    keep_freed_memory()  # as the server does: every process reuses its activation memory
     files = find_checkpoints(checkpoints)
     rows = []
     for name, path in files.items():
