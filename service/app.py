@@ -16,7 +16,7 @@ from fastapi import FastAPI
 from service.auth import KeyCheck, load_keys
 from service.codecs import Limits
 from service.errors import install_error_handlers
-from service.gc_tuning import tune_for_serving
+from service.interpreter_tuning import tune_for_serving
 from service.malloc_tuning import keep_freed_memory
 from service.metrics import Metrics, RequestMetricsMiddleware
 from service.openapi import install_openapi

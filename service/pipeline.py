@@ -52,15 +52,9 @@ async def encode_tiles(
         computed = _finite(model, await model.encoder.submit(tiles[miss_rows], deadline=deadline, gone=gone))
         await cache.put_many(model.key, {h: computed[j] for h, j in misses.items()})
 
-    latents = np.empty((len(tiles), *model.latent_shape), dtype=np.float32)
-    cached = 0
-    for i, h in enumerate(hashes):
-        hit = hits.get(h)
-        if hit is not None:
-            latents[i] = hit
-            cached += 1
-        else:
-            latents[i] = computed[misses[h]]
+    rows = [hits[h] if h in hits else computed[misses[h]] for h in hashes]
+    latents = np.stack(rows).astype(np.float32, copy=False)  # one copy, not one assignment per tile
+    cached = len(hashes) - sum(1 for h in hashes if h not in hits)
     if metrics is not None and cached:
         metrics.cached_tiles(model.name, cached)
     return Encoded(latents, cached)

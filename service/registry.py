@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,6 +21,7 @@ import numpy as np
 from service.batching import Batcher, BatchObserver
 from service.codecs import TILE
 from service.errors import UnknownModel
+from service.graphs import GraphError, make_calls
 from service.settings import DEFAULT_MODEL, Settings
 
 logger = logging.getLogger(__name__)
@@ -116,30 +117,21 @@ def resolve_device(setting: str) -> str:
     return setting
 
 
-def make_ops(module, device: str, dtype) -> tuple[Callable[[np.ndarray], np.ndarray], Callable[[np.ndarray], np.ndarray]]:
-    """The two model calls the batchers run in the worker thread.
+def make_ops(
+    module, device: str, dtype, graph: str = "eager", name: str = "model"
+) -> tuple[Callable[[np.ndarray], np.ndarray], Callable[[np.ndarray], np.ndarray], str]:
+    """The encode and decode calls the batchers run in the worker thread (``service.graphs``),
+    and how they run: "trace" (TorchScript graphs) or "eager", which is also the fallback when
+    a model cannot be traced.
 
     encode: uint8 [N, 32, 32, 3] -> float32 [N, *latent_shape]
     decode: float32 [N, *latent_shape] -> uint8 [N, 32, 32, 3] (clamped to [0, 1], rounded)
     """
-    import torch
-
-    def encode(tiles: np.ndarray) -> np.ndarray:
-        with torch.inference_mode():
-            x = torch.from_numpy(np.require(tiles, requirements="CW")).to(device, non_blocking=True)  # (N, 32, 32, 3) uint8
-            # (N, 3, 32, 32) in [0, 1], laid out NCHW: the permuted view would run the network channels-last
-            x = x.permute(0, 3, 1, 2).to(dtype, memory_format=torch.contiguous_format).div_(255)
-            z = module.encode(x)
-            return z.float().cpu().numpy()
-
-    def decode(latents: np.ndarray) -> np.ndarray:
-        with torch.inference_mode():
-            z = torch.from_numpy(np.require(latents, requirements="CW")).to(device, dtype=dtype)
-            x = module.decode(z).float()  # (N, 3, 32, 32), not clamped
-            x = torch.nan_to_num(x, nan=0.0).clamp_(0, 1).mul_(255).round_().to(torch.uint8)
-            return x.permute(0, 2, 3, 1).contiguous().cpu().numpy()  # (N, 32, 32, 3)
-
-    return encode, decode
+    try:
+        return (*make_calls(module, device, dtype, graph), graph)
+    except GraphError as exc:
+        logger.warning("%s runs eager: its model calls could not be traced (%s)", name, exc)
+        return (*make_calls(module, device, dtype, "eager"), "eager")
 
 
 @dataclass
@@ -155,7 +147,8 @@ class ServedModel:
     dtype: str
     encoder: Batcher = field(repr=False)
     decoder: Batcher = field(repr=False)
-    executor: ThreadPoolExecutor = field(repr=False)
+    model_lock: threading.Lock = field(repr=False)  # one model call at a time, encode or decode
+    graph: str = "eager"  # how the model calls run: "trace" (TorchScript graphs) or "eager"
 
     @property
     def key(self) -> str:
@@ -183,6 +176,9 @@ class ServedModel:
             "compression_ratio": float(self.info.get("compression_ratio") or self.module.compression_ratio),
             "weights_sha256": self.key,
             "metrics": self.metrics,
+            "device": self.device,
+            "dtype": self.dtype,
+            "graph": self.graph,
         }
 
 
@@ -238,8 +234,6 @@ class Registry:
     async def drain(self, grace_s: float) -> int:
         """Finish accepted requests of every batcher within ``grace_s``; the number left unfinished."""
         left = await asyncio.gather(*(b.drain(grace_s) for b in self.batchers()))
-        for model in self.models.values():
-            model.executor.shutdown(wait=False, cancel_futures=True)
         return sum(left)
 
 
@@ -298,14 +292,14 @@ def load_registry(settings: Settings) -> Registry:
             continue
         module.eval()
         latent_shape = tuple(int(d) for d in module.latent_shape)
-        encode, decode = make_ops(module, device, dtype)
-        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"tessera-{name}")
+        encode, decode, graph = make_ops(module, device, dtype, settings.graph, name)
+        model_lock = threading.Lock()
         warm = settings.max_batch_tiles  # one full batch: also proves it fits in memory
         common = {
             "max_batch_tiles": settings.max_batch_tiles,
             "max_wait_s": settings.max_wait_s,
             "max_queue_tiles": settings.max_queue_tiles,
-            "executor": executor,
+            "model_lock": model_lock,
         }
         encoder = Batcher(
             f"{name}/encode",
@@ -319,10 +313,10 @@ def load_registry(settings: Settings) -> Registry:
             warmup=np.zeros((warm, *latent_shape), np.float32),
             **common,
         )
-        models[name] = ServedModel(name, path, module, info, latent_shape, device, dtype_name, encoder, decoder, executor)
+        models[name] = ServedModel(name, path, module, info, latent_shape, device, dtype_name, encoder, decoder, model_lock, graph)
         logger.info(
-            "loaded %s from %s (%s, latent %s, %s on %s) in %.2f s",
-            name, path, info.get("arch"), latent_shape, dtype_name, device, time.monotonic() - start,
+            "loaded %s from %s (%s, latent %s, %s on %s, %s) in %.2f s",
+            name, path, info.get("arch"), latent_shape, dtype_name, device, graph, time.monotonic() - start,
         )
     if not models:
         problems = "; ".join(f"{s.file}: {s.reason}" for s in skipped)

@@ -61,6 +61,9 @@ class ModelInfo(BaseModel):
     compression_ratio: float
     weights_sha256: str
     metrics: dict[str, Any] = Field(description="validation metrics from training (val_l1, val_mse, val_psnr), {} when none")
+    device: str = Field(description="where the model runs: cpu or cuda[:N]")
+    dtype: str = Field(description="inference dtype: float32, float16 or bfloat16")
+    graph: Literal["trace", "eager"] = Field(description="trace: model calls run as TorchScript graphs (TESSERA_GRAPH); eager: plain PyTorch")
 
 
 class Limits(BaseModel):

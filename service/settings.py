@@ -32,6 +32,11 @@ class Settings(BaseSettings):
     )
     device: str = Field(default="auto", description="auto (cuda when available), cpu, cuda or cuda:N")
     cuda_dtype: Literal["fp32", "fp16", "bf16"] = Field(default="fp32", description="inference dtype on CUDA; CPU always runs fp32")
+    graph: Literal["trace", "eager"] = Field(
+        default="trace",
+        description="trace: model calls run as TorchScript graphs traced at start-up and checked against eager "
+        "(no Python in the forward pass, so the event loop and the model thread do not wait on each other); eager: plain PyTorch",
+    )
     torch_threads: int | None = Field(default=None, ge=1, description="torch intra-op threads; unset: torch's default")
     skip_bad_checkpoints: bool = Field(
         default=False, description="serve the good checkpoints when some cannot be loaded (listed in /v1/models as skipped)"

@@ -32,7 +32,7 @@ def to_rgb(image: Image.Image) -> np.ndarray:
         return np.repeat(grey[..., None], 3, axis=-1)
     if image.mode in _ALPHA_MODES or "transparency" in image.info:
         return premultiply(np.asarray(image.convert("RGBA")))
-    return np.asarray(image.convert("RGB"))
+    return np.asarray(image if image.mode == "RGB" else image.convert("RGB"))
 
 
 def cut(pixels: np.ndarray, size: int = TILE) -> tuple[np.ndarray, tuple[int, int]]:

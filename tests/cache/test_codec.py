@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from service.cache import CacheValueError, cache_key, decode_value, encode_value, tile_hashes
+from service.cache import CacheValueError, cache_key, decode_value, decode_values, encode_value, tile_hashes
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float16])
@@ -36,3 +36,25 @@ def test_tile_hashes_follow_pixels():
 def test_key_carries_prefix_weights_hash_and_tile_hash():
     key = cache_key("ab" * 32, b"\x01" * 32)
     assert key == b"tessera:v1:" + b"ab" * 32 + b":" + b"01" * 32
+
+
+def test_bulk_decode_equals_one_by_one():
+    latents = np.random.default_rng(1).standard_normal((40, 64, 1, 1)).astype(np.float32)
+    values = [encode_value(z) for z in latents]
+    bulk = decode_values(values)
+    assert len(bulk) == 40
+    for got, want in zip(bulk, latents):
+        assert got.shape == want.shape and got.dtype == want.dtype and not got.flags.writeable
+        np.testing.assert_array_equal(got, want)
+    assert decode_values([]) == []
+
+
+def test_bulk_decode_of_mixed_values_falls_back_and_reports_bad_ones():
+    mixed = [encode_value(np.full((64, 1, 1), i, np.float32)) for i in range(10)]
+    mixed[4] = encode_value(np.zeros(128, np.float16))  # another shape and dtype: decoded on its own
+    out = decode_values(mixed)
+    assert out[4].shape == (128,) and out[4].dtype == np.float16
+    assert [float(z.flat[0]) for i, z in enumerate(out) if i != 4] == [float(i) for i in range(10) if i != 4]
+    mixed[7] = mixed[7][:-1]
+    with pytest.raises(CacheValueError):
+        decode_values(mixed)

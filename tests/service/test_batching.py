@@ -9,7 +9,7 @@ import time
 import numpy as np
 import pytest
 
-from service.batching import Batcher, Slice, _Job, collect_batch, dedupe
+from service.batching import Batcher, QueueClosed, Slice, TileQueue, _Job, collect_batch, dedupe
 from service.errors import ClientDisconnected, DeadlineExceeded, InferenceFailed, Overloaded, ShuttingDown
 
 
@@ -54,79 +54,93 @@ def later(seconds: float = 10.0) -> float:
     return time.monotonic() + seconds
 
 
-# -- collect_batch -----------------------------------------------------------------------------
+# -- collect_batch (runs in the model thread) ----------------------------------------------
+
+
+class _Done:
+    """A stand-in for a request's future: collect_batch only asks whether it is done."""
+
+    def __init__(self) -> None:
+        self.cancelled = False
+
+    def done(self) -> bool:
+        return self.cancelled
 
 
 def _slice(n: int, deadline: float | None = None) -> Slice:
-    loop = asyncio.get_running_loop()
-    return Slice(_Job(rows(0, n), loop.create_future(), deadline or later()), 0, n)
+    return Slice(_Job(rows(0, n), _Done(), deadline or later()), 0, n)
+
+
+def _queue(*pieces: Slice) -> TileQueue:
+    queue = TileQueue()
+    for piece in pieces:
+        queue.put(piece)
+    return queue
 
 
 def test_collect_closes_at_max_tiles_and_carries_the_rest():
-    async def go():
-        queue: asyncio.Queue[Slice] = asyncio.Queue()
-        for n in (3, 4, 5):
-            queue.put_nowait(_slice(n))
-        batch, carry = await collect_batch(queue, 8, max_wait_s=10)
-        assert [s.size for s in batch] == [3, 4, 1]
-        assert carry is not None and (carry.start, carry.stop) == (1, 5)
-        batch, carry = await collect_batch(queue, 8, max_wait_s=0.01, carry=carry)
-        assert [(s.start, s.stop) for s in batch] == [(1, 5)] and carry is None
+    queue = _queue(_slice(3), _slice(4), _slice(5))
+    batch, carry = collect_batch(queue, 8, max_wait_s=10)
+    assert [s.size for s in batch] == [3, 4, 1]
+    assert carry is not None and (carry.start, carry.stop) == (1, 5)
+    batch, carry = collect_batch(queue, 8, max_wait_s=0.01, carry=carry)
+    assert [(s.start, s.stop) for s in batch] == [(1, 5)] and carry is None
 
-    run(go())
+
+def _collect_while(feed, queue: TileQueue, max_wait_s: float) -> tuple[list[Slice], Slice | None, float]:
+    """collect_batch on ``queue`` while ``feed`` puts slices from another thread; also the seconds it took."""
+    feeder = threading.Thread(target=feed)
+    start = time.monotonic()
+    feeder.start()
+    batch, carry = collect_batch(queue, 8, max_wait_s=max_wait_s)
+    elapsed = time.monotonic() - start
+    feeder.join()
+    return batch, carry, elapsed
 
 
 def test_collect_closes_max_wait_after_first_tile():
-    async def go():
-        queue: asyncio.Queue[Slice] = asyncio.Queue()
+    queue = TileQueue()
 
-        async def feed():
-            await asyncio.sleep(0.1)  # the first tile arrives late: the wait starts then
-            queue.put_nowait(_slice(1))
-            await asyncio.sleep(0.02)
-            queue.put_nowait(_slice(1))
+    def feed():
+        time.sleep(0.1)  # the first tile arrives late: the wait starts then
+        queue.put(_slice(1))
+        time.sleep(0.02)
+        queue.put(_slice(1))
 
-        feeder = asyncio.ensure_future(feed())
-        start = time.monotonic()
-        batch, carry = await collect_batch(queue, 8, max_wait_s=0.1)
-        elapsed = time.monotonic() - start
-        await feeder
-        assert [s.size for s in batch] == [1, 1] and carry is None
-        assert 0.18 <= elapsed < 0.5
+    batch, carry, elapsed = _collect_while(feed, queue, max_wait_s=0.1)
+    assert [s.size for s in batch] == [1, 1] and carry is None
+    assert 0.18 <= elapsed < 0.5
 
-    run(go())
+
+def test_collect_returns_as_soon_as_the_batch_is_full():
+    queue = _queue(_slice(3))
+    batch, carry, elapsed = _collect_while(lambda: (time.sleep(0.05), queue.put(_slice(5))), queue, max_wait_s=5)
+    assert [s.size for s in batch] == [3, 5] and carry is None
+    assert elapsed < 1  # woken by the full batch, not by the 5 s window
 
 
 def test_collect_with_zero_wait_takes_what_is_queued():
-    async def go():
-        queue: asyncio.Queue[Slice] = asyncio.Queue()
-        for _ in range(3):
-            queue.put_nowait(_slice(2))
-        batch, _ = await collect_batch(queue, 8, max_wait_s=0)
-        assert [s.size for s in batch] == [2, 2, 2]
-
-    run(go())
+    batch, _ = collect_batch(_queue(_slice(2), _slice(2), _slice(2)), 8, max_wait_s=0)
+    assert [s.size for s in batch] == [2, 2, 2]
 
 
 def test_collect_skips_abandoned_requests():
-    async def go():
-        queue: asyncio.Queue[Slice] = asyncio.Queue()
-        dead, live = _slice(3), _slice(2)
-        dead.job.future.cancel()
-        queue.put_nowait(dead)
-        queue.put_nowait(live)
-        batch, _ = await collect_batch(queue, 8, max_wait_s=0)
-        assert batch == [live]
-
-    run(go())
+    dead, live = _slice(3), _slice(2)
+    dead.job.future.cancelled = True
+    batch, _ = collect_batch(_queue(dead, live), 8, max_wait_s=0)
+    assert batch == [live]
 
 
 def test_collect_rejects_empty_batches():
-    async def go():
-        with pytest.raises(ValueError, match="max_tiles"):
-            await collect_batch(asyncio.Queue(), 0, 0.1)
+    with pytest.raises(ValueError, match="max_tiles"):
+        collect_batch(TileQueue(), 0, 0.1)
 
-    run(go())
+
+def test_collect_ends_when_the_queue_closes():
+    queue = TileQueue()
+    threading.Timer(0.05, queue.close).start()
+    with pytest.raises(QueueClosed):
+        collect_batch(queue, 8, max_wait_s=0.1)
 
 
 def test_dedupe_keeps_first_seen_order():
@@ -332,7 +346,7 @@ def test_warm_up_runs_before_serving():
         return batcher
 
     batcher = run(go())
-    assert model.sizes == [8, 1]
+    assert model.sizes == [8, 1, 2, 3, 4, 5, 6, 7, 1]  # the full batch, every smaller size, then the request
     assert batcher.stats.batches == 1  # warm-up is not counted
     assert batcher.warmup_error is None
 
@@ -372,3 +386,26 @@ def test_drain_gives_up_after_the_grace_period():
     unfinished, outcomes = run(go())
     assert unfinished == 3
     assert all(isinstance(o, ShuttingDown) for o in outcomes)
+
+
+def test_model_thread_takes_the_next_batch_without_the_event_loop():
+    """While the event loop is busy (here: blocked), the model thread goes on to the next
+    queued batch by itself; only the answers wait for the loop."""
+
+    async def go():
+        recorder = Recorder(delay_s=0.05)
+        b = make(recorder, max_batch_tiles=2, max_wait_s=0)
+        b.start()
+        await b.ready.wait()
+        waiting = [asyncio.ensure_future(b.submit(rows(2 * i, 2), deadline=later())) for i in range(3)]
+        while not recorder.started.is_set():
+            await asyncio.sleep(0.005)
+        time.sleep(0.5)  # blocks the event loop: nothing scheduled on it runs meanwhile
+        assert recorder.sizes == [2, 2, 2]  # all three calls happened during the block
+        assert not any(w.done() for w in waiting)  # answers go through the loop
+        results = await asyncio.gather(*waiting)
+        for i, out in enumerate(results):
+            np.testing.assert_array_equal(out, rows(2 * i, 2) * 2)
+        await b.stop()
+
+    run(go())

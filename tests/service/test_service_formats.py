@@ -179,6 +179,7 @@ def test_models_health_and_docs(client):
     assert info["name"] == "tiny" and info["default"] is True and info["arch"] == "dcae" and info["spec"] == "dcae-t48"
     assert info["latent_shape"] == [64, 1, 1] and info["compression_ratio"] == 48.0 and info["params"] > 0
     assert len(info["weights_sha256"]) == 64 and info["metrics"] == {"val_psnr": 12.5}
+    assert (info["device"], info["dtype"], info["graph"]) == ("cpu", "float32", "trace")
     assert body["limits"] == {"max_tiles_per_request": 1024, "max_body_bytes": 16 * 1024 * 1024, "max_batch_tiles": 16}
     assert client.get("/healthz").json() == {"status": "ok"}
     assert client.get("/readyz").json() == {"status": "ready"}
