@@ -22,11 +22,11 @@ import tempfile
 from pathlib import Path
 
 from bench import load, results
-from bench.bodies import NpyTiles, Sheets
+from bench.bodies import Sheets
 from bench.console import setup_logging
 from bench.machine import describe
 from bench.procs import tessera_server
-from bench.service import Plan, measured, server_env
+from bench.service import Plan, SingleTiles, measured, server_env
 
 logger = logging.getLogger(__name__)
 
@@ -45,7 +45,7 @@ GROUPS: dict[str, tuple[tuple[str, str | None], ...]] = {
 }
 FRAMEWORK = "HTTP and framework (uvicorn, Starlette, FastAPI)"
 LOOP = "event loop and sockets"
-MODEL = "model calls (other threads)"
+MODEL = "model threads (batch collection, model calls)"
 
 
 def find_py_spy() -> str | None:
@@ -92,9 +92,10 @@ def run(checkpoint: Path, py_spy: str, clients: int, seconds: float, sheet: bool
         )
         if sheet:
             sheets = Sheets(32, 32, count=int(seconds) + 1)
-            point = measured(server, checkpoint.stem, load.closed_loop(server.url, sheets, concurrency=1, requests=int(seconds), warmup_requests=1))
+            point = measured(server, checkpoint.stem, lambda: load.run(
+                load.closed_loop(server.url, sheets, concurrency=1, requests=int(seconds), warmup_requests=1)))
         else:
-            point = measured(server, checkpoint.stem, load.closed_loop(server.url, NpyTiles(), concurrency=clients, duration_s=seconds, warmup_s=1.0))
+            point = measured(server, checkpoint.stem, SingleTiles().closed(server.url, clients, seconds, warmup_s=1.0))
         _, err = spy.communicate(timeout=seconds + 30)
         if spy.returncode != 0 or not raw.exists():
             raise RuntimeError(f"py-spy failed ({spy.returncode}): {err.decode(errors='replace')[-500:]}")

@@ -1,8 +1,15 @@
 """Raw model speed: encode and decode tiles/s in-process, no HTTP and no queue in between.
 
-This is the limit the service is measured against. Inputs are float tensors prepared in
-advance; each point is the median of ``torch.utils.benchmark.Timer.blocked_autorange``. CPU
-runs fp32 at every thread count asked for; CUDA (when present) runs fp32, fp16 and bf16.
+This is the limit the service is measured against, in two forms per point:
+
+- ``eager``: the model module itself on float tensors prepared in advance;
+- ``trace``: the call the service makes (``service.graphs``, ``TESSERA_GRAPH=trace``): uint8
+  tiles (or float32 latents) as numpy arrays in, numpy arrays out, through the frozen
+  TorchScript graph, conversions included.
+
+The report compares the service with the faster of the two. Each point is the median of
+``torch.utils.benchmark.Timer.blocked_autorange``. CPU runs fp32 at every thread count asked
+for; CUDA (when present) runs fp32, fp16 and bf16.
 
     python -m bench.raw --threads 1,2 --out bench/results/raw.json
 """
@@ -21,9 +28,10 @@ from bench.procs import machine_busy_s
 
 logger = logging.getLogger(__name__)
 
-BATCH_SIZES = (1, 4, 16, 64, 256)
+BATCH_SIZES = (1, 4, 16, 32, 64, 256)  # 32: the mean batch of 64 closed-loop clients
 CUDA_BATCH_SIZES = (64, 256, 1024, 4096)
 CUDA_DTYPES = ("float32", "float16", "bfloat16")
+GRAPHS = ("eager", "trace")
 
 
 def _timed(fn, threads: int, min_run_time: float):
@@ -33,53 +41,68 @@ def _timed(fn, threads: int, min_run_time: float):
 
 
 def measure_model(
-    name: str, path: Path, *, device: str, dtype_name: str, threads: int, batch_sizes, min_run_time: float, ops=("encode", "decode")
+    name: str, path: Path, *, device: str, dtype_name: str, threads: int, batch_sizes, min_run_time: float,
+    ops=("encode", "decode"), graphs=GRAPHS,
 ) -> list[dict]:
-    """Encode and decode tiles/s of one checkpoint at each batch size."""
+    """Encode and decode tiles/s of one checkpoint at each batch size, eager and traced."""
+    import numpy as np
     import torch
 
     import model
+    from service.graphs import make_calls
 
     dtype = getattr(torch, dtype_name)
     module, _ = model.load_checkpoint(path, device=device, dtype=dtype)
     module.eval()
+    torch.set_num_threads(threads)  # before tracing: the graph's kernels are chosen for it
+    traced = make_calls(module, device, dtype, "trace") if "trace" in graphs else None
     sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    rng = np.random.default_rng(0)
     rows = []
     for batch in batch_sizes:
         x = torch.rand(batch, 3, 32, 32, device=device, dtype=dtype)  # (B, 3, 32, 32)
         with torch.inference_mode():
             z = module.encode(x)  # (B, *latent_shape)
+        tiles = rng.integers(0, 256, (batch, 32, 32, 3), dtype=np.uint8)
+        latents = z.float().cpu().numpy()
 
-        def encode(x=x):
+        def eager_encode(x=x):
             with torch.inference_mode():
                 module.encode(x)
             sync()
 
-        def decode(z=z):
+        def eager_decode(z=z):
             with torch.inference_mode():
                 module.decode(z)
             sync()
 
-        for op, fn in (("encode", encode), ("decode", decode)):
-            if op not in ops:
+        calls = {("eager", "encode"): eager_encode, ("eager", "decode"): eager_decode}
+        if traced is not None:  # numpy in, numpy out: the result is on the host, no sync needed
+            calls[("trace", "encode")] = lambda tiles=tiles: traced[0](tiles)
+            calls[("trace", "decode")] = lambda latents=latents: traced[1](latents)
+        for (graph, op), fn in calls.items():
+            if op not in ops or graph not in graphs:
                 continue
             fn()
             busy, own, wall = machine_busy_s(), time.process_time(), time.perf_counter()
             m = _timed(fn, threads, min_run_time)
             busy_after, own, wall = machine_busy_s(), time.process_time() - own, time.perf_counter() - wall
             row = {
-                "model": name, "op": op, "device": device, "dtype": dtype_name, "threads": threads, "batch": batch,
-                "median_s": m.median, "iqr_s": m.iqr, "runs": len(m.times) * m.number_per_run,
+                "model": name, "op": op, "graph": graph, "device": device, "dtype": dtype_name, "threads": threads,
+                "batch": batch, "median_s": m.median, "iqr_s": m.iqr, "runs": len(m.times) * m.number_per_run,
                 "tiles_per_s": batch / m.median,
                 # cores' worth of CPU other processes used meanwhile: well above 0, the point is low
                 "other_cores": None if busy is None or busy_after is None else max(0.0, busy_after - busy - own) / wall,
             }
-            logger.info("%s %s %s/%s threads=%d batch=%d: %.0f tiles/s", name, op, device, dtype_name, threads, batch, row["tiles_per_s"])
+            logger.info("%s %s %s %s/%s threads=%d batch=%d: %.0f tiles/s", name, op, graph, device, dtype_name, threads, batch,
+                        row["tiles_per_s"])
             rows.append(row)
     return rows
 
 
-def run(checkpoints: tuple[Path, ...], threads: list[int], batch_sizes, min_run_time: float, ops=("encode", "decode")) -> dict:
+def run(
+    checkpoints: tuple[Path, ...], threads: list[int], batch_sizes, min_run_time: float, ops=("encode", "decode"), graphs=GRAPHS
+) -> dict:
     import torch
 
     from service.malloc_tuning import keep_freed_memory
@@ -91,11 +114,11 @@ def run(checkpoints: tuple[Path, ...], threads: list[int], batch_sizes, min_run_
     for name, path in files.items():
         for count in threads:
             rows += measure_model(name, path, device="cpu", dtype_name="float32", threads=count,
-                                  batch_sizes=batch_sizes, min_run_time=min_run_time, ops=ops)
+                                  batch_sizes=batch_sizes, min_run_time=min_run_time, ops=ops, graphs=graphs)
         if torch.cuda.is_available():
             for dtype_name in CUDA_DTYPES:
                 rows += measure_model(name, path, device="cuda", dtype_name=dtype_name, threads=1,
-                                      batch_sizes=CUDA_BATCH_SIZES, min_run_time=min_run_time, ops=ops)
+                                      batch_sizes=CUDA_BATCH_SIZES, min_run_time=min_run_time, ops=ops, graphs=graphs)
     return {"machine": describe(), "models": {name: str(path) for name, path in files.items()}, "points": rows}
 
 
@@ -105,6 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", default="1,2", help="torch intra-op thread counts to measure, comma-separated")
     parser.add_argument("--batch-sizes", default=",".join(map(str, BATCH_SIZES)))
     parser.add_argument("--ops", default="encode,decode", help="encode and/or decode")
+    parser.add_argument("--graphs", default=",".join(GRAPHS), help="eager and/or trace")
     parser.add_argument("--min-run-time", type=float, default=0.5, help="seconds of timing per point")
     parser.add_argument("--out", type=Path, default=results.RESULTS / "raw.json")
     args = parser.parse_args(argv)
@@ -115,6 +139,7 @@ def main(argv: list[str] | None = None) -> int:
         [int(b) for b in args.batch_sizes.split(",")],
         args.min_run_time,
         tuple(args.ops.split(",")),
+        tuple(args.graphs.split(",")),
     )
     results.save(args.out, data)
     return 0

@@ -21,39 +21,37 @@ import sys
 import tempfile
 from pathlib import Path
 
-from bench import load, results
-from bench.bodies import NpyTiles
+from bench import results
 from bench.console import setup_logging
 from bench.machine import ROOT, describe
 from bench.procs import tessera_server
-from bench.service import QUICK, Plan, measured, server_env, sheet
+from bench.service import QUICK, Plan, SingleTiles, measured, server_env, sheet
 
 logger = logging.getLogger(__name__)
 
 
 def raw_encode(checkpoint: Path, threads: int, batch: int, min_run_time: float) -> float:
-    """Encode tiles/s of ``checkpoint`` at ``batch`` in a fresh ``bench.raw`` process."""
+    """Encode tiles/s of ``checkpoint`` at ``batch`` in a fresh ``bench.raw`` process, eager or
+    traced, whichever is faster."""
     with tempfile.TemporaryDirectory(prefix="tessera-bench-") as tmp:
         out = Path(tmp) / "raw.json"
         cmd = [sys.executable, "-m", "bench.raw", "--checkpoints", str(checkpoint), "--threads", str(threads),
                "--batch-sizes", str(batch), "--ops", "encode", "--min-run-time", str(min_run_time), "--out", str(out)]
         subprocess.run(cmd, cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
-        return json.loads(out.read_text())["points"][0]["tiles_per_s"]
+        return max(p["tiles_per_s"] for p in json.loads(out.read_text())["points"])  # the faster of eager and traced
 
 
 def run(checkpoint: Path, plan: Plan, repeats: int, logs: Path, min_run_time: float) -> dict:
     model, c = checkpoint.stem, plan.headline_concurrency
     runs: dict[str, list[float]] = {"raw": [], "batching": [], "sheet": [], "no_batching": []}
-    tiles = NpyTiles(seed=7)
+    tiles = SingleTiles(seed=7)
     for k in range(repeats):
         runs["raw"].append(raw_encode(checkpoint, plan.threads, plan.max_batch_tiles, min_run_time))
         with tessera_server(server_env(checkpoint, plan), logs / "serve-repeat.log") as server:
-            point = load.closed_loop(server.url, tiles, concurrency=c, duration_s=plan.duration_s, warmup_s=plan.warmup_s)
-            runs["batching"].append(measured(server, model, point)["tiles_per_s"])
+            runs["batching"].append(measured(server, model, tiles.closed(server.url, c, plan.duration_s, plan.warmup_s))["tiles_per_s"])
             runs["sheet"].append(sheet(server, model, plan, seed=7000 + 100 * k)["tiles_per_s"])
         with tessera_server(server_env(checkpoint, plan, max_batch_tiles=1), logs / "serve-repeat.log") as server:
-            point = load.closed_loop(server.url, tiles, concurrency=c, duration_s=plan.duration_s, warmup_s=plan.warmup_s)
-            runs["no_batching"].append(measured(server, model, point)["tiles_per_s"])
+            runs["no_batching"].append(measured(server, model, tiles.closed(server.url, c, plan.duration_s, plan.warmup_s))["tiles_per_s"])
         logger.info("repeat %d: %s", k + 1, {name: round(values[-1]) for name, values in runs.items()})
     return {"machine": describe(), "model": model, "plan": dataclasses.asdict(plan), "repeats": repeats, "runs": runs}
 

@@ -32,10 +32,16 @@ def fmt(value: float | None, digits: int = 0) -> str:
 
 
 def raw_tiles_per_s(raw: dict | None, model: str, batch: int, threads: int, op: str = "encode") -> float | None:
-    for p in (raw or {}).get("points", []):
-        if (p["model"], p["op"], p["device"], p["threads"], p["batch"]) == (model, op, "cpu", threads, batch):
-            return p["tiles_per_s"]
-    return None
+    """The raw model's tiles/s at ``batch``: the faster of its eager and traced forms."""
+    found = [p["tiles_per_s"] for p in (raw or {}).get("points", [])
+             if (p["model"], p["op"], p["device"], p["threads"], p["batch"]) == (model, op, "cpu", threads, batch)]
+    return max(found) if found else None
+
+
+def nearest_raw_batch(raw: dict | None, batch: float) -> int | None:
+    """The measured raw batch size closest to ``batch`` (on a log scale)."""
+    sizes = sorted({p["batch"] for p in (raw or {}).get("points", []) if p["device"] == "cpu"})
+    return min(sizes, key=lambda b: abs(np.log(b / batch))) if sizes and batch else None
 
 
 def point_at(points: list[dict], concurrency: int) -> dict | None:
@@ -91,6 +97,16 @@ def ratios(raw: dict | None, service: dict | None, cache: dict | None, repeat: d
             if runs[top] and runs[bottom]:
                 out.append({"key": key, "what": what, "measured": f"{_runs(runs[top])} vs {_runs(runs[bottom])} tiles/s",
                             "ratio": float(np.median(runs[top]) / np.median(runs[bottom]))})
+        # the same clients against the raw model at the batch size the server actually formed
+        point = point_at(service["batching"], c)
+        formed = nearest_raw_batch(raw, (point or {}).get("server", {}).get("mean_batch_tiles") or 0)
+        raw_formed = raw_tiles_per_s(raw, service["model"], formed, plan["threads"]) if formed else None
+        if point and raw_formed and formed != max_batch:
+            out.insert(1, {
+                "key": "concurrent", "what": f"{c} concurrent single-tile encodes vs raw model at batch {formed} "
+                f"(the server's mean batch: {point['server']['mean_batch_tiles']:.1f}), main run only",
+                "measured": f"{fmt(point['tiles_per_s'])} vs {fmt(raw_formed)} tiles/s", "ratio": point["tiles_per_s"] / raw_formed,
+            })
     for backend, data in ((cache or {}).get("backends") or {}).items():
         case = next((k for k in data["cases"] if k["tiles"] == 256), None)
         if case:
@@ -132,14 +148,18 @@ def config_section(service: dict) -> list[str]:
         f"- Server: `tessera serve` in its own process (uvicorn, uvloop, httptools), access log off, serving "
         f"`{service['model']}` only; {env}; everything else default (batch window `TESSERA_MAX_WAIT_MS` 5 ms, in-process "
         f"latent cache on). Requests are npy in, npy out (`Accept: application/x-npy`).",
-        f"- Load generator: httpx (`httpx.AsyncHTTPTransport`, one keep-alive connection per client) on uvloop, in a "
-        f"second process on the same {service['machine']['cores']} cores. Every tile is distinct, so neither the "
+        (f"- Load generator: single-tile sweeps by wrk (Debian package `wrk`, one thread, one keep-alive connection per "
+         f"client, `bench/wrk_tiles.lua`); the sheet, open-loop and cache cases by httpx (`httpx.AsyncHTTPTransport`) on "
+         f"uvloop. " if service.get("generator") == "wrk" else
+         "- Load generator: httpx (`httpx.AsyncHTTPTransport`, one keep-alive connection per client) on uvloop (wrk was not "
+         "installed: `apt-get install -y wrk`). ")
+        + f"It runs in another process on the same {service['machine']['cores']} cores. Every tile is distinct, so neither the "
         f"cache nor the batcher's de-duplication saves model work; the cache still costs its hashing and lookups.",
         f"- Torch threads: the server runs {plan['threads']} intra-op thread(s) and the raw model is compared at the same "
         f"count. The load generator and the server's event loop need the rest of the machine: with as many torch threads "
         f"as cores, the model's threads and the HTTP work take turns on the same cores (see *Torch threads* below).",
-        f"- Sweep points: {fmt(plan['warmup_s'], 1)} s warm-up, then {fmt(plan['duration_s'], 1)} s measured; latencies are "
-        f"numpy percentiles of every request answered in the window. Mean batch size comes from the server's "
+        f"- Sweep points: {fmt(plan['warmup_s'], 1)} s warm-up, then {fmt(plan['duration_s'], 1)} s measured (wrk takes whole "
+        f"seconds); latencies are wrk's percentiles (or numpy's, for httpx) of every request answered in the window. Mean batch size comes from the server's "
         f"`tessera_batch_size_tiles` histogram (sum / count between two `/metrics` scrapes, warm-up included).",
         "",
     ]
@@ -148,16 +168,21 @@ def config_section(service: dict) -> list[str]:
 def raw_section(raw: dict) -> list[str]:
     cpu = [p for p in raw["points"] if p["device"] == "cpu"]
     batches = sorted({p["batch"] for p in cpu})
-    keys = sorted({(p["model"], p["op"], p["threads"]) for p in cpu}, key=lambda k: (k[0], k[1] != "encode", k[2]))
+
+    def key(p: dict) -> tuple:
+        return p["model"], p["op"], p["threads"], p.get("graph", "eager")
+
     rows = []
-    for model, op, threads in keys:
-        by_batch = {p["batch"]: p["tiles_per_s"] for p in cpu if (p["model"], p["op"], p["threads"]) == (model, op, threads)}
-        rows.append([f"`{model}`", op, str(threads), *(fmt(by_batch.get(b)) for b in batches)])
+    for model, op, threads, graph in sorted({key(p) for p in cpu}, key=lambda k: (k[0], k[1] != "encode", k[2], k[3])):
+        by_batch = {p["batch"]: p["tiles_per_s"] for p in cpu if key(p) == (model, op, threads, graph)}
+        rows.append([f"`{model}`", op, graph, str(threads), *(fmt(by_batch.get(b)) for b in batches)])
     return [
         "## Raw model", "",
-        "In-process, fp32, inputs prepared as float tensors, no HTTP; median of "
-        "`torch.utils.benchmark.Timer.blocked_autorange`. Tiles/s by batch size:", "",
-        *table(["model", "op", "threads", *(f"batch {b}" for b in batches)], rows), "",
+        "In-process, fp32, no HTTP; median of `torch.utils.benchmark.Timer.blocked_autorange`. *eager*: the model module on "
+        "float tensors prepared in advance. *trace*: the call the server makes (`service/graphs.py`): numpy uint8 tiles "
+        "(or float32 latents) in, numpy out, through the frozen TorchScript graph. The service is compared with the faster "
+        "of the two. Tiles/s by batch size:", "",
+        *table(["model", "op", "graph", "threads", *(f"batch {b}" for b in batches)], rows), "",
     ]
 
 
@@ -209,9 +234,10 @@ def cpu_section(service: dict) -> list[str]:
         return []
     return ["## Where the CPU goes", "",
             "CPU time of each part per tile computed, over the whole run of each case (warm-up included), from "
-            "`/proc/<pid>/task/*/stat` of the server and `time.process_time()` of the load generator. *server loop* is the "
-            "server's main thread (uvicorn, FastAPI, decoding, hashing, cache, batching); *model* is every other thread "
-            "(model calls). *cores busy* is their sum over wall time (the machine has "
+            "`/proc/<pid>/task/*/stat` of the server and `getrusage` of the load generator (wrk's process, or httpx's). "
+            "*server loop* is the "
+            "server's main thread (uvicorn, FastAPI, decoding, hashing, cache, answers); *model* is every other thread "
+            "(the model threads: batch collection and model calls). *cores busy* is their sum over wall time (the machine has "
             f"{service['machine']['cores']}); *others* is what every other process used meanwhile (from /proc/stat): "
             f"well above 0 means the case shared the machine and its numbers are low.", "",
             *table(["case", "load generator us", "server loop us", "model us", "total us", "cores busy", "others (cores)"], rows), ""]
@@ -233,8 +259,9 @@ def sheet_section(service: dict, raw: dict | None) -> list[str]:
                      fmt(opened["server"]["mean_batch_tiles"], 1), f"{opened['errors']} / {opened['status_503']}"])
     out += table(["case", "tiles/s", "p50 ms", "p99 ms", "mean batch", "errors / 503"], rows)
     out += ["", "The sheet's latency is the whole request: upload, PNG decode, hashing, model calls in batches of "
-            "max_batch_tiles, npy answer. The open-loop rate is a fixed fraction of the 64-client throughput; its "
-            "latency runs from each request's scheduled start, so queueing behind a slow answer counts.", ""]
+            "max_batch_tiles, npy answer. The open-loop rate is a fixed fraction of the 64-client throughput, sent by the "
+            "httpx generator (wrk has no open loop); its latency runs from each request's scheduled start, so queueing "
+            "behind a slow answer counts.", ""]
     return out
 
 

@@ -1,7 +1,8 @@
 """Service load: a real ``tessera serve`` process driven by the load generator.
 
 - sweep: closed-loop single-tile npy encodes at each concurrency, with batching as configured
-  and again with ``TESSERA_MAX_BATCH_TILES=1`` (no batching);
+  and again with ``TESSERA_MAX_BATCH_TILES=1`` (no batching), sent by wrk (``bench.wrk``)
+  where it is installed, else by the httpx generator (``bench.load``);
 - sheet: one 1,024-tile PNG sheet per request, one client, every sheet distinct;
 - open loop: single tiles at a fixed rate (a fraction of the 64-client throughput);
 - threads: the 64-client point and the sheet again with the other torch thread count.
@@ -16,11 +17,13 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import resource
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench import load, results, scrape
+from bench import load, results, scrape, wrk
 from bench.bodies import NpyTiles, Sheets
 from bench.console import setup_logging
 from bench.machine import describe
@@ -36,7 +39,7 @@ class Plan:
     warmup_s: float = 1.5  # before it: connections open, batches fill
     sheet_grid: tuple[int, int] = (32, 32)  # 1,024 tiles
     sheet_requests: int = 6
-    open_rate_fraction: float = 0.7  # of the 64-client tiles/s
+    open_rate_fraction: float = 0.35  # of the 64-client tiles/s (the httpx generator sends it: ~0.4 ms of CPU a request)
     open_duration_s: float = 6.0
     threads: int = 1  # TESSERA_TORCH_THREADS of the server
     other_threads: int | None = 2  # measured too, at 64 clients and for the sheet; None: skip
@@ -58,13 +61,19 @@ def server_env(checkpoint: Path, plan: Plan, **overrides: str | int) -> dict[str
     return env
 
 
-def measured(server: Server, model: str, coro, expect_cached: bool = False) -> dict:
-    """Run one load coroutine between two /metrics scrapes; adds the server's counts and the CPU
-    seconds of the server's event loop, its other threads (model calls) and this load generator."""
+def children_cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def measured(server: Server, model: str, run: Callable[[], dict], expect_cached: bool = False) -> dict:
+    """``run()`` one load between two /metrics scrapes; adds the server's counts and the CPU
+    seconds of the server's event loop, its other threads (model calls) and the load generator
+    (this process, or the wrk process it ran)."""
     before, cpu_before, busy = scrape.scrape(server.url), thread_cpu_s(server.pid), machine_busy_s()
-    wall, client = time.perf_counter(), time.process_time()
-    point = load.run(coro)
-    wall, client = time.perf_counter() - wall, time.process_time() - client
+    wall, client = time.perf_counter(), time.process_time() + children_cpu_s()
+    point = run()
+    wall, client = time.perf_counter() - wall, time.process_time() + children_cpu_s() - client
     cpu_after, busy_after = thread_cpu_s(server.pid), machine_busy_s()
     point["server"] = scrape.between(before, scrape.scrape(server.url), model)
     point["cpu_s"] = {"wall": wall, "load_generator": client}
@@ -83,21 +92,47 @@ def measured(server: Server, model: str, coro, expect_cached: bool = False) -> d
     return point
 
 
+class SingleTiles:
+    """Closed-loop single-tile encodes, every tile distinct: wrk where it is installed (a few
+    microseconds of CPU a request), else the httpx generator (~0.4 ms), which on a small
+    machine takes CPU the server would otherwise have."""
+
+    def __init__(self, seed: int = 0) -> None:
+        self.wrk = wrk.WrkTiles(seed) if wrk.available() else None
+        self.npy = NpyTiles(seed=seed)
+        if self.wrk is None:
+            logger.warning("wrk not found (apt-get install -y wrk): single-tile load comes from the httpx generator")
+
+    @property
+    def generator(self) -> str:
+        return "wrk" if self.wrk is not None else "httpx"
+
+    def closed(self, url: str, concurrency: int, duration_s: float, warmup_s: float) -> Callable[[], dict]:
+        """The run for ``measured``: a warm-up (connections open, batches fill), then the window."""
+        if self.wrk is not None:
+            def run() -> dict:
+                self.wrk.run(url, concurrency=concurrency, duration_s=warmup_s)
+                return self.wrk.run(url, concurrency=concurrency, duration_s=duration_s)
+            return run
+
+        def run_httpx() -> dict:
+            point = load.run(load.closed_loop(url, self.npy, concurrency=concurrency, duration_s=duration_s, warmup_s=warmup_s))
+            return {**point, "generator": "httpx"}
+        return run_httpx
+
+
 def fmt_opt(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.1f}"
 
 
-def sweep(server: Server, model: str, plan: Plan, concurrencies: tuple[int, ...]) -> list[dict]:
-    tiles = NpyTiles()
-    return [
-        measured(server, model, load.closed_loop(server.url, tiles, concurrency=c, duration_s=plan.duration_s, warmup_s=plan.warmup_s))
-        for c in concurrencies
-    ]
+def sweep(server: Server, model: str, plan: Plan, concurrencies: tuple[int, ...], tiles: SingleTiles) -> list[dict]:
+    return [measured(server, model, tiles.closed(server.url, c, plan.duration_s, plan.warmup_s)) for c in concurrencies]
 
 
 def sheet(server: Server, model: str, plan: Plan, seed: int) -> dict:
     sheets = Sheets(*plan.sheet_grid, count=plan.sheet_requests + 1, seed=seed)
-    return measured(server, model, load.closed_loop(server.url, sheets, concurrency=1, requests=plan.sheet_requests, warmup_requests=1))
+    return measured(server, model, lambda: load.run(
+        load.closed_loop(server.url, sheets, concurrency=1, requests=plan.sheet_requests, warmup_requests=1)))
 
 
 def run(checkpoint: Path, plan: Plan, logs: Path) -> dict:
@@ -105,21 +140,23 @@ def run(checkpoint: Path, plan: Plan, logs: Path) -> dict:
     out: dict = {"machine": describe(), "model": model, "plan": dataclasses.asdict(plan)}
     env = server_env(checkpoint, plan)
     out["server_env"] = env
+    tiles = SingleTiles()
+    out["generator"] = tiles.generator
     with tessera_server(env, logs / "serve-batching.log") as server:
-        out["batching"] = sweep(server, model, plan, plan.concurrencies)
+        out["batching"] = sweep(server, model, plan, plan.concurrencies, tiles)
         out["sheet"] = sheet(server, model, plan, seed=1000)
         headline = next(p for p in out["batching"] if p["concurrency"] == plan.headline_concurrency)
         rate = max(1.0, round(plan.open_rate_fraction * headline["tiles_per_s"]))
         opened = load.open_loop(server.url, NpyTiles(seed=1), rate=rate, duration_s=plan.open_duration_s, warmup_s=plan.warmup_s)
-        out["open_loop"] = measured(server, model, opened)
+        out["open_loop"] = measured(server, model, lambda: load.run(opened))
     with tessera_server(server_env(checkpoint, plan, max_batch_tiles=1), logs / "serve-no-batching.log") as server:
-        out["no_batching"] = sweep(server, model, plan, plan.concurrencies)
+        out["no_batching"] = sweep(server, model, plan, plan.concurrencies, tiles)
     if plan.other_threads is not None:
         other = dataclasses.replace(plan, threads=plan.other_threads)
         with tessera_server(server_env(checkpoint, other), logs / "serve-threads.log") as server:
             out["other_threads"] = {
                 "threads": plan.other_threads,
-                "sweep": sweep(server, model, plan, (plan.headline_concurrency,)),
+                "sweep": sweep(server, model, plan, (plan.headline_concurrency,), tiles),
                 "sheet": sheet(server, model, plan, seed=2000),
             }
     return out
