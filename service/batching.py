@@ -9,8 +9,9 @@ the call go at once, without a round trip through the event loop (which, busy wi
 requests, left the model idle for a few milliseconds per batch). Everything else (admission,
 deadlines, accounting, answers) stays on the event loop.
 
-- Batches count tiles, not requests. A batch closes when it holds ``max_batch_tiles`` tiles or
-  ``max_wait_s`` after its first tile, whichever comes first (``collect_batch``). A request
+- Batches count tiles, not requests. A batch closes when it holds ``max_batch_tiles`` tiles,
+  ``max_wait_s`` after its first tile, or as soon as no other request is on its way (admitted
+  and still reading its body: ``Batcher.expect``), whichever comes first (``collect_batch``). A request
   larger than the room left is split; the rest opens the next batch, so requests are served in
   arrival order and reassembled in order.
 - Identical tiles in a batch are computed once (sheets repeat tiles a lot).
@@ -29,11 +30,12 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import logging
 import math
 import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -106,6 +108,15 @@ class Slice:
         return Slice(self.job, self.start, self.start + n), Slice(self.job, self.start + n, self.stop)
 
 
+class Ticket:
+    """A request counted as on its way to a batcher (``Batcher.expect``)."""
+
+    __slots__ = ("used",)
+
+    def __init__(self) -> None:
+        self.used = False
+
+
 class QueueClosed(Exception):
     """The batcher stopped: its model thread takes no more batches."""
 
@@ -117,22 +128,42 @@ class LoopGone(Exception):
 class TileQueue:
     """Slices waiting for the model: put by the event loop, taken by the model thread.
 
-    A waiting model thread is woken only when what it waits for is there (a first tile, or a
-    full batch), not by every request: each wake-up costs the event loop a GIL hand-over.
+    It also counts the requests on their way (``expect``): admitted and reading or decoding
+    their bodies, not yet put. A batch waiting for company needs to wait only for them.
+
+    A waiting model thread is woken only when what it waits for is there (a first tile, a full
+    batch, or the last expected request), not by every request: each wake-up costs the event
+    loop a GIL hand-over.
     """
 
     def __init__(self) -> None:
         self._slices: collections.deque[Slice] = collections.deque()
         self._tiles = 0
         self._want = math.inf  # tiles the waiting thread waits for
+        self._until_none_coming = False  # the waiting thread also wakes when nobody is on the way
         self._changed = threading.Condition(threading.Lock())
+        self.coming = 0  # requests expected to put soon
         self.closed = False
 
-    def put(self, piece: Slice) -> None:
+    def expect(self) -> None:
+        with self._changed:
+            self.coming += 1
+
+    def unexpect(self) -> None:
+        """An expected request will not put after all (answered from the cache, refused, failed)."""
+        with self._changed:
+            self.coming -= 1
+            if self.coming == 0 and self._until_none_coming:
+                self._changed.notify()
+
+    def put(self, piece: Slice, expected: bool = False) -> None:
+        """Queue ``piece``; ``expected``: it comes from a request counted by ``expect``."""
         with self._changed:
             self._slices.append(piece)
             self._tiles += piece.size
-            if self._tiles >= self._want:
+            if expected:
+                self.coming -= 1
+            if self._tiles >= self._want or (self._until_none_coming and self.coming == 0):
                 self._changed.notify()
 
     def close(self) -> None:
@@ -151,26 +182,32 @@ class TileQueue:
             self._tiles -= piece.size
             return piece
 
-    def wait(self, tiles: int, timeout_s: float | None) -> None:
-        """Block until ``tiles`` tiles are queued, ``timeout_s`` passed (None: no limit) or the
-        queue closed."""
+    def wait(self, tiles: int, timeout_s: float | None, until_none_coming: bool = False) -> None:
+        """Block until ``tiles`` tiles are queued, ``timeout_s`` passed (None: no limit), the
+        queue closed, or (``until_none_coming``) no request is on its way."""
         with self._changed:
-            self._want = tiles
+            self._want, self._until_none_coming = tiles, until_none_coming
             try:
-                self._changed.wait_for(lambda: self.closed or self._tiles >= tiles, timeout_s)
+                self._changed.wait_for(
+                    lambda: self.closed or self._tiles >= tiles or (until_none_coming and self.coming == 0), timeout_s
+                )
             finally:
-                self._want = math.inf
+                self._want, self._until_none_coming = math.inf, False
 
     def __len__(self) -> int:
         return len(self._slices)
 
 
-def collect_batch(queue: TileQueue, max_tiles: int, max_wait_s: float, carry: Slice | None = None) -> tuple[list[Slice], Slice | None]:
+def collect_batch(
+    queue: TileQueue, max_tiles: int, max_wait_s: float, carry: Slice | None = None, close_early: bool = False
+) -> tuple[list[Slice], Slice | None]:
     """Take slices from ``queue`` until ``max_tiles`` tiles or ``max_wait_s`` after the first tile
     arrived (was enqueued). Runs in the model thread; blocks.
 
     ``carry`` is the rest of a request that did not fit the previous batch; it goes first.
-    Waits as long as needed for the first tile, then at most until the deadline. A first tile
+    Waits as long as needed for the first tile, then at most until the deadline; with
+    ``close_early``, only while some request is on its way (``TileQueue.expect``): a lone
+    request does not wait out the window for company that is not coming. A first tile
     that already waited ``max_wait_s`` (queued while the model was busy) closes the batch with
     whatever is queued now: waiting longer would only leave the model idle. Slices of abandoned
     requests are dropped. Returns the batch and the part of the last slice that did not fit
@@ -190,9 +227,9 @@ def collect_batch(queue: TileQueue, max_tiles: int, max_wait_s: float, carry: Sl
                     queue.wait(1, None)
                     continue
                 remaining = deadline - time.monotonic()
-                if remaining <= 0:
+                if remaining <= 0 or (close_early and queue.coming <= 0):
                     break
-                queue.wait(max_tiles - size, remaining)
+                queue.wait(max_tiles - size, remaining, until_none_coming=close_early)
                 continue
         if pending.abandoned:
             pending = None
@@ -257,6 +294,8 @@ class Batcher:
             one at every smaller batch size (see ``_warm_up``).
         model_lock: held around every model call; the batchers of one model share one, so
             their calls never overlap (they would only fight over the same cores).
+        close_early: a batch waiting for company closes as soon as no request is on its way
+            (``expect``), instead of at ``max_wait_s``.
         observer: receives batch, wait, depth and rejection events.
     """
 
@@ -270,6 +309,7 @@ class Batcher:
         max_queue_tiles: int,
         warmup: np.ndarray | None = None,
         model_lock: threading.Lock | None = None,
+        close_early: bool = True,
         observer: BatchObserver | None = None,
     ) -> None:
         if max_batch_tiles < 1 or max_wait_s < 0 or max_queue_tiles < 1:
@@ -289,6 +329,7 @@ class Batcher:
         self._model_lock = model_lock if model_lock is not None else threading.Lock()
         self.observer = observer  # may be set until the worker starts
         self._queue = TileQueue()
+        self.close_early = close_early
         self._queued = 0  # tiles waiting, the bound's measure
         self._jobs: set[_Job] = set()
         self._accepting = True
@@ -340,7 +381,22 @@ class Batcher:
 
     # -- submitting ------------------------------------------------------------------------
 
-    async def submit(self, rows: np.ndarray, *, deadline: float, gone: Awaitable | None = None) -> np.ndarray:
+    @contextlib.contextmanager
+    def expect(self) -> Iterator[Ticket]:
+        """Count a request as on its way for as long as it reads and decodes its body; pass the
+        ticket to ``submit``. A batch waiting for company waits only for requests on their way."""
+        ticket = Ticket()
+        self._queue.expect()
+        try:
+            yield ticket
+        finally:
+            if not ticket.used:
+                ticket.used = True
+                self._queue.unexpect()
+
+    async def submit(
+        self, rows: np.ndarray, *, deadline: float, gone: Awaitable | None = None, ticket: Ticket | None = None
+    ) -> np.ndarray:
         """Compute ``rows`` in batches with other requests; the results, in order.
 
         Args:
@@ -381,7 +437,10 @@ class Batcher:
         self._jobs.add(job)
         self._queued += n
         job.future.add_done_callback(lambda _: self._settled(job))
-        self._queue.put(Slice(job, 0, n))
+        expected = ticket is not None and not ticket.used
+        if expected:
+            ticket.used = True
+        self._queue.put(Slice(job, 0, n), expected)
         self._depth_changed()
 
         gone_future = asyncio.ensure_future(gone) if gone is not None else None
@@ -456,7 +515,7 @@ class Batcher:
         batch: list[Slice] = []
         while True:
             try:
-                batch, carry = collect_batch(self._queue, self.max_batch_tiles, self.max_wait_s, carry)
+                batch, carry = collect_batch(self._queue, self.max_batch_tiles, self.max_wait_s, carry, self.close_early)
                 self._process(batch)
             except (QueueClosed, LoopGone):
                 return

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from service.batching import Ticket
 from service.cache import LatentCache, tile_hashes
 from service.errors import InferenceFailed
 from service.metrics import Metrics
@@ -33,10 +34,11 @@ async def encode_tiles(
     metrics: Metrics | None,
     deadline: float,
     gone: Awaitable | None = None,
+    ticket: Ticket | None = None,
 ) -> Encoded:
     """Latents of uint8 RGB ``tiles`` [N, 32, 32, 3], from the cache where it has them."""
     if cache is None:
-        latents = await model.encoder.submit(tiles, deadline=deadline, gone=gone)
+        latents = await model.encoder.submit(tiles, deadline=deadline, gone=gone, ticket=ticket)
         return Encoded(_finite(model, latents), 0)
 
     hashes = tile_hashes(tiles)
@@ -49,7 +51,7 @@ async def encode_tiles(
             miss_rows.append(i)
     computed = None
     if miss_rows:
-        computed = _finite(model, await model.encoder.submit(tiles[miss_rows], deadline=deadline, gone=gone))
+        computed = _finite(model, await model.encoder.submit(tiles[miss_rows], deadline=deadline, gone=gone, ticket=ticket))
         await cache.put_many(model.key, {h: computed[j] for h, j in misses.items()})
 
     rows = [hits[h] if h in hits else computed[misses[h]] for h in hashes]
@@ -60,9 +62,11 @@ async def encode_tiles(
     return Encoded(latents, cached)
 
 
-async def decode_latents(model: ServedModel, latents: np.ndarray, *, deadline: float, gone: Awaitable | None = None) -> np.ndarray:
+async def decode_latents(
+    model: ServedModel, latents: np.ndarray, *, deadline: float, gone: Awaitable | None = None, ticket: Ticket | None = None
+) -> np.ndarray:
     """uint8 RGB tiles [N, 32, 32, 3] of float32 ``latents`` [N, *latent_shape]."""
-    return await model.decoder.submit(latents, deadline=deadline, gone=gone)
+    return await model.decoder.submit(latents, deadline=deadline, gone=gone, ticket=ticket)
 
 
 def _finite(model: ServedModel, latents: np.ndarray) -> np.ndarray:

@@ -300,6 +300,7 @@ def load_registry(settings: Settings) -> Registry:
             "max_wait_s": settings.max_wait_s,
             "max_queue_tiles": settings.max_queue_tiles,
             "model_lock": model_lock,
+            "close_early": settings.batch_close_early,
         }
         encoder = Batcher(
             f"{name}/encode",

@@ -222,18 +222,19 @@ async def _encode(request: Request, state: ServiceState, model: str | None) -> R
     served = state.registry.get(model)
     kind = _content_type(request, (*IMAGE_TYPES, NPY, JSON))
     answer = codecs.negotiate(request.headers.get("accept"), (JSON, NPY))
-    body = await read_body(request, state.settings.max_body_bytes)
-    if kind == NPY:
-        batch = codecs.tiles_from_npy(body, state.limits)
-    elif kind == JSON:
-        batch = codecs.tiles_from_json(body, state.limits)
-    else:
-        batch = codecs.tiles_from_image(body, state.limits)
-    async with client_gone(request) as gone:
-        result = await encode_tiles(
-            served, batch.tiles, cache=state.cache, metrics=state.metrics,
-            deadline=started + state.settings.request_timeout_s, gone=gone,
-        )
+    with served.encoder.expect() as ticket:  # a batch waiting for company waits for this request
+        body = await read_body(request, state.settings.max_body_bytes)
+        if kind == NPY:
+            batch = codecs.tiles_from_npy(body, state.limits)
+        elif kind == JSON:
+            batch = codecs.tiles_from_json(body, state.limits)
+        else:
+            batch = codecs.tiles_from_image(body, state.limits)
+        async with client_gone(request) as gone:
+            result = await encode_tiles(
+                served, batch.tiles, cache=state.cache, metrics=state.metrics,
+                deadline=started + state.settings.request_timeout_s, gone=gone, ticket=ticket,
+            )
     headers = {
         "X-Tessera-Model": served.name,
         "X-Tessera-Cached": str(result.cached),
@@ -292,14 +293,17 @@ async def _decode(request: Request, state: ServiceState, model: str | None, colu
     served = state.registry.get(model)
     kind = _content_type(request, (NPY, JSON))
     answer = codecs.negotiate(request.headers.get("accept"), (PNG, NPY, JSON))
-    body = await read_body(request, state.settings.max_body_bytes)
     max_tiles = state.limits.max_tiles
-    if kind == NPY:
-        latents, body_columns = codecs.latents_from_npy(body, served.latent_shape, max_tiles, served.name), None
-    else:
-        latents, body_columns = codecs.latents_from_json(body, served.latent_shape, max_tiles, served.name)
-    async with client_gone(request) as gone:
-        tiles = await decode_latents(served, latents, deadline=started + state.settings.request_timeout_s, gone=gone)
+    with served.decoder.expect() as ticket:  # a batch waiting for company waits for this request
+        body = await read_body(request, state.settings.max_body_bytes)
+        if kind == NPY:
+            latents, body_columns = codecs.latents_from_npy(body, served.latent_shape, max_tiles, served.name), None
+        else:
+            latents, body_columns = codecs.latents_from_json(body, served.latent_shape, max_tiles, served.name)
+        async with client_gone(request) as gone:
+            tiles = await decode_latents(
+                served, latents, deadline=started + state.settings.request_timeout_s, gone=gone, ticket=ticket
+            )
     headers = {"X-Tessera-Model": served.name}
     if answer == NPY:
         return Response(codecs.npy_bytes(tiles), media_type=NPY, headers=headers)

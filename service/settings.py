@@ -45,6 +45,11 @@ class Settings(BaseSettings):
     # batching
     max_batch_tiles: int = Field(default=64, ge=1, description="most tiles in one model call")
     max_wait_ms: float = Field(default=5.0, ge=0, description="how long a batch waits for more tiles after its first")
+    batch_close_early: bool = Field(
+        default=True,
+        description="close a batch as soon as no other request is on its way (admitted, body still being read) instead of "
+        "waiting out TESSERA_MAX_WAIT_MS; false: always wait the window (fuller batches for bulk clients, slower lone requests)",
+    )
     max_queue_tiles: int = Field(default=4096, ge=1, description="most tiles waiting per model and operation; beyond: 503")
     request_timeout_s: float = Field(default=30.0, gt=0, description="a request not answered by then gets 504")
     shutdown_grace_s: float = Field(default=20.0, ge=0, description="time to finish accepted requests on shutdown")

@@ -45,7 +45,8 @@ def rows(start: int, n: int) -> np.ndarray:
 
 
 def make(infer, **kw) -> Batcher:
-    options = {"max_batch_tiles": 8, "max_wait_s": 0.05, "max_queue_tiles": 64}
+    """A batcher whose window always runs its full length (tests of the early close say otherwise)."""
+    options = {"max_batch_tiles": 8, "max_wait_s": 0.05, "max_queue_tiles": 64, "close_early": False}
     options.update(kw)
     return Batcher("test/encode", infer, **options)
 
@@ -406,6 +407,46 @@ def test_model_thread_takes_the_next_batch_without_the_event_loop():
         results = await asyncio.gather(*waiting)
         for i, out in enumerate(results):
             np.testing.assert_array_equal(out, rows(2 * i, 2) * 2)
+        await b.stop()
+
+    run(go())
+
+
+# -- closing early: nobody else on the way ------------------------------------------------------
+
+
+def test_collect_closes_early_when_no_request_is_on_its_way():
+    start = time.monotonic()
+    batch, _ = collect_batch(_queue(_slice(1)), 8, max_wait_s=5, close_early=True)
+    assert [s.size for s in batch] == [1] and time.monotonic() - start < 1
+
+
+def test_collect_waits_for_expected_requests_and_no_longer():
+    queue = _queue(_slice(1))
+    queue.expect()  # a request is reading its body
+    queue.expect()  # and another one, which will be answered from the cache
+    threading.Timer(0.1, lambda: queue.put(_slice(2), expected=True)).start()
+    threading.Timer(0.2, queue.unexpect).start()
+    start = time.monotonic()
+    batch, _ = collect_batch(queue, 8, max_wait_s=5, close_early=True)
+    elapsed = time.monotonic() - start
+    assert [s.size for s in batch] == [1, 2]  # waited for the expected one
+    assert 0.18 <= elapsed < 1  # and closed when the last one was withdrawn, not after 5 s
+    assert queue.coming == 0
+
+
+def test_tickets_count_a_request_once_whatever_happens():
+    async def go():
+        b = make(Recorder(), close_early=True)
+        b.start()
+        with b.expect() as used, b.expect():  # one submits, one never does (say, a cache hit)
+            assert b._queue.coming == 2
+            await b.submit(rows(0, 2), deadline=later(), ticket=used)
+            assert b._queue.coming == 1
+        assert b._queue.coming == 0
+        with pytest.raises(ValueError), b.expect():  # a request that fails before submitting
+            raise ValueError("undecodable body")
+        assert b._queue.coming == 0
         await b.stop()
 
     run(go())

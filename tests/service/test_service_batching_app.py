@@ -15,6 +15,7 @@ from service.app import create_app
 from service_helpers import NPY, batcher, load_npy, npy, random_tiles, serving, settings_for
 
 NO_CACHE = {"cache_max_bytes": 0}
+WINDOW = {"batch_close_early": False}  # requests wait out the whole window: these tests hold them there
 
 
 def post_tiles(client, tiles: np.ndarray):
@@ -47,7 +48,7 @@ class SlowModel:
 
 def test_concurrent_requests_are_batched_together(checkpoint_dir):
     tiles = random_tiles(8, seed=1)
-    with serving(checkpoint_dir, max_batch_tiles=8, max_wait_ms=5000, **NO_CACHE) as client:
+    with serving(checkpoint_dir, max_batch_tiles=8, max_wait_ms=5000, **WINDOW, **NO_CACHE) as client:
         encoder = batcher(client)
         with ThreadPoolExecutor(8) as pool:
             responses = list(pool.map(lambda i: post_tiles(client, tiles[i : i + 1]), range(8)))
@@ -102,7 +103,7 @@ def test_full_queue_answers_503_with_retry_after(checkpoint_dir):
 
 
 def test_deadline_gives_504_and_nothing_is_computed(checkpoint_dir):
-    with serving(checkpoint_dir, max_batch_tiles=64, max_wait_ms=3000, request_timeout_s=0.3, **NO_CACHE) as client:
+    with serving(checkpoint_dir, max_batch_tiles=64, max_wait_ms=3000, request_timeout_s=0.3, **WINDOW, **NO_CACHE) as client:
         encoder = batcher(client)
         started = time.monotonic()
         r = post_tiles(client, random_tiles(3, seed=7))
@@ -117,7 +118,7 @@ def test_failing_model_call_gives_503_and_the_worker_recovers(checkpoint_dir):
     def broken(rows):
         raise RuntimeError("CUDA out of memory (simulated)")
 
-    with serving(checkpoint_dir, max_batch_tiles=4, max_wait_ms=200, **NO_CACHE) as client:
+    with serving(checkpoint_dir, max_batch_tiles=4, max_wait_ms=200, **WINDOW, **NO_CACHE) as client:
         encoder = batcher(client)
         working = encoder.infer
         encoder.infer = broken
@@ -133,7 +134,7 @@ def test_failing_model_call_gives_503_and_the_worker_recovers(checkpoint_dir):
 
 def test_shutdown_drains_accepted_requests_and_refuses_new_ones(checkpoint_dir):
     """The lifespan's shutdown, driven directly, while requests wait in an open batch."""
-    app = create_app(settings_for(checkpoint_dir, max_batch_tiles=64, max_wait_ms=600, shutdown_grace_s=10, **NO_CACHE))
+    app = create_app(settings_for(checkpoint_dir, max_batch_tiles=64, max_wait_ms=600, shutdown_grace_s=10, **WINDOW, **NO_CACHE))
 
     async def go():
         transport = httpx.ASGITransport(app=app)
@@ -159,3 +160,15 @@ def test_shutdown_drains_accepted_requests_and_refuses_new_ones(checkpoint_dir):
     assert [r.status_code for r in responses] == [200, 200, 200]
     assert refused.status_code == 503 and refused.json()["code"] == "shutting_down" and "Retry-After" in refused.headers
     assert encoder.stats.batches == 1 and not encoder.accepting
+
+
+def test_a_lone_request_does_not_wait_out_the_window(checkpoint_dir):
+    """With the default early close, nobody else on the way means the batch goes at once; a
+    10 s window would otherwise hold every lone request 10 s."""
+    tiles = random_tiles(3)
+    with serving(checkpoint_dir, max_batch_tiles=8, max_wait_ms=10_000, **NO_CACHE) as client:
+        start = time.monotonic()
+        for i in range(3):
+            assert post_tiles(client, tiles[i : i + 1]).status_code == 200
+        assert time.monotonic() - start < 5
+        assert batcher(client).stats.batch_sizes == {1: 3}

@@ -26,7 +26,8 @@ def server(checkpoint_dir, tmp_path_factory):
 @pytest.fixture(scope="module")
 def slow_server(checkpoint_dir, tmp_path_factory):
     """Batches stay open 1.5 s, so requests can be caught waiting in them; no cache."""
-    env = {"TESSERA_MAX_WAIT_MS": "1500", "TESSERA_CACHE_MAX_BYTES": "0", "TESSERA_SHUTDOWN_GRACE_S": "10"}
+    env = {"TESSERA_MAX_WAIT_MS": "1500", "TESSERA_BATCH_CLOSE_EARLY": "false",  # requests wait in the window
+           "TESSERA_CACHE_MAX_BYTES": "0", "TESSERA_SHUTDOWN_GRACE_S": "10"}
     process = ServerProcess(checkpoint_dir, tmp_path_factory.mktemp("serve-slow") / "server.log", **env)
     yield process
     process.stop()
