@@ -171,8 +171,11 @@ def read_npy(data: bytes) -> np.ndarray:
             f".npy header declares shape {list(shape)} of {dtype} ({declared} bytes) but the body holds {held} bytes "
             f"of data; send the whole file written by numpy.save"
         )
-    flat = np.frombuffer(data, dtype=dtype, count=math.prod(shape), offset=start)
-    return flat.reshape(shape, order="F" if fortran_order else "C").copy()
+    try:  # an empty array may still declare dimensions numpy cannot index, e.g. (0, 2**62)
+        flat = np.frombuffer(data, dtype=dtype, count=math.prod(shape), offset=start)
+        return flat.reshape(shape, order="F" if fortran_order else "C").copy()
+    except ValueError as exc:
+        raise InvalidInput(f".npy shape {list(shape)} cannot be read ({exc}); send tiles as [N, 32, 32, 3]", code="bad_shape") from None
 
 
 def tiles_from_npy(data: bytes, limits: Limits) -> TileBatch:

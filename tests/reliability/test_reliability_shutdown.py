@@ -21,7 +21,8 @@ CLIENTS = 16  # each sends 2 tiles at a time
 
 
 def test_sigterm_under_load_loses_no_request(checkpoint_dir, tmp_path, measurements):
-    env = {"TESSERA_MAX_WAIT_MS": "250", "TESSERA_MAX_BATCH_TILES": "64", "TESSERA_CACHE_MAX_BYTES": "0",
+    env = {"TESSERA_MAX_WAIT_MS": "250", "TESSERA_BATCH_CLOSE_EARLY": "false",  # the clients' tiles wait in one batch
+           "TESSERA_MAX_BATCH_TILES": "64", "TESSERA_CACHE_MAX_BYTES": "0",
            "TESSERA_SHUTDOWN_DELAY_S": "1", "TESSERA_SHUTDOWN_GRACE_S": "15"}
     server = ServerProcess(checkpoint_dir, tmp_path / "server.log", **env)
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from service import codecs
-from service.errors import BadRequest
+from service.errors import BadRequest, InvalidInput
 
 
 def npy(array: np.ndarray, version: tuple[int, int] | None = None) -> bytes:
@@ -39,6 +39,16 @@ def test_same_header_other_data_is_read_afresh():
     first, second = np.zeros((1, 32, 32, 3), np.uint8), np.full((1, 32, 32, 3), 7, np.uint8)
     assert codecs.read_npy(npy(first)).max() == 0
     assert codecs.read_npy(npy(second)).min() == 7
+
+
+@pytest.mark.parametrize("shape", [(0, 2**40, 2**40), (2**62, 0, 32, 3), (0, 2**62, 2**62, 3)])
+def test_empty_array_with_impossible_dimensions_is_refused(shape):
+    """Zero elements, so the (empty) data matches the header, but numpy cannot shape it: a 4xx,
+    not a server error (found by the schema fuzzer)."""
+    buffer = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buffer, {"descr": "|u1", "fortran_order": False, "shape": shape})
+    with pytest.raises(InvalidInput, match="cannot be read"):
+        codecs.read_npy(buffer.getvalue())
 
 
 def test_header_length_field_that_lies_is_400():
