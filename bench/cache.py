@@ -40,10 +40,10 @@ QUICK = CachePlan(grids=((4, 4),), uncached_requests=2, cached_requests=5)
 def sheet_case(server: Server, model: str, grid: tuple[int, int], plan: CachePlan, seed: int) -> dict:
     sheets = Sheets(*grid, count=plan.uncached_requests + 1, seed=seed)
     uncached = load.closed_loop(server.url, sheets, concurrency=1, requests=plan.uncached_requests, warmup_requests=1)
-    uncached = measured(server, model, lambda: load.run(uncached))
+    uncached = measured(server, model, uncached)
     # sheet 1 was sent once above (measured, every tile a miss): from now on every tile is a hit
     cached = load.closed_loop(server.url, sheets.repeat(1), concurrency=1, requests=plan.cached_requests)
-    cached = measured(server, model, lambda: load.run(cached), expect_cached=True)
+    cached = measured(server, model, cached, expect_cached=True)
     return {
         "tiles": grid[0] * grid[1],
         "uncached": uncached,

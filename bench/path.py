@@ -54,7 +54,7 @@ def measure(checkpoint: Path, threads: int, min_time_s: float) -> list[dict]:
     import model
     from service import codecs
     from service.cache import MemoryLatentCache, tile_hashes
-    from service.registry import make_ops
+    from service.graphs import make_calls
 
     from service.malloc_tuning import keep_freed_memory
 
@@ -62,7 +62,7 @@ def measure(checkpoint: Path, threads: int, min_time_s: float) -> list[dict]:
     torch.set_num_threads(threads)
     module, info = model.load_checkpoint(checkpoint, device="cpu", dtype=torch.float32)
     module.eval()
-    encode, _, _ = make_ops(module, "cpu", torch.float32, graph="trace")  # as the server runs it
+    encode, _, _ = make_calls(module, "cpu", torch.float32, "trace", checkpoint.stem)  # as the server runs it
     limits = codecs.Limits(max_tiles=4096, max_pixels=16 * 1024 * 1024)
     key = info["weights_sha256"]
     rows = []

@@ -5,14 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 
 
-def raw_curve(raw: dict, model: str, threads: int, op: str = "encode") -> tuple[list[int], list[float]]:
-    """Raw tiles/s per batch size: the faster of the eager and traced forms, as the report compares."""
+def best_raw(raw: dict, model: str, threads: int, op: str = "encode") -> dict[int, float]:
+    """Raw CPU tiles/s by batch size: the faster of the eager and traced forms (what the
+    report compares the service with)."""
     best: dict[int, float] = {}
     for p in raw["points"]:
         if p["model"] == model and p["op"] == op and p["device"] == "cpu" and p["threads"] == threads:
             best[p["batch"]] = max(best.get(p["batch"], 0.0), p["tiles_per_s"])
-    batches = sorted(best)
-    return batches, [best[b] for b in batches]
+    return dict(sorted(best.items()))
 
 
 def throughput_plot(service: dict, raw: dict | None, path: Path) -> Path:
@@ -31,8 +31,8 @@ def throughput_plot(service: dict, raw: dict | None, path: Path) -> Path:
         left.plot(clients, [p["tiles_per_s"] for p in points], style, label=label)
         right.plot(clients, [p["latency_ms"]["p99"] for p in points], style, label=label)
     if raw is not None:
-        batches, tiles_per_s = raw_curve(raw, service["model"], threads)
-        left.plot(batches, tiles_per_s, "^:", color="black", label=f"raw model, batch = clients ({threads} thread)")
+        curve = best_raw(raw, service["model"], threads)
+        left.plot(list(curve), list(curve.values()), "^:", color="black", label=f"raw model, batch = clients ({threads} thread)")
     left.set(xscale="log", xlabel="concurrent clients (raw model: batch size)", ylabel="tiles/s",
              title=f"{service['model']} encode throughput, single-tile requests")
     right.set(xscale="log", yscale="log", xlabel="concurrent clients", ylabel="p99 latency (ms)", title="p99 latency")

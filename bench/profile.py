@@ -92,8 +92,7 @@ def run(checkpoint: Path, py_spy: str, clients: int, seconds: float, sheet: bool
         )
         if sheet:
             sheets = Sheets(32, 32, count=int(seconds) + 1)
-            point = measured(server, checkpoint.stem, lambda: load.run(
-                load.closed_loop(server.url, sheets, concurrency=1, requests=int(seconds), warmup_requests=1)))
+            point = measured(server, checkpoint.stem, load.closed_loop(server.url, sheets, concurrency=1, requests=int(seconds), warmup_requests=1))
         else:
             point = measured(server, checkpoint.stem, SingleTiles().closed(server.url, clients, seconds, warmup_s=1.0))
         _, err = spy.communicate(timeout=seconds + 30)

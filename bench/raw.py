@@ -55,7 +55,9 @@ def measure_model(
     module, _ = model.load_checkpoint(path, device=device, dtype=dtype)
     module.eval()
     torch.set_num_threads(threads)  # before tracing: the graph's kernels are chosen for it
-    traced = make_calls(module, device, dtype, "trace") if "trace" in graphs else None
+    traced = make_calls(module, device, dtype, "trace", name) if "trace" in graphs else None
+    if traced is not None and traced[2] != "trace":
+        traced = None  # it runs eager in the server too (make_calls logged why): no trace rows
     sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
     rng = np.random.default_rng(0)
     rows = []

@@ -16,7 +16,7 @@ import numpy as np
 
 from bench import results
 from bench.machine import ROOT
-from bench.plot import throughput_plot
+from bench.plot import best_raw, throughput_plot
 
 DOC = ROOT / "docs" / "benchmarks.md"
 PLOT = ROOT / "docs" / "img" / "bench-throughput.png"
@@ -33,9 +33,7 @@ def fmt(value: float | None, digits: int = 0) -> str:
 
 def raw_tiles_per_s(raw: dict | None, model: str, batch: int, threads: int, op: str = "encode") -> float | None:
     """The raw model's tiles/s at ``batch``: the faster of its eager and traced forms."""
-    found = [p["tiles_per_s"] for p in (raw or {}).get("points", [])
-             if (p["model"], p["op"], p["device"], p["threads"], p["batch"]) == (model, op, "cpu", threads, batch)]
-    return max(found) if found else None
+    return best_raw(raw or {"points": []}, model, threads, op).get(batch)
 
 
 def nearest_raw_batch(raw: dict | None, batch: float) -> int | None:

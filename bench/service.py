@@ -16,10 +16,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import inspect
 import logging
 import resource
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -66,13 +67,14 @@ def children_cpu_s() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def measured(server: Server, model: str, run: Callable[[], dict], expect_cached: bool = False) -> dict:
-    """``run()`` one load between two /metrics scrapes; adds the server's counts and the CPU
-    seconds of the server's event loop, its other threads (model calls) and the load generator
-    (this process, or the wrk process it ran)."""
+def measured(server: Server, model: str, work: Coroutine | Callable[[], dict], expect_cached: bool = False) -> dict:
+    """Run one load (a ``bench.load`` coroutine, or a callable such as ``SingleTiles.closed``)
+    between two /metrics scrapes; adds the server's counts and the CPU seconds of the server's
+    event loop, its other threads (model calls) and the load generator (this process, or the
+    wrk process it ran)."""
     before, cpu_before, busy = scrape.scrape(server.url), thread_cpu_s(server.pid), machine_busy_s()
     wall, client = time.perf_counter(), time.process_time() + children_cpu_s()
-    point = run()
+    point = load.run(work) if inspect.iscoroutine(work) else work()
     wall, client = time.perf_counter() - wall, time.process_time() + children_cpu_s() - client
     cpu_after, busy_after = thread_cpu_s(server.pid), machine_busy_s()
     point["server"] = scrape.between(before, scrape.scrape(server.url), model)
@@ -131,8 +133,7 @@ def sweep(server: Server, model: str, plan: Plan, concurrencies: tuple[int, ...]
 
 def sheet(server: Server, model: str, plan: Plan, seed: int) -> dict:
     sheets = Sheets(*plan.sheet_grid, count=plan.sheet_requests + 1, seed=seed)
-    return measured(server, model, lambda: load.run(
-        load.closed_loop(server.url, sheets, concurrency=1, requests=plan.sheet_requests, warmup_requests=1)))
+    return measured(server, model, load.closed_loop(server.url, sheets, concurrency=1, requests=plan.sheet_requests, warmup_requests=1))
 
 
 def run(checkpoint: Path, plan: Plan, logs: Path) -> dict:
@@ -148,7 +149,7 @@ def run(checkpoint: Path, plan: Plan, logs: Path) -> dict:
         headline = next(p for p in out["batching"] if p["concurrency"] == plan.headline_concurrency)
         rate = max(1.0, round(plan.open_rate_fraction * headline["tiles_per_s"]))
         opened = load.open_loop(server.url, NpyTiles(seed=1), rate=rate, duration_s=plan.open_duration_s, warmup_s=plan.warmup_s)
-        out["open_loop"] = measured(server, model, lambda: load.run(opened))
+        out["open_loop"] = measured(server, model, opened)
     with tessera_server(server_env(checkpoint, plan, max_batch_tiles=1), logs / "serve-no-batching.log") as server:
         out["no_batching"] = sweep(server, model, plan, plan.concurrencies, tiles)
     if plan.other_threads is not None:

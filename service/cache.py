@@ -83,17 +83,24 @@ def decode_value(value: bytes) -> np.ndarray:
     return np.frombuffer(value, dtype=dtype, offset=offset).reshape(shape)
 
 
-def decode_values(values: list[bytes]) -> list[np.ndarray]:
-    """``decode_value`` of each value, in one numpy copy where they share a header and length
-    (latents of one model always do): 256 values ~0.1 ms instead of ~0.8 ms one by one.
-    Raises ``CacheValueError`` for the first value that is unreadable."""
-    if not values:
-        return []
-    first = decode_value(values[0])
+def decode_values(values: list[bytes]) -> list[np.ndarray | CacheValueError]:
+    """``decode_value`` of each value, or the ``CacheValueError`` that value gave. Values that
+    share the first one's header and length (latents of one model always do) are decoded with
+    one numpy copy: 256 values ~0.05 ms instead of ~0.8 ms one by one."""
+
+    def one(value: bytes) -> np.ndarray | CacheValueError:
+        try:
+            return decode_value(value)
+        except CacheValueError as exc:
+            return exc
+
+    first = one(values[0]) if values else None
+    if not isinstance(first, np.ndarray):
+        return [first, *map(one, values[1:])] if values else []
     size, offset = len(values[0]), len(values[0]) - first.nbytes
     head = values[0][:offset]
-    if len(values) < 8 or not all(len(v) == size and v.startswith(head) for v in values):
-        return [first, *(decode_value(v) for v in values[1:])]
+    if not all(len(v) == size and v.startswith(head) for v in values):
+        return list(map(one, values))
     rows = np.frombuffer(b"".join(values), np.uint8).reshape(len(values), size)[:, offset:]
     block = np.ascontiguousarray(rows).view(first.dtype).reshape(len(values), *first.shape)
     block.flags.writeable = False  # as decode_value's arrays
@@ -328,15 +335,12 @@ class RedisLatentCache(LatentCache):
         values = await self._call("get", lambda: self.client.mget(keys))
         hits = [(tile_hash, value) for tile_hash, value in zip(wanted, values or ()) if value is not None]
         found: dict[bytes, np.ndarray] = {}
-        try:
-            found = dict(zip((h for h, _ in hits), decode_values([v for _, v in hits])))
-        except CacheValueError:  # some entry is unreadable: keep the others
-            for tile_hash, value in hits:
-                try:
-                    found[tile_hash] = decode_value(value)
-                except CacheValueError as exc:
-                    logger.warning("ignoring unreadable cache entry: %s", exc)
-                    self._count_error("decode")
+        for (tile_hash, _), latent in zip(hits, decode_values([value for _, value in hits])):
+            if isinstance(latent, CacheValueError):
+                logger.warning("ignoring unreadable cache entry: %s", latent)
+                self._count_error("decode")
+            else:
+                found[tile_hash] = latent
         self._count_lookup(len(found), len(wanted) - len(found))
         return found
 

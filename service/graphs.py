@@ -19,13 +19,17 @@ float tolerance keeps that model eager, and the log says why.
 
 from __future__ import annotations
 
+import logging
 import warnings
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
-TILE = 32
+from tiles import TILE
+
+logger = logging.getLogger(__name__)
+
 TRACE_BATCH = 4  # the example batch the graphs are traced with
 CHECK_BATCHES = (1, 3, 17)  # batch sizes they are checked at, against eager
 
@@ -77,25 +81,44 @@ def trace(call, example, checks: list, rtol: float, atol: float) -> Any:
     return graph
 
 
-def make_calls(module, device: str, dtype, graph: str) -> tuple[Callable[[np.ndarray], np.ndarray], Callable[[np.ndarray], np.ndarray]]:
-    """numpy-in, numpy-out encode and decode calls of ``module``; ``graph`` is "trace" or
-    "eager". Raises ``GraphError`` when "trace" cannot be honoured."""
+Call = Callable[[np.ndarray], np.ndarray]
+
+
+def make_calls(module, device: str, dtype, graph: str = "trace", name: str = "model") -> tuple[Call, Call, str]:
+    """numpy-in, numpy-out encode and decode calls of ``module``, and how they run: ``graph``
+    ("trace" or "eager"), or "eager" when the graphs could not be traced or failed the check
+    (logged as a warning naming ``name``)."""
+    if graph == "trace":
+        try:
+            return (*_numpy_calls(*_traced_calls(module, device, dtype), device), "trace")
+        except GraphError as exc:
+            logger.warning("%s runs eager: its model calls could not be traced (%s)", name, exc)
+    return (*_numpy_calls(*calls(module, dtype), device), "eager")
+
+
+def _traced_calls(module, device: str, dtype) -> tuple[Any, Any]:
+    """The frozen, checked graphs of ``calls(module, dtype)``; raises ``GraphError``."""
     import torch
 
     encode_call, decode_call = calls(module, dtype)
-    if graph == "trace":
-        rng = torch.Generator().manual_seed(0)
-        latent_shape = tuple(int(d) for d in module.latent_shape)
+    rng = torch.Generator().manual_seed(0)
+    latent_shape = tuple(int(d) for d in module.latent_shape)
 
-        def tiles(n: int) -> torch.Tensor:
-            return torch.randint(0, 256, (n, TILE, TILE, 3), dtype=torch.uint8, generator=rng).to(device)
+    def tiles(n: int) -> torch.Tensor:
+        return torch.randint(0, 256, (n, TILE, TILE, 3), dtype=torch.uint8, generator=rng).to(device)
 
-        def latents(n: int) -> torch.Tensor:
-            return torch.randn(n, *latent_shape, generator=rng).to(device)
+    def latents(n: int) -> torch.Tensor:
+        return torch.randn(n, *latent_shape, generator=rng).to(device)
 
-        tol = 1e-4 if dtype == torch.float32 else 2e-2  # fp16/bf16 graphs may fuse ops in another order
-        encode_call = trace(encode_call, tiles(TRACE_BATCH), [tiles(n) for n in CHECK_BATCHES], rtol=tol, atol=tol)
-        decode_call = trace(decode_call, latents(TRACE_BATCH), [latents(n) for n in CHECK_BATCHES], rtol=0, atol=1)  # uint8: one rounding step
+    tol = 1e-4 if dtype == torch.float32 else 2e-2  # fp16/bf16 graphs may fuse ops in another order
+    encode_call = trace(encode_call, tiles(TRACE_BATCH), [tiles(n) for n in CHECK_BATCHES], rtol=tol, atol=tol)
+    decode_call = trace(decode_call, latents(TRACE_BATCH), [latents(n) for n in CHECK_BATCHES], rtol=0, atol=1)  # uint8: one rounding step
+    return encode_call, decode_call
+
+
+def _numpy_calls(encode_call, decode_call, device: str) -> tuple[Call, Call]:
+    import torch
+
     on_cpu = device == "cpu"
 
     # On the CPU a call is one entry into torch and one way back (no .to()/.cpu(), each of

@@ -56,7 +56,7 @@ async def encode_tiles(
 
     rows = [hits[h] if h in hits else computed[misses[h]] for h in hashes]
     latents = np.stack(rows).astype(np.float32, copy=False)  # one copy, not one assignment per tile
-    cached = len(hashes) - sum(1 for h in hashes if h not in hits)
+    cached = sum(h in hits for h in hashes)
     if metrics is not None and cached:
         metrics.cached_tiles(model.name, cached)
     return Encoded(latents, cached)

@@ -21,7 +21,7 @@ import numpy as np
 from service.batching import Batcher, BatchObserver
 from service.codecs import TILE
 from service.errors import UnknownModel
-from service.graphs import GraphError, make_calls
+from service.graphs import make_calls
 from service.settings import DEFAULT_MODEL, Settings
 
 logger = logging.getLogger(__name__)
@@ -117,23 +117,6 @@ def resolve_device(setting: str) -> str:
     return setting
 
 
-def make_ops(
-    module, device: str, dtype, graph: str = "eager", name: str = "model"
-) -> tuple[Callable[[np.ndarray], np.ndarray], Callable[[np.ndarray], np.ndarray], str]:
-    """The encode and decode calls the batchers run in the worker thread (``service.graphs``),
-    and how they run: "trace" (TorchScript graphs) or "eager", which is also the fallback when
-    a model cannot be traced.
-
-    encode: uint8 [N, 32, 32, 3] -> float32 [N, *latent_shape]
-    decode: float32 [N, *latent_shape] -> uint8 [N, 32, 32, 3] (clamped to [0, 1], rounded)
-    """
-    try:
-        return (*make_calls(module, device, dtype, graph), graph)
-    except GraphError as exc:
-        logger.warning("%s runs eager: its model calls could not be traced (%s)", name, exc)
-        return (*make_calls(module, device, dtype, "eager"), "eager")
-
-
 @dataclass
 class ServedModel:
     """One loaded checkpoint and the batchers that serve it."""
@@ -147,8 +130,7 @@ class ServedModel:
     dtype: str
     encoder: Batcher = field(repr=False)
     decoder: Batcher = field(repr=False)
-    model_lock: threading.Lock = field(repr=False)  # one model call at a time, encode or decode
-    graph: str = "eager"  # how the model calls run: "trace" (TorchScript graphs) or "eager"
+    graph: str  # how the model calls run: "trace" (TorchScript graphs, service.graphs) or "eager"
 
     @property
     def key(self) -> str:
@@ -292,14 +274,13 @@ def load_registry(settings: Settings) -> Registry:
             continue
         module.eval()
         latent_shape = tuple(int(d) for d in module.latent_shape)
-        encode, decode, graph = make_ops(module, device, dtype, settings.graph, name)
-        model_lock = threading.Lock()
+        encode, decode, graph = make_calls(module, device, dtype, settings.graph, name)
         warm = settings.max_batch_tiles  # one full batch: also proves it fits in memory
         common = {
             "max_batch_tiles": settings.max_batch_tiles,
             "max_wait_s": settings.max_wait_s,
             "max_queue_tiles": settings.max_queue_tiles,
-            "model_lock": model_lock,
+            "model_lock": threading.Lock(),  # shared: one model call of this model at a time
             "close_early": settings.batch_close_early,
         }
         encoder = Batcher(
@@ -314,7 +295,7 @@ def load_registry(settings: Settings) -> Registry:
             warmup=np.zeros((warm, *latent_shape), np.float32),
             **common,
         )
-        models[name] = ServedModel(name, path, module, info, latent_shape, device, dtype_name, encoder, decoder, model_lock, graph)
+        models[name] = ServedModel(name, path, module, info, latent_shape, device, dtype_name, encoder, decoder, graph)
         logger.info(
             "loaded %s from %s (%s, latent %s, %s on %s, %s) in %.2f s",
             name, path, info.get("arch"), latent_shape, dtype_name, device, graph, time.monotonic() - start,

@@ -68,8 +68,10 @@ class _Done:
         return self.cancelled
 
 
-def _slice(n: int, deadline: float | None = None) -> Slice:
-    return Slice(_Job(rows(0, n), _Done(), deadline or later()), 0, n)
+def _slice(n: int, deadline: float | None = None, enqueued_ago_s: float = 0.0) -> Slice:
+    job = _Job(rows(0, n), _Done(), deadline or later())
+    job.enqueued_at -= enqueued_ago_s
+    return Slice(job, 0, n)
 
 
 def _queue(*pieces: Slice) -> TileQueue:
@@ -118,6 +120,29 @@ def test_collect_returns_as_soon_as_the_batch_is_full():
     batch, carry, elapsed = _collect_while(lambda: (time.sleep(0.05), queue.put(_slice(5))), queue, max_wait_s=5)
     assert [s.size for s in batch] == [3, 5] and carry is None
     assert elapsed < 1  # woken by the full batch, not by the 5 s window
+
+
+def test_tiles_that_waited_out_the_window_go_at_once_with_what_is_queued():
+    """The window runs from the first tile's arrival, not from when the model thread takes it."""
+    queue = _queue(_slice(2, enqueued_ago_s=1.0), _slice(3))  # the first queued while the model was busy
+    start = time.monotonic()
+    batch, carry = collect_batch(queue, 8, max_wait_s=0.5)
+    assert [s.size for s in batch] == [2, 3] and carry is None
+    assert time.monotonic() - start < 0.1  # no second wait for more tiles
+
+
+def test_fresh_first_tile_still_waits_for_company():
+    queue = _queue(_slice(1))
+    batch, _, _ = _collect_while(lambda: (time.sleep(0.05), queue.put(_slice(1))), queue, max_wait_s=0.3)
+    assert [s.size for s in batch] == [1, 1]
+
+
+def test_carry_of_an_old_request_does_not_wait():
+    _, rest = _slice(10, enqueued_ago_s=1.0).split(8)
+    start = time.monotonic()
+    batch, carry = collect_batch(TileQueue(), 8, max_wait_s=0.5, carry=rest)
+    assert [(s.start, s.stop) for s in batch] == [(8, 10)] and carry is None
+    assert time.monotonic() - start < 0.1
 
 
 def test_collect_with_zero_wait_takes_what_is_queued():

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import model
-from service.registry import make_ops
+from service.graphs import make_calls
 from service_helpers import NPY, random_tiles, serving
 
 CHECKPOINTS = Path(__file__).resolve().parents[2] / "checkpoints"
@@ -26,8 +26,8 @@ def _load(name: str):
 @pytest.mark.parametrize("name", ["dcae-s48", "baseline"])
 def test_traced_calls_match_eager_on_the_bundled_models(name):
     module = _load(name)
-    traced_encode, traced_decode, graph = make_ops(module, "cpu", torch.float32, "trace", name)
-    eager_encode, eager_decode, eager = make_ops(module, "cpu", torch.float32, "eager", name)
+    traced_encode, traced_decode, graph = make_calls(module, "cpu", torch.float32, "trace", name)
+    eager_encode, eager_decode, eager = make_calls(module, "cpu", torch.float32, "eager", name)
     assert (graph, eager) == ("trace", "eager")
     for n in (1, 5, 64):
         tiles = random_tiles(n, seed=n)
@@ -55,8 +55,8 @@ class BatchDependent(torch.nn.Module):
 
 def test_a_model_the_trace_gets_wrong_runs_eager(caplog):
     module = BatchDependent()
-    with caplog.at_level(logging.WARNING, logger="service.registry"):
-        encode, _, graph = make_ops(module, "cpu", torch.float32, "trace", "odd")
+    with caplog.at_level(logging.WARNING, logger="service.graphs"):
+        encode, _, graph = make_calls(module, "cpu", torch.float32, "trace", "odd")
     assert graph == "eager"
     assert "odd runs eager" in caplog.text and "encode" in caplog.text
     tiles = random_tiles(4)
