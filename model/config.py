@@ -312,6 +312,24 @@ def _seed(latent: int, widths: str, depths: str = _SEED_DEPTHS) -> str:
             f"{depths} {_SEED_COMMON}")
 
 
+def _small(latent: int, widths: list[int], encoder_depths: list[int], decoder_depths: list[int]) -> str:
+    """A CPU-sized DC-AE: ResBlocks in the first three stages, EViT_GLU after, bn2d/relu decoder
+    stages where the ResBlocks are."""
+    stages = len(widths)
+    blocks = ",".join(["ResBlock"] * 3 + ["EViT_GLU"] * (stages - 3))
+    norms = ",".join(["bn2d"] * 3 + ["trms2d"] * (stages - 3))
+    acts = ",".join(["relu"] * 3 + ["silu"] * (stages - 3))
+
+    def listed(values: list[int]) -> str:
+        return "[" + ",".join(map(str, values)) + "]"
+
+    return (f"latent_channels={latent} "
+            f"encoder.width_list={listed(widths)} encoder.depth_list={listed(encoder_depths)} "
+            f"encoder.block_type=[{blocks}] "
+            f"decoder.width_list={listed(widths)} decoder.depth_list={listed(decoder_depths)} "
+            f"decoder.block_type=[{blocks}] decoder.norm=[{norms}] decoder.act=[{acts}]")
+
+
 PRESETS: dict[str, str] = {
     "baseline": "arch=baseline",
     "dcae-03": _seed(32, "[64,128,256,256,512,512]"),
@@ -330,6 +348,14 @@ PRESETS: dict[str, str] = {
         "decoder.block_type=[ResBlock,ResBlock,ResBlock,EViT_GLU,EViT_GLU,EViT_GLU] "
         "decoder.norm=[bn2d,bn2d,bn2d,trms2d,trms2d,trms2d] decoder.act=[relu,relu,relu,silu,silu,silu]"
     ),
+    # Ratio-48 layouts at dcae-s48's scale, named <ratio>-f<down-sampling>c<latent channels>, and
+    # a ratio-12 model for pipelines that need tiles back nearly as they went in.
+    "dcae-s48-f32c64": _small(64, [16, 32, 64, 64, 128, 128], [0, 1, 2, 1, 1, 1], [0, 1, 3, 1, 1, 1]),
+    "dcae-s48-f16c16": _small(16, [16, 32, 64, 64, 128], [0, 1, 2, 1, 2], [0, 1, 3, 1, 2]),
+    "dcae-s48-f8c4": _small(4, [16, 32, 64, 128], [0, 1, 2, 2], [0, 1, 3, 2]),
+    "dcae-s12-f8c16": _small(16, [16, 32, 64, 128], [0, 1, 2, 2], [0, 1, 3, 2]),
+    # about the baseline's 5M parameters at ratio 48, for the seed's question at matched size
+    "dcae-m48-f16c16": _small(16, [16, 32, 64, 128, 256], [0, 1, 2, 1, 1], [0, 1, 3, 1, 1]),
     # Tiny, for tests: every block kind (EViTS5_GLU included), bn2d and trms2d, ratio 48.
     "dcae-t48": (
         "latent_channels=64 "

@@ -15,7 +15,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from training.config import CHECKPOINT_DTYPES, DEVICES, FIELDS, TrainConfig
+from training.config import CHECKPOINT_DTYPES, DEVICES, FIELDS, LOSSES, TrainConfig
 
 
 def friendly(command: str, handler: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
@@ -46,6 +46,19 @@ def _data_dcss(args: argparse.Namespace) -> int:
     return 0
 
 
+def _data_corpus(args: argparse.Namespace) -> int:
+    from training.corpus import build_corpus, deb_map
+
+    manifest = build_corpus(args.out, debs=deb_map(args.deb or []))
+    for source in manifest["sources"]:
+        c = source["counts"]
+        print(f"  {source['name']}: {c['kept']} tiles ({c['train']} train, {c['val']} val) from {c['sheets']} "
+              f"sheet(s); dropped {c['constant']} constant, {c['duplicate']} duplicate, "
+              f"{c['duplicate_of_earlier_source']} already in an earlier source")
+    _print_counts(args.out, manifest)
+    return 0
+
+
 def _data_folder(args: argparse.Namespace) -> int:
     from training.data import build_folder
 
@@ -58,7 +71,8 @@ def _print_counts(out: str, manifest: dict) -> None:
     c = manifest["counts"]
     print(
         f"{out}: {c['kept']} tiles ({c['train']} train, {c['val']} val) from {c['sheets']} sheet(s); "
-        f"cut {c['cut']}, dropped {c['constant']} constant and {c['duplicate']} duplicate"
+        f"cut {c['cut']}, dropped {c['constant']} constant and "
+        f"{c['duplicate'] + c.get('duplicate_of_earlier_source', 0)} duplicate"
     )
 
 
@@ -70,6 +84,13 @@ def _add_data(sub: argparse._SubParsersAction) -> None:
     dcss.add_argument("--out", default="data/dcss", help="output folder (default: %(default)s)")
     dcss.add_argument("--deb", help="use this crawl-tiles-data .deb instead of the installed package or a download")
     dcss.set_defaults(func=friendly("data dcss", _data_dcss))
+    corpus = kinds.add_parser(
+        "corpus", help="the multi-artist corpus: crawl-tiles-data and cataclysm-dda-data, one validation split each")
+    corpus.add_argument("--out", default="data/corpus", help="output folder (default: %(default)s)")
+    corpus.add_argument("--deb", action="append", metavar="FILE",
+                        help="use this .deb of one of the packages instead of the installed one or a download "
+                             "(repeatable)")
+    corpus.set_defaults(func=friendly("data corpus", _data_corpus))
     folder = kinds.add_parser("folder", help="any folder of images or sprite sheets, cut on a grid")
     folder.add_argument("path", help="folder of images (searched recursively)")
     folder.add_argument("--tile-size", type=int, default=32,
@@ -111,6 +132,12 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     add("--max-inputs", type=int, help=f"training inputs; the cosine schedule spans them (default: {d.max_inputs:,})")
     add("--batch-size", type=int, help=f"global batch size (default: {d.batch_size})")
     add("--lr", type=float, help="peak learning rate (default: 3e-4 for baseline, 9.375e-5 for DC-AE)")
+    add("--warmup", type=int, help="inputs of linear learning-rate warm-up before the cosine decay (default: 0)")
+    add("--ema", type=float, help="decay of an exponential moving average of the weights, which the checkpoints "
+                                  "then hold, e.g. 0.999 (default: 0, off)")
+    add("--loss", choices=LOSSES, help="l1 (the seed), l1+grad (plus image-gradient L1) or l1+ssim (default: l1)")
+    add("--structure-weight", type=float, help="weight of the loss's structure term (default: 0.5 for l1+grad, "
+                                               "0.2 for l1+ssim)")
     add("--weight-decay", type=float, help=f"AdamW weight decay (default: {d.weight_decay})")
     add("--latent-reg", type=float, help=f"weight of the latent regulariser, 0 turns it off (default: {d.latent_reg})")
     add("--augment", action="store_true", default=None, help="random flips and quarter turns (off by default)")

@@ -7,6 +7,8 @@ from dataclasses import dataclass, fields
 BASELINE_LR = 3e-4  # seed: lr of the CNN baseline
 DCAE_LR = 9.375e-5  # seed: DC-AE (upstream used 9.375e-7; 9.375e-4 did not train)
 CHECKPOINT_DTYPES = ("float32", "float16", "bfloat16")
+LOSSES = ("l1", "l1+grad", "l1+ssim")  # training.losses
+DEFAULT_STRUCTURE_WEIGHT = {"l1": 0.0, "l1+grad": 0.5, "l1+ssim": 0.2}
 DEVICES = ("auto", "cpu", "cuda")
 
 
@@ -18,6 +20,10 @@ class TrainConfig:
     max_inputs: int = 1_000_000  # seed: one million training inputs; the cosine schedule spans them
     batch_size: int = 64  # seed; the global batch, split evenly over processes
     lr: float | None = None  # None: BASELINE_LR or DCAE_LR by architecture
+    warmup: int = 0  # inputs of linear learning-rate warm-up before the cosine decay; 0: none (the seed)
+    ema: float = 0.0  # decay of an exponential moving average of the weights; 0: off (the seed)
+    loss: str = "l1"  # l1 (the seed), l1+grad or l1+ssim (training.losses)
+    structure_weight: float | None = None  # weight of the structure term; None: the loss's default
     weight_decay: float = 0.01  # AdamW's default, which the seed kept
     latent_reg: float = 1e-4  # seed: 1e-4 * (|0.5 - std| + |mean|) of the latents; 0 turns it off
     augment: bool = False  # seed trained without flips/rotations
@@ -43,6 +49,14 @@ class TrainConfig:
                 raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
         if self.lr is not None and not self.lr > 0:
             raise ValueError(f"--lr must be positive, got {self.lr}")
+        if self.warmup < 0:
+            raise ValueError(f"--warmup must not be negative, got {self.warmup}")
+        if not 0 <= self.ema < 1:
+            raise ValueError(f"--ema is a decay in [0, 1), 0 for off; got {self.ema}")
+        if self.loss not in LOSSES:
+            raise ValueError(f"unknown --loss {self.loss!r}; known: {list(LOSSES)}")
+        if self.structure_weight is not None and self.structure_weight < 0:
+            raise ValueError(f"--structure-weight must not be negative, got {self.structure_weight}")
         if self.latent_reg < 0 or self.weight_decay < 0:
             raise ValueError("--latent-reg and --weight-decay must not be negative")
         if self.stop_after is not None and self.stop_after < 1:
@@ -56,9 +70,14 @@ class TrainConfig:
 
 
 # settings that shape the weights: a resumed run must keep them
-RUN_KEYS = ("model", "max_inputs", "batch_size", "lr", "weight_decay", "latent_reg", "augment", "seed")
+RUN_KEYS = ("model", "max_inputs", "batch_size", "lr", "warmup", "ema", "loss", "structure_weight", "weight_decay",
+            "latent_reg", "augment", "seed")
 FIELDS = tuple(f.name for f in fields(TrainConfig))
 
 
 def default_lr(arch: str) -> float:
     return BASELINE_LR if arch == "baseline" else DCAE_LR
+
+
+def structure_weight(config: TrainConfig) -> float:
+    return DEFAULT_STRUCTURE_WEIGHT[config.loss] if config.structure_weight is None else config.structure_weight

@@ -54,7 +54,7 @@ def npy_bytes(array: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def _manifest_json(manifest: dict) -> str:
+def manifest_json(manifest: dict) -> str:
     """Indented JSON with one tile per line, so the manifest stays readable and diffable."""
     tiles = manifest["tiles"]
     head = json.dumps({k: v for k, v in manifest.items() if k != "tiles"}, indent=2)
@@ -153,7 +153,7 @@ def build_dataset(
         "tile_fields": ["sheet", "x", "y"],
         "tiles": {split: [list(where[i]) for i in index] for split, index in splits.items()},
     }
-    atomic_write_text(out / "manifest.json", _manifest_json(manifest))
+    atomic_write_text(out / "manifest.json", manifest_json(manifest))
     return manifest
 
 

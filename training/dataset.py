@@ -20,7 +20,6 @@ from training.data import FORMAT
 from training.errors import DataError
 from training.tiles import TILE
 
-SPLITS = ("train", "val")
 
 
 @dataclass(frozen=True)
@@ -54,10 +53,23 @@ class TileData:
     def counts(self) -> dict:
         return self.manifest["counts"]
 
+    @property
+    def sources(self) -> list[str]:
+        """Names of the validation sources; a single-source data set is one source, its own name."""
+        return [s["name"] for s in self.manifest.get("sources", [])] or [self.manifest["name"]]
+
+    def val_sources(self) -> dict[str, np.ndarray]:
+        """Each source's validation tiles, by source name."""
+        if "sources" not in self.manifest:
+            return {self.manifest["name"]: self.split("val")}
+        return {s["name"]: self.split(s["val"]) for s in self.manifest["sources"]}
+
     def split(self, name: str) -> np.ndarray:
-        """The tiles of one split, uint8 (N, 32, 32, 3), checked against the manifest's hash."""
-        if name not in SPLITS:
-            raise ValueError(f"unknown split {name!r}; known: {list(SPLITS)}")
+        """The tiles of one split (train, val, or val/<source>), uint8 (N, 32, 32, 3), checked
+        against the manifest's hash."""
+        known = [k for k in self.manifest["files"]]
+        if name not in known:
+            raise ValueError(f"unknown split {name!r}; known: {known}")
         entry = self.manifest["files"][name]
         file = self.path / entry["path"]
         try:
@@ -79,6 +91,7 @@ class TileData:
             "manifest_sha256": self.manifest_sha256,
             "source": {k: v for k, v in self.manifest["source"].items() if k != "sheets"},
             "counts": self.counts,
+            "sources": self.sources,
         }
 
 

@@ -1,7 +1,9 @@
-"""Reconstruction metrics: L1, MSE and PSNR over a whole split.
+"""Reconstruction metrics over a whole split: L1, MSE, PSNR and SSIM.
 
-Computed on the raw decoder output (not clamped), like the seed's validation loss; PSNR is
-``10 * log10(1 / MSE)`` for pixels in [0, 1], from the MSE over the whole split.
+L1, MSE and PSNR are computed on the raw decoder output (not clamped), like the seed's
+validation loss; PSNR is ``10 * log10(1 / MSE)`` for pixels in [0, 1], from the MSE over the whole
+split. SSIM is the mean over tiles of each tile's SSIM (11x11 Gaussian window), on the output
+clamped to [0, 1] as a served tile is.
 """
 
 from __future__ import annotations
@@ -12,13 +14,19 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from training.losses import ssim
 
-def metrics_from_sums(l1_sum: float, se_sum: float, count: float) -> dict[str, float]:
+SUMS = 5  # |diff| sum, diff^2 sum, values, SSIM sum, tiles
+
+
+def metrics_from_sums(l1_sum: float, se_sum: float, count: float, ssim_sum: float = math.nan,
+                      tiles: float = math.nan) -> dict[str, float]:
     mse = se_sum / count
     return {
         "val_l1": l1_sum / count,
         "val_mse": mse,
         "val_psnr": 10.0 * math.log10(1.0 / mse) if mse > 0 else math.inf,
+        "val_ssim": ssim_sum / tiles,
     }
 
 
@@ -27,14 +35,16 @@ def reconstruction_sums(
     model: nn.Module, tiles: torch.Tensor, batch_size: int = 256, device: torch.device | str = "cpu",
     autocast: Callable | None = None,
 ) -> torch.Tensor:
-    """Sums of |x_hat - x| and (x_hat - x)^2 and the number of values, as a float64 tensor (3,).
+    """Sums of |x_hat - x|, (x_hat - x)^2, the number of values, the tiles' SSIM and the number of
+    tiles, as a float64 tensor (5,).
 
     tiles: uint8 (N, 3, 32, 32). Sums (rather than means) let processes of a distributed run
-    add their shares. ``autocast`` is a context-manager factory for mixed precision.
+    and the sources of a corpus add their shares. ``autocast`` is a context-manager factory for
+    mixed precision.
     """
     was_training = model.training
     model.eval()
-    sums = torch.zeros(3, dtype=torch.float64, device=device)
+    sums = torch.zeros(SUMS, dtype=torch.float64, device=device)
     try:
         for start in range(0, len(tiles), batch_size):
             x = tiles[start : start + batch_size].to(device).float().div_(255.0)
@@ -43,10 +53,13 @@ def reconstruction_sums(
                     x_hat = model(x)
             else:
                 x_hat = model(x)
-            diff = x_hat.float() - x
+            x_hat = x_hat.float()
+            diff = x_hat - x
             sums[0] += diff.abs().sum(dtype=torch.float64)
             sums[1] += diff.square().sum(dtype=torch.float64)
             sums[2] += diff.numel()
+            sums[3] += ssim(x_hat.clamp(0, 1), x).sum(dtype=torch.float64)
+            sums[4] += len(x)
     finally:
         model.train(was_training)
     return sums
@@ -55,6 +68,5 @@ def reconstruction_sums(
 def evaluate_reconstruction(
     model: nn.Module, tiles: torch.Tensor, batch_size: int = 256, device: torch.device | str = "cpu"
 ) -> dict[str, float]:
-    """val_l1, val_mse and val_psnr of ``model`` on uint8 tiles (N, 3, 32, 32)."""
-    l1_sum, se_sum, count = reconstruction_sums(model, tiles, batch_size, device).tolist()
-    return metrics_from_sums(l1_sum, se_sum, count)
+    """val_l1, val_mse, val_psnr and val_ssim of ``model`` on uint8 tiles (N, 3, 32, 32)."""
+    return metrics_from_sums(*reconstruction_sums(model, tiles, batch_size, device).tolist())

@@ -32,16 +32,17 @@ from tqdm import tqdm
 
 import model as models
 from training.atomic import atomic_write_text
-from training.config import FIELDS, RUN_KEYS, TrainConfig, default_lr
+from training.config import FIELDS, RUN_KEYS, TrainConfig, default_lr, structure_weight
 from training.dataset import TileData, TileDataset, keep_batch
 from training.errors import TrainingError
 from training.logs import CsvLog, TensorBoardLog
-from training.losses import latent_regulariser, reconstruction_loss
-from training.metrics import metrics_from_sums, reconstruction_sums
+from training.losses import latent_regulariser, training_loss
+from training.metrics import SUMS, metrics_from_sums, reconstruction_sums
 from training.state import load_state, rng_state, save_state, set_rng_state
 
 TRAIN_FIELDS = ["step", "inputs", "loss", "lr", "inputs_per_s", "elapsed_s"]
-VAL_FIELDS = ["step", "inputs", "val_l1", "val_mse", "val_psnr", "best"]
+METRICS = ["val_l1", "val_mse", "val_psnr", "val_ssim"]
+SOURCE_METRICS = ["l1", "psnr", "ssim"]  # per validation source, as <source>_<metric>
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
@@ -144,6 +145,56 @@ def all_sum(values: torch.Tensor, procs: Processes) -> torch.Tensor:
     return values
 
 
+def schedule(total_steps: int, warmup_steps: int):
+    """Learning-rate factor per step: linear warm-up to 1 over ``warmup_steps``, then cosine to 0
+    at ``total_steps`` (with no warm-up, torch's CosineAnnealingLR)."""
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+    return factor
+
+
+def ema_of(module: nn.Module, decay: float) -> torch.optim.swa_utils.AveragedModel:
+    """An exponential moving average of ``module``'s weights and buffers (BatchNorm statistics
+    too). The decay ramps up as ``(1 + n) / (10 + n)`` until it reaches ``decay``, so the average
+    is not dominated by the random initial weights in a short run."""
+
+    @torch.no_grad()
+    def update(averaged: list[torch.Tensor], current: list[torch.Tensor], count: torch.Tensor) -> None:
+        n = int(count)
+        floats = [(a, c) for a, c in zip(averaged, current) if a.is_floating_point()]
+        if floats:
+            torch._foreach_lerp_([a for a, _ in floats], [c for _, c in floats], 1.0 - min(decay, (1 + n) / (10 + n)))
+        for a, c in zip(averaged, current):
+            if not a.is_floating_point():  # BatchNorm's count of batches
+                a.copy_(c)
+
+    return torch.optim.swa_utils.AveragedModel(module, multi_avg_fn=update, use_buffers=True)
+
+
+def val_fields(sources: list[str], ema: bool) -> list[str]:
+    per_source = [f"{src}_{m}" for src in sources for m in SOURCE_METRICS] if len(sources) > 1 else []
+    raw = [f"raw_{m}" for m in METRICS + per_source] if ema else []
+    return ["step", "inputs", *METRICS, *per_source, *raw, "best"]
+
+
+def validate(module: nn.Module, val_tiles: dict[str, torch.Tensor], procs: Processes, autocast) -> dict[str, float]:
+    """Metrics over all validation tiles (pooled), and per source when there are several."""
+    sums = torch.stack([reconstruction_sums(module, tiles, 256, procs.device, autocast) if len(tiles)
+                        else torch.zeros(SUMS, dtype=torch.float64, device=procs.device)
+                        for tiles in val_tiles.values()])
+    sums = all_sum(sums, procs)
+    metrics = metrics_from_sums(*sums.sum(0).tolist())
+    for src, row in zip(val_tiles, sums.tolist() if len(val_tiles) > 1 else []):
+        one = metrics_from_sums(*row)
+        metrics.update({f"{src}_{m}": one[f"val_{m}"] for m in SOURCE_METRICS})
+    return metrics
+
+
 def train(config: TrainConfig, given: frozenset[str] | None = None) -> dict:
     """Run (or resume) training as ``config`` says; return a summary of where it ended.
 
@@ -200,7 +251,8 @@ def _train(config: TrainConfig, given: frozenset[str] | None, procs: Processes) 
             f"cannot resume: {config.data} is not the data set this run was trained on (manifest differs)"
         )
     train_set = TileDataset(data.split("train"), augment=config.augment, seed=config.seed)
-    val_tiles = torch.from_numpy(data.split("val")).permute(0, 3, 1, 2)[procs.rank :: procs.world].contiguous()
+    val_tiles = {src: torch.from_numpy(tiles).permute(0, 3, 1, 2)[procs.rank :: procs.world].contiguous()
+                 for src, tiles in data.val_sources().items()}
     if config.batch_size % procs.world:
         raise TrainingError(f"--batch-size {config.batch_size} does not split evenly over {procs.world} processes")
     local_batch = config.batch_size // procs.world
@@ -228,7 +280,10 @@ def _train(config: TrainConfig, given: frozenset[str] | None, procs: Processes) 
     optimizer = torch.optim.AdamW(
         autoencoder.parameters(), lr=config.lr, weight_decay=config.weight_decay, fused=cuda or None
     )
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps)
+    warmup_steps = math.ceil(config.warmup / config.batch_size)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule(total_steps, warmup_steps))
+    ema = ema_of(autoencoder, config.ema) if config.ema else None
+    weight = structure_weight(config)
     autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if cuda else contextlib.nullcontext
 
     step, elapsed, best = 0, 0.0, None
@@ -236,6 +291,8 @@ def _train(config: TrainConfig, given: frozenset[str] | None, procs: Processes) 
         autoencoder.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
+        if ema is not None:
+            ema.load_state_dict(state["ema"])
         step, elapsed, best = state["step"], state["elapsed_s"], state["best_val_l1"]
         set_rng_state(state["rng"])
     else:
@@ -249,7 +306,7 @@ def _train(config: TrainConfig, given: frozenset[str] | None, procs: Processes) 
     if procs.main:
         out.mkdir(parents=True, exist_ok=True)
         train_log = CsvLog(out / "train.csv", TRAIN_FIELDS, keep_until_step=step)
-        val_log = CsvLog(out / "val.csv", VAL_FIELDS, keep_until_step=step)
+        val_log = CsvLog(out / "val.csv", val_fields(list(val_tiles), ema is not None), keep_until_step=step)
         board = None
         if config.tensorboard:
             board = TensorBoardLog(out / "tb", resume_step=step * config.batch_size if state else None)
@@ -260,9 +317,11 @@ def _train(config: TrainConfig, given: frozenset[str] | None, procs: Processes) 
         "data": data.describe(),
         **settings,
         "spec": autoencoder.spec,
-        "loss": "l1",
+        "loss": config.loss if config.loss == "l1" else f"{config.loss} (weight {weight:g})",
         "optimizer": "AdamW",
-        "schedule": f"cosine over {total_steps} steps",
+        "schedule": (f"linear warm-up over {warmup_steps} steps, then " if warmup_steps else "")
+        + f"cosine over {total_steps} steps",
+        "weights": f"EMA (decay {config.ema:g})" if ema is not None else "last step",
         "world_size": procs.world,
         "device": procs.device.type,
         "precision": "bf16 autocast" if cuda else "fp32",
@@ -271,23 +330,21 @@ def _train(config: TrainConfig, given: frozenset[str] | None, procs: Processes) 
     if procs.main and state is None:
         atomic_write_text(out / "run.json", json.dumps(record, indent=2) + "\n")
 
-    def validate() -> dict[str, float]:
-        sums = reconstruction_sums(autoencoder, val_tiles, 256, procs.device, autocast if cuda else None)
-        return metrics_from_sums(*all_sum(sums, procs).tolist())
-
     def save(metrics: dict[str, float], is_best: bool) -> None:
         training = {**record, "step": step, "inputs_seen": step * config.batch_size, "elapsed_s": round(elapsed, 1),
                     "metrics": metrics}
         dtype = DTYPES[config.checkpoint_dtype]
+        shipped = ema.module if ema is not None else autoencoder
         if is_best:
-            models.save_checkpoint(autoencoder, out / "best.safetensors", {**training, "checkpoint": "best"}, dtype)
-        models.save_checkpoint(autoencoder, out / "last.safetensors", {**training, "checkpoint": "last"}, dtype)
+            models.save_checkpoint(shipped, out / "best.safetensors", {**training, "checkpoint": "best"}, dtype)
+        models.save_checkpoint(shipped, out / "last.safetensors", {**training, "checkpoint": "last"}, dtype)
         save_state(state_path, {
             "step": step, "inputs_seen": step * config.batch_size, "elapsed_s": elapsed, "best_val_l1": best,
             "config": asdict(config), "commands": commands,
             "data": {"manifest_sha256": data.manifest_sha256},
             "model": {k: v.detach().to("cpu", copy=True).contiguous() for k, v in autoencoder.state_dict().items()},
             "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng_state(),
+            **({"ema": ema.state_dict()} if ema is not None else {}),
         })
 
     # ---- the loop
@@ -320,13 +377,15 @@ def _train(config: TrainConfig, given: frozenset[str] | None, procs: Processes) 
                     x = x.contiguous(memory_format=torch.channels_last)
                 with autocast():
                     x_hat, z = net(x)
-                loss = reconstruction_loss(x_hat.float(), x)
+                loss = training_loss(x_hat.float(), x, config.loss, weight)
                 if config.latent_reg:
                     loss = loss + config.latent_reg * latent_regulariser(z.float())
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
                 scheduler.step()
+                if ema is not None:
+                    ema.update_parameters(autoencoder)
                 step += 1
                 loss_sum += loss.detach()
                 nonfinite += (~torch.isfinite(loss.detach())).float()
@@ -367,8 +426,12 @@ def _train(config: TrainConfig, given: frozenset[str] | None, procs: Processes) 
 
                 if eval_due:
                     tock = time.perf_counter()
-                    metrics = validate()
-                    if not all(math.isfinite(v) for k, v in metrics.items() if k != "val_psnr"):
+                    val_autocast = autocast if cuda else None
+                    metrics = validate(ema.module if ema is not None else autoencoder, val_tiles, procs, val_autocast)
+                    if ema is not None:
+                        raw = validate(autoencoder, val_tiles, procs, val_autocast)
+                        metrics.update({f"raw_{k}": v for k, v in raw.items()})
+                    if not all(math.isfinite(v) for k, v in metrics.items() if k.endswith(("l1", "mse"))):
                         raise TrainingError(
                             f"validation metrics are not finite at step {step}; stopped without saving; "
                             f"try a lower --lr"
@@ -380,7 +443,8 @@ def _train(config: TrainConfig, given: frozenset[str] | None, procs: Processes) 
                         if board:
                             board.write(inputs, metrics, "val")
                         bar.write(f"step {step} ({inputs:,} inputs): val L1 {metrics['val_l1']:.5f} "
-                                  f"MSE {metrics['val_mse']:.6f} PSNR {metrics['val_psnr']:.2f} dB"
+                                  f"MSE {metrics['val_mse']:.6f} PSNR {metrics['val_psnr']:.2f} dB "
+                                  f"SSIM {metrics['val_ssim']:.4f}"
                                   + (" (best)" if is_best else ""))
                         save(metrics, is_best)
                     logged_time += time.perf_counter() - tock  # validation time is not training time

@@ -33,7 +33,7 @@ def test_a_run_writes_loadable_checkpoints_with_its_record(full_run, tiny_data):
         assert info["spec"] == "dcae-t48"
         record = info["training"]
         assert record["checkpoint"] == name
-        assert set(record["metrics"]) == {"val_l1", "val_mse", "val_psnr"}
+        assert set(record["metrics"]) == {"val_l1", "val_mse", "val_psnr", "val_ssim"}
         assert record["data"]["manifest_sha256"] == TileData.open(tiny_data).manifest_sha256
         assert record["lr"] == 9.375e-5 and record["loss"] == "l1" and record["batch_size"] == 16
         assert "git_commit" in record and "command" in record
@@ -63,19 +63,19 @@ def test_resume_continues_exactly_where_the_run_stopped(full_run, tiny_data, tmp
 
 def test_a_signal_stops_at_a_step_boundary_and_the_resume_loses_nothing(full_run, tiny_data, tmp_path, monkeypatch):
     calls = {"n": 0}
-    real = train_module.reconstruction_loss
+    real = train_module.training_loss
 
-    def interrupted(x_hat, x):
+    def interrupted(*args):
         calls["n"] += 1
         if calls["n"] == 7:
             os.kill(os.getpid(), signal.SIGTERM)
-        return real(x_hat, x)
+        return real(*args)
 
-    monkeypatch.setattr(train_module, "reconstruction_loss", interrupted)
+    monkeypatch.setattr(train_module, "training_loss", interrupted)
     out = tmp_path / "interrupted"
     stopped = train(tiny_config(tiny_data, out))
     assert stopped["stopped"] == "signal" and stopped["step"] == 7
-    monkeypatch.setattr(train_module, "reconstruction_loss", real)
+    monkeypatch.setattr(train_module, "training_loss", real)
     train(tiny_config(tiny_data, out, resume=True))
     assert weights_of(out / "last.safetensors") == weights_of(full_run / "last.safetensors")
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the run put the handlers back
@@ -83,14 +83,14 @@ def test_a_signal_stops_at_a_step_boundary_and_the_resume_loses_nothing(full_run
 
 def test_nan_loss_stops_with_one_message_and_keeps_the_last_good_checkpoint(tiny_data, tmp_path, monkeypatch):
     calls = {"n": 0}
-    real = train_module.reconstruction_loss
+    real = train_module.training_loss
 
-    def breaks_at_step_11(x_hat, x):
+    def breaks_at_step_11(*args):
         calls["n"] += 1
-        loss = real(x_hat, x)
+        loss = real(*args)
         return loss * math.nan if calls["n"] >= 11 else loss
 
-    monkeypatch.setattr(train_module, "reconstruction_loss", breaks_at_step_11)
+    monkeypatch.setattr(train_module, "training_loss", breaks_at_step_11)
     out = tmp_path / "nan"
     with pytest.raises(TrainingError, match=r"not finite .* step 12 .*last good checkpoint .*kept") as info:
         train(tiny_config(tiny_data, out))
@@ -99,7 +99,7 @@ def test_nan_loss_stops_with_one_message_and_keeps_the_last_good_checkpoint(tiny
     module, meta = model.load_checkpoint(out / "last.safetensors")
     assert meta["training"]["step"] == 8
     assert all(torch.isfinite(p).all() for p in module.parameters())
-    monkeypatch.setattr(train_module, "reconstruction_loss", real)
+    monkeypatch.setattr(train_module, "training_loss", real)
     assert train(tiny_config(tiny_data, out, resume=True))["stopped"] == "done"
 
 

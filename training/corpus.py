@@ -1,0 +1,256 @@
+"""The multi-artist training corpus: 32x32 sprites from an explicit list of Debian packages.
+
+    tessera data corpus --out data/corpus
+
+Each package is fetched as ``tessera data dcss`` does (installed copy, a given ``.deb``, or
+``apt-get download`` + ``dpkg-deb -x``). A package holds one or more *tilesets*, and every
+tileset is one validation *source*:
+
+- ``crawl-tiles-data`` (Dungeon Crawl Stone Soup, CC0): one tileset, its 32x32 sheets cut on a
+  32 grid, exactly as ``tessera data dcss`` cuts them;
+- ``cataclysm-dda-data`` (CC-BY-SA-3.0): the tilesets under ``gfx/*/tile_config.json``. Each
+  JSON names the sheets of the tileset and their sprite size (``sprite_width`` /
+  ``sprite_height``, else the tileset's ``tile_info`` default). Only sheets whose sprites are
+  32x32 are taken, cut on that grid; the ids of their sprites follow the game's rule (a sheet's
+  first id is the number of sprites in the sheets listed before it).
+
+Sources are processed in order. A tile is dropped when it is one colour, or when the same pixels
+already came from this or an earlier source. Each source is then shuffled with a fixed seed and
+every 20th tile goes to validation, so the DCSS source gives byte-for-byte the split of
+``tessera data dcss``. The folder holds ``train.npy`` (every source's training tiles),
+``val.npy`` (every source's validation tiles) and ``val-<source>.npy`` per source, and the
+manifest records for every tile its package, tileset, sheet, position, sprite id and licence.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from training import dcss
+from training.atomic import atomic_write_bytes, atomic_write_text
+from training.data import FORMAT, FORMAT_VERSION, SPLIT_SEED, VAL_EVERY, manifest_json, npy_bytes
+from training.debian import package_root
+from training.errors import DataError
+from training.tiles import TILE, constant_mask, sheet_tiles
+
+CORPUS_VERSION = 1
+
+
+@dataclass(frozen=True)
+class SourceSheet:
+    name: str  # path relative to the tileset's folder
+    path: Path
+    first_id: int  # sprite id of the sheet's top-left sprite
+
+
+@dataclass(frozen=True)
+class Tileset:
+    source: str  # short name of the validation source: dcss, cdda-ultimatecataclysm, ...
+    package: str
+    tileset: str  # the tileset's own name (its folder in the package)
+    license: str
+    sheets: tuple[SourceSheet, ...]
+
+
+@dataclass(frozen=True)
+class Package:
+    name: str  # Debian package
+    license: str  # the licence of its art, from the package's copyright file
+    marker: Path  # a folder the package installs, to tell whether it is installed
+    tilesets: callable  # unpacked root -> list[Tileset]
+
+
+def slug(name: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "", name.lower().replace("+", "plus"))
+
+
+def dcss_tilesets(root: Path) -> list[Tileset]:
+    sheets = dcss.dcss_sheets(root / dcss.TILES_DIR)
+    return [Tileset("dcss", dcss.PACKAGE, "dcss", dcss.LICENSE,
+                    tuple(SourceSheet(s.name, s.path, -1) for s in sheets))]
+
+
+def sprite_count(path: Path, width: int, height: int) -> int:
+    try:
+        with Image.open(path) as image:
+            return (image.width // width) * (image.height // height)
+    except OSError as exc:
+        raise DataError(f"cannot read sheet {path}: {exc}") from exc
+
+
+def cdda_tileset_sheets(config_path: Path) -> list[SourceSheet]:
+    """The 32x32 sheets of one Cataclysm tileset, from its ``tile_config.json``."""
+    try:
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise DataError(f"cannot read tileset description {config_path}: {exc}") from exc
+    info = (config.get("tile_info") or [{}])[0]
+    default_w, default_h = int(info.get("width", 0)), int(info.get("height", 0))
+    sheets, next_id = [], 0
+    for entry in config.get("tiles-new", []):
+        if "file" not in entry:
+            continue
+        width = int(entry.get("sprite_width", default_w))
+        height = int(entry.get("sprite_height", default_h))
+        path = config_path.parent / entry["file"]
+        if width < 1 or height < 1:
+            raise DataError(f"{config_path}: {entry['file']} has no sprite size and the tileset has no default")
+        if not path.is_file():
+            raise DataError(f"{config_path} names {entry['file']}, which is not in the package")
+        first, next_id = next_id, next_id + sprite_count(path, width, height)
+        # the ascii fallback sheet is a font the game tints at run time, not art
+        if (width, height) == (TILE, TILE) and "ascii" not in entry:
+            sheets.append(SourceSheet(entry["file"], path, first))
+    return sheets
+
+
+# The Cataclysm tilesets with 32x32 sprites by their own artists. ChibiUltica also has 32x32
+# sprites, but it combines Ultica's world with MshockXotto+'s characters: cut after those two it
+# adds 6 tiles of 5,198, so it is left out. The other tilesets are 10, 16 or 20 pixels.
+CDDA_GFX = Path("usr/share/games/cataclysm-dda/gfx")
+CDDA_TILESETS = ("UltimateCataclysm", "MshockXotto+", "Cuteclysm")
+
+
+def cdda_tilesets(root: Path, names: tuple[str, ...] = CDDA_TILESETS) -> list[Tileset]:
+    found = []
+    for name in names:
+        config_path = root / CDDA_GFX / name / "tile_config.json"
+        if not config_path.is_file():
+            raise DataError(f"{config_path} is missing; is {root} an unpacked cataclysm-dda-data?")
+        sheets = cdda_tileset_sheets(config_path)
+        if not sheets:
+            raise DataError(f"{config_path} names no sheet of 32x32 sprites")
+        found.append(Tileset(f"cdda-{slug(name)}", "cataclysm-dda-data", name, "CC-BY-SA-3.0", tuple(sheets)))
+    return found
+
+
+# The corpus, in this order (the order decides which copy of a duplicate tile is kept).
+PACKAGES: tuple[Package, ...] = (
+    Package("crawl-tiles-data", "CC0-1.0", dcss.TILES_DIR, dcss_tilesets),
+    Package("cataclysm-dda-data", "CC-BY-SA-3.0", CDDA_GFX, cdda_tilesets),
+)
+
+
+def cut_tileset(tileset: Tileset) -> tuple[np.ndarray, list[list]]:
+    """Every 32x32 cell of the tileset's sheets (premultiplied RGB) and a manifest row for each."""
+    blocks, rows = [], []
+    for sheet in tileset.sheets:
+        tiles, coords = sheet_tiles(sheet.path, TILE)
+        blocks.append(tiles)
+        columns = max(1, max((x for x, _ in coords), default=0) // TILE + 1)
+        for x, y in coords:
+            sprite = -1 if sheet.first_id < 0 else sheet.first_id + (y // TILE) * columns + x // TILE
+            rows.append([tileset.package, tileset.tileset, sheet.name, x, y, sprite, tileset.license])
+    return np.concatenate(blocks), rows
+
+
+def split_sources(tilesets: list[Tileset], seed: int = SPLIT_SEED, val_every: int = VAL_EVERY) -> list[dict]:
+    """Per tileset: its unique tiles split into train and val, duplicates of earlier ones dropped."""
+    seen: set[bytes] = set()
+    parts = []
+    for tileset in tilesets:
+        tiles, rows = cut_tileset(tileset)
+        constant = constant_mask(tiles)
+        keep, within, across = [], 0, 0
+        mine: set[bytes] = set()
+        for i in np.flatnonzero(~constant):
+            key = tiles[i].tobytes()
+            if key in mine:
+                within += 1
+            elif key in seen:
+                across += 1
+            else:
+                mine.add(key)
+                keep.append(i)
+        seen |= mine
+        if len(keep) < 2:
+            raise DataError(f"source {tileset.source} has only {len(keep)} unique tiles")
+        order = np.random.default_rng(seed).permutation(len(keep))
+        picked = np.asarray(keep)[order]
+        is_val = np.arange(len(picked)) % val_every == 0
+        index = {"train": picked[~is_val], "val": picked[is_val]}
+        parts.append({
+            "tileset": tileset,
+            "tiles": {k: np.ascontiguousarray(tiles[v]) for k, v in index.items()},
+            "rows": {k: [rows[i] for i in v] for k, v in index.items()},
+            "counts": {"sheets": len(tileset.sheets), "cut": len(tiles), "constant": int(constant.sum()),
+                       "duplicate": within, "duplicate_of_earlier_source": across, "kept": len(keep),
+                       "train": int((~is_val).sum()), "val": int(is_val.sum())},
+        })
+    return parts
+
+
+def write_corpus(parts: list[dict], out: str | Path, packages: list[dict]) -> dict:
+    out = Path(out)
+    files = {}
+
+    def write(key: str, name: str, array: np.ndarray) -> None:
+        data = npy_bytes(array)
+        atomic_write_bytes(out / name, data)
+        files[key] = {"path": name, "shape": list(array.shape), "sha256": hashlib.sha256(data).hexdigest()}
+
+    empty = np.zeros((0, TILE, TILE, 3), dtype=np.uint8)
+    for split in ("train", "val"):
+        write(split, f"{split}.npy", np.concatenate([empty] + [p["tiles"][split] for p in parts]))
+    sources = []
+    for part in parts:
+        ts = part["tileset"]
+        write(f"val/{ts.source}", f"val-{ts.source}.npy", part["tiles"]["val"])
+        sources.append({
+            "name": ts.source, "package": ts.package, "tileset": ts.tileset, "license": ts.license,
+            "counts": part["counts"], "val": f"val/{ts.source}",
+            "sheets": [{"name": s.name, "first_sprite_id": s.first_id,
+                        "sha256": hashlib.sha256(s.path.read_bytes()).hexdigest()} for s in ts.sheets],
+        })
+    counts = {k: sum(p["counts"][k] for p in parts) for k in parts[0]["counts"]}
+    manifest = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "name": out.name,
+        "corpus_version": CORPUS_VERSION,
+        "source": {"kind": "debian-packages", "packages": packages},
+        "tile_size": TILE,
+        "pixels": "uint8 RGB multiplied by alpha, (N, 32, 32, 3)",
+        "split": {"seed": SPLIT_SEED, "val_every": VAL_EVERY, "per": "source"},
+        "counts": counts,
+        "sources": sources,
+        "files": files,
+        "tile_fields": ["package", "tileset", "sheet", "x", "y", "sprite_id", "license"],
+        "tiles": {split: [row for p in parts for row in p["rows"][split]] for split in ("train", "val")},
+    }
+    atomic_write_text(out / "manifest.json", manifest_json(manifest))
+    return manifest
+
+
+def build_corpus(out: str | Path, debs: dict[str, Path] | None = None,
+                 packages: tuple[Package, ...] = PACKAGES) -> dict:
+    """Build the corpus into ``out`` from ``packages``; ``debs`` maps a package to a ``.deb`` to use."""
+    debs = debs or {}
+    unknown = sorted(set(debs) - {p.name for p in packages})
+    if unknown:
+        raise DataError(f"--deb for {unknown[0]!r}, which is not in the corpus; known: {[p.name for p in packages]}")
+    with tempfile.TemporaryDirectory(prefix="tessera-corpus-") as scratch_name:
+        scratch = Path(scratch_name)
+        tilesets, described = [], []
+        for package in packages:
+            root, version = package_root(package.name, package.marker, scratch, debs.get(package.name))
+            found = package.tilesets(root)
+            tilesets += found
+            described.append({"package": package.name, "version": version, "license": package.license,
+                              "tilesets": [t.tileset for t in found]})
+        return write_corpus(split_sources(tilesets), out, described)
+
+
+def deb_map(paths: list[str]) -> dict[str, Path]:
+    """``--deb`` files by the package each one holds (read from the file)."""
+    from training.debian import run
+
+    return {run(["dpkg-deb", "-f", p, "Package"]): Path(p) for p in paths}

@@ -1,0 +1,279 @@
+"""Training studies at a fixed budget: each row one change against a stated base.
+
+    python -m training.study recipe --jobs 3     # runs what is missing, resumes what was cut short
+    python -m training.study layout --jobs 3
+    python -m training.study report              # docs/study.json and the markdown tables
+
+Every row is a ``tessera train`` run in ``runs/study/<row>`` on one torch thread (runs go side by
+side, ``--jobs`` at a time), with the same number of inputs. Every run also keeps an EMA of its
+weights: it does not change the training, so the EMA row of the recipe study is the base run's
+EMA copy, at no extra cost. Rows are compared on their last validation (the end of the cosine
+schedule), per validation source.
+
+The recipe study runs in two stages: the learning rates against the seed's recipe, then every
+other change against the best learning rate (best = highest PSNR over all validation tiles). The
+layout study trains each layout with the recipe the first stage picked.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from training.train import SOURCE_METRICS
+
+INPUTS = 200_000
+DATA = "data/corpus"
+EMA = 0.999
+WARMUP = 10_000  # inputs of warm-up for the higher learning rates (5% of the budget)
+SEED_RECIPE = {"model": "dcae-s48", "lr": 9.375e-5}
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@dataclass(frozen=True)
+class Row:
+    name: str
+    base: str  # the row this one changes, or "" for a base
+    change: str  # what differs from the base, in words
+    settings: dict = field(default_factory=dict)  # tessera train options
+    ema_of: str = ""  # an EMA row: the EMA copy of this run, not a run of its own
+
+
+def lr_rows() -> list[Row]:
+    return [
+        Row("seed", "", "the seed's recipe: lr 9.375e-5, batch 64, L1, no augmentation", dict(SEED_RECIPE)),
+        Row("lr-3e-4", "seed", f"lr 3e-4, {WARMUP:,} inputs of warm-up",
+            {**SEED_RECIPE, "lr": 3e-4, "warmup": WARMUP}),
+        Row("lr-1e-3", "seed", f"lr 1e-3, {WARMUP:,} inputs of warm-up",
+            {**SEED_RECIPE, "lr": 1e-3, "warmup": WARMUP}),
+    ]
+
+
+def recipe_rows(best_lr: Row) -> list[Row]:
+    base = best_lr.settings
+    return lr_rows() + [
+        Row("ema", best_lr.name, f"the EMA of the weights (decay {EMA})", ema_of=best_lr.name),
+        Row("augment", best_lr.name, "random flips and quarter turns", {**base, "augment": True}),
+        Row("batch-32", best_lr.name, "batch 32 (twice the steps)", {**base, "batch_size": 32}),
+        Row("batch-128", best_lr.name, "batch 128 (half the steps)", {**base, "batch_size": 128}),
+        Row("l1+grad", best_lr.name, "L1 + 0.5 x image-gradient L1", {**base, "loss": "l1+grad"}),
+        Row("l1+ssim", best_lr.name, "L1 + 0.2 x (1 - SSIM)", {**base, "loss": "l1+ssim"}),
+    ]
+
+
+def layout_rows(recipe: dict) -> list[Row]:
+    """The latent layouts at ratio 48 and the seed's question at matched size, with ``recipe``."""
+    def using(model: str) -> dict:
+        return {**recipe, "model": model}
+
+    baseline = {k: v for k, v in recipe.items() if k not in ("model", "lr", "warmup")}
+    return [
+        Row("layout-f32c64", "", "64x1x1 (the seed's layout), dcae-s48-f32c64", using("dcae-s48-f32c64")),
+        Row("layout-f16c16", "layout-f32c64", "16x2x2, dcae-s48-f16c16", using("dcae-s48-f16c16")),
+        Row("layout-f8c4", "layout-f32c64", "4x4x4, dcae-s48-f8c4", using("dcae-s48-f8c4")),
+        Row("matched-dcae-m48", "", "DC-AE at ratio 48 with ~5M parameters (16x2x2), dcae-m48-f16c16",
+            using("dcae-m48-f16c16")),
+        Row("matched-baseline", "matched-dcae-m48", "the baseline at ratio 24 (5.05M), same recipe",
+            {**baseline, "model": "baseline", "lr": recipe.get("lr"), "warmup": recipe.get("warmup", 0)}),
+    ]
+
+
+# ---- running
+
+
+def train_command(row: Row, out: Path, data: str, resume: bool) -> list[str]:
+    if resume:
+        return [sys.executable, "-m", "training.train", "--out", str(out), "--resume", "--no-progress"]
+    command = [sys.executable, "-m", "training.train", "--out", str(out), "--data", data,
+               "--max-inputs", str(INPUTS), "--ema", str(EMA), "--threads", "1", "--eval-every", "20000",
+               "--checkpoint-dtype", "float16", "--no-progress", "--no-tensorboard"]
+    for key, value in row.settings.items():
+        if key == "ema":  # every study run keeps an EMA
+            continue
+        if value is True:
+            command.append(f"--{key.replace('_', '-')}")
+        elif value not in (None, False):
+            command += [f"--{key.replace('_', '-')}", str(value)]
+    return command
+
+
+def last_val(run: Path) -> dict | None:
+    path = run / "val.csv"
+    if not path.is_file():
+        return None
+    with open(path, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    return rows[-1] if rows else None
+
+
+def finished(run: Path) -> bool:
+    last = last_val(run)
+    return last is not None and int(last["inputs"]) >= INPUTS - 128
+
+
+def run_rows(rows: list[Row], out: Path, data: str, jobs: int) -> None:
+    """Train every row that has not finished, ``jobs`` at a time."""
+    todo = [r for r in rows if not r.ema_of and not finished(out / r.name)]
+    running: list[tuple[Row, subprocess.Popen]] = []
+    while todo or running:
+        while todo and len(running) < jobs:
+            row = todo.pop(0)
+            run = out / row.name
+            resume = (run / "last.state.pt").is_file()
+            run.mkdir(parents=True, exist_ok=True)
+            log = open(run / "train.log", "a")
+            print(f"{'resuming' if resume else 'starting'} {row.name}", flush=True)
+            running.append((row, subprocess.Popen(train_command(row, run, data, resume), cwd=ROOT,
+                                                  stdout=log, stderr=subprocess.STDOUT)))
+        time.sleep(5)
+        for item in list(running):
+            row, proc = item
+            if proc.poll() is not None:
+                running.remove(item)
+                print(f"{row.name}: exit {proc.returncode}", flush=True)
+                if proc.returncode != 0:
+                    raise SystemExit(f"{row.name} failed; see {out / row.name / 'train.log'}")
+
+
+# ---- results
+
+
+def row_result(row: Row, out: Path) -> dict | None:
+    last = last_val(out / (row.ema_of or row.name))
+    if last is None:
+        return None
+    # a plain row reports the trained weights (raw_*), the EMA row the run's EMA copy
+    if row.ema_of:
+        metrics = {k: float(v) for k, v in last.items() if k.startswith("val_") or k.endswith(tuple(f"_{m}" for m in SOURCE_METRICS))}
+    else:
+        metrics = {k[4:]: float(v) for k, v in last.items() if k.startswith("raw_")}
+    run = json.loads((out / (row.ema_of or row.name) / "run.json").read_text())
+    with open(out / (row.ema_of or row.name) / "train.csv", newline="") as handle:
+        train = list(csv.DictReader(handle))
+    return {"name": row.name, "base": row.base, "change": row.change, "inputs": int(last["inputs"]),
+            "finished": finished(out / (row.ema_of or row.name)), "model": run["spec"],
+            "settings": {k: run.get(k) for k in ("lr", "warmup", "batch_size", "augment", "loss")},
+            "train_s": float(train[-1]["elapsed_s"]) if train else None, "metrics": metrics}
+
+
+def best(results: list[dict], names: list[str]) -> dict:
+    candidates = [r for r in results if r and r["name"] in names and r["finished"]]
+    return max(candidates, key=lambda r: r["metrics"]["val_psnr"]) if candidates else None
+
+
+def sources_of(result: dict) -> list[str]:
+    return [k[: -len("_psnr")] for k in result["metrics"] if k.endswith("_psnr") and k != "val_psnr"]
+
+
+def markdown(results: list[dict]) -> str:
+    results = [r for r in results if r]
+    if not results:
+        return "(no results yet)\n"
+    sources = sources_of(results[0])
+    head = "| row | change (against) | all: L1 / PSNR / SSIM | " + " | ".join(f"{s} PSNR / SSIM" for s in sources)
+    lines = [head + " | train s |", "|---|---|---|" + "---|" * len(sources) + "---:|"]
+    for r in results:
+        m = r["metrics"]
+        cells = [f"{m[f'{s}_psnr']:.2f} / {m[f'{s}_ssim']:.3f}" for s in sources]
+        against = f" ({r['base']})" if r["base"] else ""
+        done = "" if r["finished"] else f" (at {r['inputs']:,})"
+        lines.append(f"| {r['name']}{done} | {r['change']}{against} | {m['val_l1']:.4f} / {m['val_psnr']:.2f} / "
+                     f"{m['val_ssim']:.3f} | " + " | ".join(cells) + f" | {r['train_s'] or 0:,.0f} |")
+    return "\n".join(lines) + "\n"
+
+
+def collect(out: Path, docs: Path) -> dict:
+    """Results of every study row found in ``out``; logs copied to ``docs/runs/study``."""
+    lr = [row_result(r, out) for r in lr_rows()]
+    picked = best(lr, [r.name for r in lr_rows()])
+    report = {"inputs": INPUTS, "data": DATA, "ema": EMA, "criterion": "val_psnr over all sources"}
+    if picked:
+        rows = recipe_rows(next(r for r in lr_rows() if r.name == picked["name"]))
+        report["recipe"] = [row_result(r, out) for r in rows]
+        report["best_lr"] = picked["name"]
+    layout = chosen_recipe(out)
+    if layout is not None:
+        report["layout_recipe"] = layout
+        report["layout"] = [row_result(r, out) for r in layout_rows(layout)]
+    for name in {r["name"] for part in ("recipe", "layout") for r in report.get(part, []) if r}:
+        src, dst = out / name, docs / "runs" / "study" / name
+        if (src / "val.csv").is_file():
+            dst.mkdir(parents=True, exist_ok=True)
+            for file in ("train.csv", "val.csv", "run.json"):
+                shutil.copyfile(src / file, dst / file)
+    return report
+
+
+def pick_recipe(results: list[dict], rows: list[Row]) -> dict:
+    """The best learning rate's settings plus every change that beat it on PSNR over all
+    validation tiles (of the two batch sizes, the better one); the EMA when its copy beat the
+    trained weights."""
+    by_name = {r["name"]: r for r in results if r}
+    base_row = next(r for r in rows if r.name == rows[-1].base)
+    base = by_name[base_row.name]["metrics"]["val_psnr"]
+    recipe = dict(base_row.settings)
+    batches = [r for r in rows if r.name.startswith("batch-") and r.name in by_name]
+    if batches:
+        winner = max(batches, key=lambda r: by_name[r.name]["metrics"]["val_psnr"])
+        rows = [r for r in rows if not r.name.startswith("batch-") or r is winner]
+    changes = [r for r in rows if r.base == base_row.name and r.name in by_name
+               and by_name[r.name]["metrics"]["val_psnr"] > base]
+    losses = [r for r in changes if "loss" in r.settings]
+    for r in changes:
+        if r in losses and r is not max(losses, key=lambda r: by_name[r.name]["metrics"]["val_psnr"]):
+            continue
+        if r.ema_of:
+            recipe["ema"] = EMA
+        else:
+            recipe.update({k: v for k, v in r.settings.items() if base_row.settings.get(k) != v})
+    return recipe
+
+
+def chosen_recipe(out: Path) -> dict | None:
+    """The recipe the recipe study picked (written when it ends)."""
+    path = out / "recipe.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m training.study", description=__doc__.splitlines()[0])
+    parser.add_argument("stage", choices=("lr", "recipe", "layout", "report"))
+    parser.add_argument("--out", default="runs/study", help="folder of the study's runs (default: %(default)s)")
+    parser.add_argument("--data", default=DATA, help="data set (default: %(default)s)")
+    parser.add_argument("--jobs", type=int, default=2, help="runs side by side (default: %(default)s)")
+    parser.add_argument("--docs", default="docs", help="where study.json and the logs go (default: %(default)s)")
+    args = parser.parse_args(argv)
+    out, docs = Path(args.out), Path(args.docs)
+    if args.stage in ("lr", "recipe"):
+        run_rows(lr_rows(), out, args.data, args.jobs)
+    if args.stage == "recipe":
+        lr = [row_result(r, out) for r in lr_rows()]
+        picked = next(r for r in lr_rows() if r.name == best(lr, [r.name for r in lr_rows()])["name"])
+        rows = recipe_rows(picked)
+        run_rows(rows, out, args.data, args.jobs)
+        recipe = pick_recipe([row_result(r, out) for r in rows], rows)
+        (out / "recipe.json").write_text(json.dumps(recipe, indent=2) + "\n")
+        print(f"picked recipe: {recipe}")
+    if args.stage == "layout":
+        recipe = chosen_recipe(out)
+        if recipe is None:
+            raise SystemExit(f"no {out / 'recipe.json'}: write the recipe the recipe study picked first")
+        run_rows(layout_rows(recipe), out, args.data, args.jobs)
+    report = collect(out, docs)
+    (docs / "study.json").write_text(json.dumps(report, indent=2) + "\n")
+    for part in ("recipe", "layout"):
+        if part in report:
+            print(f"\n{part} ({INPUTS:,} inputs each, on {args.data}):\n")
+            print(markdown(report[part]))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
