@@ -12,6 +12,8 @@ import time
 from collections.abc import AsyncIterator
 
 from fastapi import FastAPI
+from fastapi.staticfiles import StaticFiles
+from swagger_ui_bundle import swagger_ui_path
 
 from service.auth import KeyCheck, load_keys
 from service.codecs import Limits
@@ -21,7 +23,7 @@ from service.malloc_tuning import keep_freed_memory
 from service.metrics import Metrics, RequestMetricsMiddleware
 from service.openapi import install_openapi
 from service.registry import Registry, load_registry
-from service.routes import ServiceState, router
+from service.routes import DOCS_ASSETS, ServiceState, router
 from service.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -99,6 +101,8 @@ def create_app(settings: Settings | None = None, registry: Registry | None = Non
         summary="32x32 game tiles <-> DC-AE latents",
         description=DESCRIPTION,
         lifespan=lifespan,
+        redirect_slashes=False,  # a redirect would be built from the client's Host header
+        openapi_url=None, docs_url=None, redoc_url=None,  # served by service.routes: local assets, key rule
     )
     app.state.settings = settings
     app.state.metrics = metrics
@@ -107,5 +111,6 @@ def create_app(settings: Settings | None = None, registry: Registry | None = Non
     install_error_handlers(app)
     app.include_router(router)
     install_openapi(app)
+    app.mount(f"/{DOCS_ASSETS}", StaticFiles(directory=swagger_ui_path), name="docs-assets")
     app.add_middleware(RequestMetricsMiddleware, metrics=metrics)
     return app

@@ -74,6 +74,7 @@ def serve(args: argparse.Namespace) -> int:
     from model import CheckpointError
     from service.app import create_app
     from service.auth import load_keys
+    from service.http_limits import HttpLimits, guarded_protocol
     from service.registry import RegistryError, load_registry
     from service.shutdown import DrainingServer
 
@@ -93,6 +94,8 @@ def serve(args: argparse.Namespace) -> int:
         log_level=args.log_level,
         access_log=args.access_log,
         timeout_graceful_shutdown=settings.shutdown_grace_s,
+        timeout_keep_alive=settings.keep_alive_s,
+        http=guarded_protocol(HttpLimits(settings.max_header_bytes, settings.header_timeout_s, settings.body_timeout_s)),
     )
     server = DrainingServer(config, app, settings)
     server.run()

@@ -13,6 +13,7 @@ import binascii
 import functools
 import io
 import math
+import re
 import warnings
 from dataclasses import dataclass
 
@@ -25,11 +26,14 @@ from service.schemas import DecodeJSONRequest, EncodeJSONRequest
 from tiles import TILE, cut, premultiply, to_rgb
 
 IMAGE_FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "BMP")  # Pillow decoders accepted from clients
+MAX_JPEG_SCANS = 100  # libjpeg's progressive script writes 10; mozjpeg's up to about 20
+MAX_PNG_CHUNKS = 10_000  # a 16 MiB PNG in libpng's 8 KiB IDAT chunks has 2,000
 IMAGE_TYPES = ("image/png", "image/jpeg", "image/webp", "image/gif", "image/bmp")
 NPY = "application/x-npy"
 JSON = "application/json"
 PNG = "image/png"
 _NPY_MAGIC = b"\x93NUMPY"
+NPY_MAX_HEADER_BYTES = 4096  # numpy.save writes a few dozen bytes; numpy itself reads up to 10,000
 _NPY_HEADER_READERS = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
 
 
@@ -54,22 +58,56 @@ class TileBatch:
         return self.grids[0] if len(self.grids) == 1 else None
 
 
+def _clean(exc: Exception) -> str:
+    """A library's message without object reprs (``<_io.BytesIO object at 0x...>``)."""
+    return re.sub(r"<[^<>]* at 0x[0-9a-fA-F]+>", "the data", str(exc))[:200]
+
+
 # -- pixels ------------------------------------------------------------------------------------
 
 
+def check_structure(data: bytes, label: str) -> None:
+    """Refuse images built to be slow to decode, before any decoder sees them: JPEGs with more
+    scans than an encoder writes (each scan is a pass over every pixel) and PNGs of very many
+    chunks (Pillow reads each one in Python)."""
+    if data.startswith(b"\xff\xd8"):
+        # 0xFF 0xDA starts a scan; entropy-coded data never holds it (0xFF is stuffed with 0x00)
+        scans = data.count(b"\xff\xda")
+        if scans > MAX_JPEG_SCANS:
+            raise InvalidInput(f"{label} is a JPEG of {scans} scans; at most {MAX_JPEG_SCANS} are accepted "
+                               f"(encoders write about 10)", code="too_many_scans")
+    elif data.startswith(b"\x89PNG\r\n\x1a\n"):
+        offset, chunks = 8, 0
+        while offset + 8 <= len(data):
+            chunks += 1
+            if chunks > MAX_PNG_CHUNKS:
+                raise InvalidInput(f"{label} is a PNG of more than {MAX_PNG_CHUNKS} chunks; write it with fewer, "
+                                   f"larger IDAT chunks", code="too_many_chunks")
+            length = int.from_bytes(data[offset : offset + 4], "big")
+            if data[offset + 4 : offset + 8] == b"IEND":
+                break
+            offset += 12 + length
+
+
 def decode_image(data: bytes, limits: Limits, label: str = "image") -> tuple[np.ndarray, tuple[int, int]]:
-    """One image (a 32x32 tile or a sheet with sides multiple of 32) -> its tiles and [rows, cols]."""
+    """One image (a 32x32 tile or a sheet with sides multiple of 32) -> its tiles and [rows, cols].
+
+    Slow to run on large images: call it off the event loop (service.offload)."""
     if not data:
         raise BadRequest(f"{label} is empty; send PNG bytes (a 32x32 tile or a sheet)")
+    check_structure(data, label)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             image = Image.open(io.BytesIO(data), formats=IMAGE_FORMATS)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise TooLarge(f"{label} declares too many pixels ({exc}); send at most {limits.max_pixels} pixels") from None
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError) as exc:
+    except UnidentifiedImageError:
+        raise BadRequest(f"{label} is not an image in a format this service reads; send {', '.join(IMAGE_FORMATS)} data"
+                         ) from None
+    except (OSError, ValueError, SyntaxError, EOFError) as exc:
         raise BadRequest(
-            f"{label} is not a readable image ({type(exc).__name__}: {exc}); send {', '.join(IMAGE_FORMATS)} data"
+            f"{label} is not a readable image ({type(exc).__name__}: {_clean(exc)}); send {', '.join(IMAGE_FORMATS)} data"
         ) from None
     with image:
         width, height = image.size
@@ -84,13 +122,14 @@ def decode_image(data: bytes, limits: Limits, label: str = "image") -> tuple[np.
         rows, cols = height // TILE, width // TILE
         if rows * cols > limits.max_tiles:
             raise TooLarge(f"{label} holds {rows * cols} tiles ({rows}x{cols}); the limit is {limits.max_tiles} per request")
-        if getattr(image, "n_frames", 1) > 1:
-            raise InvalidInput(f"{label} is animated ({image.n_frames} frames); send a single frame", code="animated_image")
+        if getattr(image, "is_animated", False):  # n_frames would read every frame first
+            raise InvalidInput(f"{label} is animated (it has several frames); send a single frame", code="animated_image")
         try:
             image.load()
             rgb = to_rgb(image)
         except (OSError, ValueError, SyntaxError, EOFError) as exc:
-            raise BadRequest(f"{label} is truncated or corrupt ({type(exc).__name__}: {exc}); send the whole file") from None
+            raise BadRequest(f"{label} is truncated or corrupt ({type(exc).__name__}: {_clean(exc)}); send the whole file"
+                             ) from None
     return cut(rgb)
 
 
@@ -121,6 +160,10 @@ def tiles_from_json(data: bytes, limits: Limits) -> TileBatch:
 # -- npy ---------------------------------------------------------------------------------------
 
 
+class NpyHeaderError(ValueError):
+    """A header that is not what ``numpy.save`` writes; the message is ours, never numpy's."""
+
+
 def _npy_data_offset(data: bytes) -> int:
     """Where the array data starts: magic and version (8 bytes), header length (2 bytes in
     format 1.0, 4 in 2.0), header."""
@@ -134,18 +177,30 @@ def _npy_data_offset(data: bytes) -> int:
 def _npy_header(prefix: bytes) -> tuple[tuple[int, ...], bool, np.dtype]:
     """Shape, Fortran order and dtype of one .npy header (magic and version included).
 
+    numpy parses the header as a Python literal, so a crafted one can hold literals numpy lets
+    through (a bool as a dimension) or a nesting deep enough to exhaust the parser: every
+    failure raises ``NpyHeaderError`` with a message of ours, and the dimensions must be plain
+    ints.
+
     Cached: clients send the same few headers again and again, and parsing one (numpy runs
     ``ast.literal_eval`` on it) costs more than reading a whole tile. Headers that fail to
     parse raise and are not cached.
     """
     stream = io.BytesIO(prefix)
-    version = np.lib.format.read_magic(stream)
-    if version not in _NPY_HEADER_READERS:
-        raise ValueError(f"format version {version[0]}.{version[1]} is not supported (1.0 and 2.0 are)")
-    header = _NPY_HEADER_READERS[version](stream)
+    try:
+        version = np.lib.format.read_magic(stream)
+        if version not in _NPY_HEADER_READERS:
+            raise NpyHeaderError(f"format version {version[0]}.{version[1]} is not supported (1.0 and 2.0 are)")
+        shape, fortran_order, dtype = _NPY_HEADER_READERS[version](stream, max_header_size=NPY_MAX_HEADER_BYTES)
+    except NpyHeaderError:
+        raise
+    except Exception:  # noqa: BLE001 - whatever a crafted literal makes numpy raise (incl. RecursionError)
+        raise NpyHeaderError("it is not a header as numpy.save writes it") from None
+    if not all(type(d) is int and d >= 0 for d in shape):  # numpy accepts True, and -1, as a dimension
+        raise NpyHeaderError("'shape' must be a tuple of non-negative integers")
     if stream.tell() != len(prefix):
-        raise ValueError("the header length field does not match the header")
-    return header
+        raise NpyHeaderError("the header length field does not match the header")
+    return shape, fortran_order, dtype
 
 
 def read_npy(data: bytes) -> np.ndarray:
@@ -159,9 +214,13 @@ def read_npy(data: bytes) -> np.ndarray:
         raise BadRequest("body is not an .npy file (no \\x93NUMPY magic); write it with numpy.save")
     try:
         start = _npy_data_offset(data)
+        if start > NPY_MAX_HEADER_BYTES:
+            raise NpyHeaderError(f"the header is longer than {NPY_MAX_HEADER_BYTES} bytes")
         shape, fortran_order, dtype = _npy_header(data[:start])
-    except (ValueError, OSError, EOFError, SyntaxError, TypeError) as exc:
-        raise BadRequest(f"unreadable .npy header ({exc}); write it with numpy.save") from None
+    except NpyHeaderError as exc:
+        raise BadRequest(f"unreadable .npy header: {exc}; write it with numpy.save") from None
+    except ValueError:
+        raise BadRequest("unreadable .npy header: it is cut short; write it with numpy.save") from None
     if dtype.hasobject or dtype.names is not None or dtype.subdtype is not None or dtype.itemsize == 0:
         raise InvalidInput(f"dtype {dtype} is not accepted; send a plain numeric array", code="bad_dtype")
     declared = math.prod(shape) * dtype.itemsize  # Python ints: no overflow
@@ -251,8 +310,12 @@ def parse_json(schema, data: bytes):
         errors = exc.errors(include_url=False)
         if any(err["type"] == "json_invalid" for err in errors):
             raise BadRequest(f"body is not valid JSON ({errors[0]['msg']}); send a JSON object") from None
-        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}" for e in errors[:5])
         fields = ", ".join(schema.model_fields)
+        unknown = [str(e["loc"][0]) for e in errors if e["type"] == "extra_forbidden" and len(e["loc"]) == 1]
+        if unknown:
+            raise InvalidInput(f"unknown JSON field(s) {sorted(unknown)[:5]}; the body takes {fields}",
+                               code="unknown_field") from None
+        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}" for e in errors[:5])
         raise InvalidInput(f"JSON body does not match the schema ({problems}); expected fields: {fields}", code="bad_json") from None
 
 

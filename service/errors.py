@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import logging
 import math
+import traceback
+import uuid
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -163,10 +165,43 @@ async def _client_disconnect(request: Request, exc: ClientDisconnect) -> JSONRes
     return JSONResponse(error_body(error.detail, error.code), status_code=error.status)
 
 
-async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
-    logger.exception("unhandled error on %s %s", request.method, request.url.path)
-    detail = f"internal error ({type(exc).__name__}); this is a bug in the service, please report it"
-    return JSONResponse(error_body(detail, "internal_error"), status_code=500)
+class ErrorGuard:
+    """ASGI middleware: an exception nothing else handled becomes a 500 with a request id, one
+    log line (not tracebacks) and ``Connection: close``, so that a keep-alive client's next
+    request goes on a fresh connection.
+
+    Starlette's own handler for ``Exception`` re-raises after answering, so uvicorn would log
+    the traceback a second time; this one answers and stops there.
+    """
+
+    def __init__(self, app) -> None:
+        self.app = app
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def tracking_send(message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracking_send)
+        except Exception as exc:  # noqa: BLE001 - the last line of defence
+            request_id = uuid.uuid4().hex[:16]
+            where = traceback.extract_tb(exc.__traceback__)[-1]
+            logger.error("request %s %s %s failed: %s: %s (%s:%d)", request_id, scope.get("method"), scope.get("path"),
+                         type(exc).__name__, str(exc)[:200], where.filename, where.lineno)
+            if started:
+                return  # the answer has begun: the connection ends here
+            detail = f"internal error (request id {request_id}); this is a bug in the service, please report it"
+            response = JSONResponse(error_body(detail, "internal_error"), status_code=500,
+                                    headers={"Connection": "close", "X-Request-Id": request_id})
+            await response(scope, receive, send)
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -175,4 +210,4 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(ClientDisconnect, _client_disconnect)
-    app.add_exception_handler(Exception, _unexpected_error)
+    app.add_middleware(ErrorGuard)  # inside every other middleware, so they see the 500

@@ -17,6 +17,7 @@ from service.batching import Ticket
 from service.cache import LatentCache, tile_hashes
 from service.errors import InferenceFailed
 from service.metrics import Metrics
+from service.offload import INLINE_TILES, in_pool
 from service.registry import ServedModel
 
 
@@ -41,7 +42,7 @@ async def encode_tiles(
         latents = await model.encoder.submit(tiles, deadline=deadline, gone=gone, ticket=ticket)
         return Encoded(_finite(model, latents), 0)
 
-    hashes = tile_hashes(tiles)
+    hashes = tile_hashes(tiles) if len(tiles) <= INLINE_TILES else await in_pool(lambda: tile_hashes(tiles))
     hits = {h: z for h, z in (await cache.get_many(model.key, hashes)).items() if z.shape == model.latent_shape}
     misses: dict[bytes, int] = {}  # tile hash -> its row in `computed`
     miss_rows: list[int] = []

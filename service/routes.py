@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request
+from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST
@@ -19,6 +20,7 @@ from service.cache import LatentCache
 from service.codecs import IMAGE_TYPES, JSON, NPY, PNG, Limits
 from service.errors import BadRequest, InvalidInput, NotReady, Overloaded, ShuttingDown, TooLarge, UnsupportedMediaType, error_body
 from service.metrics import Metrics
+from service.offload import INLINE_BYTES, off_loop
 from service.pipeline import decode_latents, encode_tiles
 from service.registry import Registry
 from service.schemas import (
@@ -100,6 +102,7 @@ KEY = [Depends(require_key)]
 ModelName = Annotated[str | None, Query(description="model name (GET /v1/models); omitted: the default model", max_length=200)]
 
 router = APIRouter()
+DOCS_ASSETS = "docs-assets"  # relative, so the page works behind a proxy's path prefix
 
 
 # -- helpers ---------------------------------------------------------------------------------
@@ -143,6 +146,10 @@ async def client_gone(request: Request) -> AsyncIterator[asyncio.Task]:
 
 
 def _content_type(request: Request, accepted: tuple[str, ...]) -> str:
+    encoding = request.headers.get("content-encoding", "identity").strip().lower()
+    if encoding not in ("identity", ""):
+        raise UnsupportedMediaType(f"Content-Encoding {encoding!r} is not accepted; send the body uncompressed "
+                                   f"(PNG and npy bodies are compact already)", code="unsupported_encoding")
     kind = codecs.media_type(request.headers.get("content-type"))
     if kind not in accepted:
         shown = kind or "no Content-Type"
@@ -224,12 +231,11 @@ async def _encode(request: Request, state: ServiceState, model: str | None) -> R
     answer = codecs.negotiate(request.headers.get("accept"), (JSON, NPY))
     with served.encoder.expect() as ticket:  # a batch waiting for company waits for this request
         body = await read_body(request, state.settings.max_body_bytes)
-        if kind == NPY:
+        if kind == NPY and len(body) <= INLINE_BYTES:
             batch = codecs.tiles_from_npy(body, state.limits)
-        elif kind == JSON:
-            batch = codecs.tiles_from_json(body, state.limits)
-        else:
-            batch = codecs.tiles_from_image(body, state.limits)
+        else:  # images, JSON of base64 images and large arrays decode in the decode threads
+            reader = {NPY: codecs.tiles_from_npy, JSON: codecs.tiles_from_json}.get(kind, codecs.tiles_from_image)
+            batch = await off_loop(lambda: reader(body, state.limits), state.settings.decode_timeout_s, "the body")
         async with client_gone(request) as gone:
             result = await encode_tiles(
                 served, batch.tiles, cache=state.cache, metrics=state.metrics,
@@ -296,10 +302,16 @@ async def _decode(request: Request, state: ServiceState, model: str | None, colu
     max_tiles = state.limits.max_tiles
     with served.decoder.expect() as ticket:  # a batch waiting for company waits for this request
         body = await read_body(request, state.settings.max_body_bytes)
-        if kind == NPY:
-            latents, body_columns = codecs.latents_from_npy(body, served.latent_shape, max_tiles, served.name), None
+
+        def read() -> tuple:
+            if kind == NPY:
+                return codecs.latents_from_npy(body, served.latent_shape, max_tiles, served.name), None
+            return codecs.latents_from_json(body, served.latent_shape, max_tiles, served.name)
+
+        if kind == NPY and len(body) <= INLINE_BYTES:
+            latents, body_columns = read()
         else:
-            latents, body_columns = codecs.latents_from_json(body, served.latent_shape, max_tiles, served.name)
+            latents, body_columns = await off_loop(read, state.settings.decode_timeout_s, "the body")
         async with client_gone(request) as gone:
             tiles = await decode_latents(
                 served, latents, deadline=started + state.settings.request_timeout_s, gone=gone, ticket=ticket
@@ -337,10 +349,12 @@ async def models(state: State) -> dict:
 
 
 @router.get("/healthz", summary="The process is alive", response_model=HealthResponse)
+@router.head("/healthz", include_in_schema=False)
 async def healthz() -> dict:
     return {"status": "ok"}
 
 
+@router.head("/readyz", include_in_schema=False)
 @router.get(
     "/readyz",
     summary="Every model is loaded and warmed up",
@@ -358,6 +372,23 @@ async def readyz(request: Request) -> Response:
     if reason is not None:
         return JSONResponse(error_body(f"not ready: {reason}", "not_ready"), status_code=503, headers={"Retry-After": "1"})
     return JSONResponse({"status": "ready"})
+
+
+@router.get("/openapi.json", include_in_schema=False)
+async def openapi_document(request: Request) -> JSONResponse:
+    """The API description; behind the API key like /v1/models unless TESSERA_OPENAPI_PUBLIC."""
+    if not request.app.state.settings.openapi_public:
+        request.app.state.keys.check(request.headers.get("authorization"))
+    return JSONResponse(request.app.openapi())
+
+
+@router.get("/docs", include_in_schema=False)
+async def docs(request: Request) -> Response:
+    """Swagger UI from the swagger-ui-bundle package's files: no CDN, so it works offline."""
+    if not request.app.state.settings.openapi_public:
+        request.app.state.keys.check(request.headers.get("authorization"))
+    return get_swagger_ui_html(openapi_url="openapi.json", title="Tessera API", swagger_js_url=f"{DOCS_ASSETS}/swagger-ui-bundle.js",
+                               swagger_css_url=f"{DOCS_ASSETS}/swagger-ui.css", swagger_favicon_url=f"{DOCS_ASSETS}/favicon-32x32.png")
 
 
 @router.get("/metrics", summary="Prometheus metrics", response_class=Response)

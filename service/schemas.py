@@ -18,7 +18,7 @@ TILE_PNG_EXAMPLE = (  # a 32x32 PNG tile: red top half, blue bottom half
 class EncodeJSONRequest(BaseModel):
     """``application/json`` body of ``POST /v1/encode``."""
 
-    model_config = ConfigDict(json_schema_extra={"examples": [{"images": [TILE_PNG_EXAMPLE]}]})
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"images": [TILE_PNG_EXAMPLE]}]})
 
     images: list[str] = Field(min_length=1, description="base64 images (PNG or another safe format), each a tile or a sheet")
 
@@ -26,7 +26,7 @@ class EncodeJSONRequest(BaseModel):
 class DecodeJSONRequest(BaseModel):
     """``application/json`` body of ``POST /v1/decode``."""
 
-    model_config = ConfigDict(json_schema_extra={"examples": [{"latents": [[0.0] * 64], "columns": 1}]})
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"latents": [[0.0] * 64], "columns": 1}]})
 
     latents: list[list[StrictFloat]] | list[list[list[list[StrictFloat]]]] = Field(  # true/false are no numbers
         min_length=1, description="[N, *latent_shape] or flattened [N, prod(latent_shape)]"

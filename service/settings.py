@@ -65,6 +65,17 @@ class Settings(BaseSettings):
     max_requests_in_flight: int = Field(
         default=256, ge=1, description="most /v1/encode and /v1/decode requests handled at once; beyond: 503 with Retry-After"
     )
+    decode_timeout_s: float = Field(
+        default=2.0, gt=0, description="an image that takes longer to decode is refused (422 decode_timeout)"
+    )
+
+    # HTTP layer (service.http_limits; `tessera serve` only)
+    max_header_bytes: int = Field(default=64 * 1024, ge=1024, description="largest request head (request line + headers); beyond: 431")
+    header_timeout_s: float = Field(
+        default=10.0, gt=0, description="a request head must arrive within this; beyond: 408 (an idle new connection is closed)"
+    )
+    body_timeout_s: float = Field(default=30.0, gt=0, description="a request body must arrive within this after its head; beyond: 408")
+    keep_alive_s: float = Field(default=5.0, gt=0, description="an idle keep-alive connection is closed after this")
 
     # cache (service.cache)
     redis_url: str | None = Field(default=None, description="redis://host:port/db for the latent cache; unset: in-process cache")
@@ -76,6 +87,9 @@ class Settings(BaseSettings):
     # access
     api_keys: str | None = Field(default=None, description="comma-separated API keys, or @/path/to/file with one per line")
     metrics_public: bool = Field(default=True, description="whether /metrics is readable without an API key")
+    openapi_public: bool = Field(
+        default=False, description="whether /openapi.json and /docs are readable without an API key (they name the models and limits)"
+    )
 
     # `tessera serve` only
     host: str = Field(default="127.0.0.1", description="address `tessera serve` listens on")

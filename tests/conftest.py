@@ -102,3 +102,9 @@ def redis_server():
 def prometheus_binary() -> str:
     """Path of Debian's ``prometheus`` (skips without it, except under CI)."""
     return require_binary("prometheus", "prometheus")
+
+
+@pytest.fixture(scope="session")
+def promtool_binary() -> str:
+    """Path of ``promtool`` (Debian's ``prometheus`` package ships it; skips without it, except under CI)."""
+    return require_binary("promtool", "prometheus")

@@ -1,4 +1,5 @@
-"""Compare checkpoints on a data set's validation split: size, ratio, L1/MSE/PSNR and speed.
+"""Compare checkpoints on a data set's validation split: size, ratio, L1/MSE/PSNR/SSIM per
+validation source and over all of them, and speed.
 
     report = evaluate_checkpoints(["checkpoints/baseline.safetensors"], "data/dcss")
     print(write_report(report, "docs/evaluation"))  # writes .md and .json
@@ -15,7 +16,7 @@ import torch
 import model as models
 from training.atomic import atomic_write_text
 from training.dataset import TileData
-from training.metrics import evaluate_reconstruction
+from training.metrics import metrics_from_sums, reconstruction_sums
 from training.plots import display_name
 
 MIN_TIMING_S = 1.0  # time each direction for at least this long (and at least 3 batches)
@@ -33,11 +34,15 @@ def tiles_per_second(fn, x: torch.Tensor) -> float:
     return runs * len(x) / (time.perf_counter() - start)
 
 
-def evaluate_checkpoint(path: str | Path, val: torch.Tensor, batch_size: int = 256, device: str = "cpu") -> dict:
-    """One row of the table for checkpoint ``path``; ``val``: uint8 (N, 3, 32, 32)."""
+def evaluate_checkpoint(path: str | Path, val: dict[str, torch.Tensor], batch_size: int = 256,
+                        device: str = "cpu") -> dict:
+    """One row of the table for checkpoint ``path``; ``val``: uint8 (N, 3, 32, 32) tiles per source."""
     module, info = models.load_checkpoint(path, device=device)
-    metrics = evaluate_reconstruction(module, val, batch_size, device)
-    x = val[:batch_size].to(device).float().div(255.0)
+    sums = {src: reconstruction_sums(module, tiles, batch_size, device) for src, tiles in val.items()}
+    metrics = metrics_from_sums(*torch.stack(list(sums.values())).sum(0).tolist())
+    per_source = {src: metrics_from_sums(*s.tolist()) for src, s in sums.items()}
+    every = torch.cat(list(val.values()))
+    x = every[:batch_size].to(device).float().div(255.0)
     if len(x) < batch_size:  # a small validation split: repeat it to fill the timing batch
         x = x.repeat(-(-batch_size // len(x)), 1, 1, 1)[:batch_size]
     z = module.encode(x).detach()
@@ -53,6 +58,7 @@ def evaluate_checkpoint(path: str | Path, val: torch.Tensor, batch_size: int = 2
         "stored_dtype": info.get("stored_dtype"),
         "inputs_seen": training.get("inputs_seen"),
         **metrics,
+        "sources": {src: {k[len("val_"):]: v for k, v in m.items()} for src, m in per_source.items()},
         "encode_tiles_per_s": tiles_per_second(module.encode, x),
         "decode_tiles_per_s": tiles_per_second(module.decode, z),
     }
@@ -61,10 +67,10 @@ def evaluate_checkpoint(path: str | Path, val: torch.Tensor, batch_size: int = 2
 def evaluate_checkpoints(paths: list[str], data: str | Path, batch_size: int = 256, device: str = "cpu") -> dict:
     """Rows for every checkpoint plus what they were measured on."""
     tiles = TileData.open(data)
-    val = torch.from_numpy(tiles.split("val")).permute(0, 3, 1, 2).contiguous()
+    val = {src: torch.from_numpy(t).permute(0, 3, 1, 2).contiguous() for src, t in tiles.val_sources().items()}
     rows = [evaluate_checkpoint(p, val, batch_size, device) for p in paths]
     return {
-        "data": tiles.describe(),
+        "data": {**tiles.describe(), "source_counts": {src: len(t) for src, t in val.items()}},
         "device": device,
         "threads": torch.get_num_threads(),
         "batch_size": batch_size,
@@ -74,22 +80,35 @@ def evaluate_checkpoints(paths: list[str], data: str | Path, batch_size: int = 2
 
 
 def markdown_table(report: dict) -> str:
-    head = ("| model | params | ratio | latent | val L1 | val MSE | val PSNR (dB) | encode tiles/s | decode tiles/s "
-            "| inputs seen |\n|---|---:|---:|---|---:|---:|---:|---:|---:|---:|\n")
+    rows = report["rows"]
+    sources = list(rows[0]["sources"]) if rows else []
+    several = len(sources) > 1
+    head = "| model | params | ratio | latent | val L1 | val PSNR (dB) | val SSIM |"
+    rule = "|---|---:|---:|---|---:|---:|---:|"
+    if several:
+        head += "".join(f" {src} PSNR / SSIM |" for src in sources)
+        rule += "---:|" * len(sources)
+    head += " encode tiles/s | decode tiles/s | inputs seen |\n"
+    rule += "---:|---:|---:|\n"
     lines = []
-    for r in report["rows"]:
+    for r in rows:
         seen = f"{r['inputs_seen']:,}" if r["inputs_seen"] is not None else "?"
+        cells = "".join(f" {r['sources'][s]['psnr']:.2f} / {r['sources'][s]['ssim']:.3f} |" for s in sources) \
+            if several else ""
         lines.append(
             f"| {r['name']} | {r['params'] / 1e6:.2f}M | {r['compression_ratio']:g} "
             f"| {'x'.join(map(str, r['latent_shape']))} "
-            f"| {r['val_l1']:.5f} | {r['val_mse']:.6f} | {r['val_psnr']:.2f} | {r['encode_tiles_per_s']:,.0f} "
+            f"| {r['val_l1']:.5f} | {r['val_psnr']:.2f} | {r['val_ssim']:.3f} |{cells} {r['encode_tiles_per_s']:,.0f} "
             f"| {r['decode_tiles_per_s']:,.0f} | {seen} |"
         )
     data = report["data"]
-    note = (f"\nValidation split of `{data['name']}` ({data['counts']['val']} tiles, manifest sha256 "
-            f"{data['manifest_sha256'][:12]}); speed on {report['device']} with {report['threads']} thread(s), "
-            f"batch {report['batch_size']}, torch {report['torch']}.\n")
-    return head + "\n".join(lines) + "\n" + note
+    counts = data.get("source_counts") or {}
+    described = ", ".join(f"{s} {counts[s]}" for s in counts) if several else f"{data['counts']['val']} tiles"
+    note = (f"\nValidation split of `{data['name']}` ({described}; manifest sha256 "
+            f"{data['manifest_sha256'][:12]}); val columns pool every validation tile; speed on "
+            f"{report['device']} with {report['threads']} thread(s), batch {report['batch_size']}, "
+            f"torch {report['torch']}.\n")
+    return head + rule + "\n".join(lines) + "\n" + note
 
 
 def write_report(report: dict, out: str | Path) -> str:

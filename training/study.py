@@ -1,8 +1,7 @@
 """Training studies at a fixed budget: each row one change against a stated base.
 
-    python -m training.study recipe --jobs 3     # runs what is missing, resumes what was cut short
-    python -m training.study layout --jobs 3
-    python -m training.study report              # docs/study.json and the markdown tables
+    python -m training.study all --jobs 3     # runs what is missing, resumes what was cut short
+    python -m training.study report           # docs/study.json and the markdown tables
 
 Every row is a ``tessera train`` run in ``runs/study/<row>`` on one torch thread (runs go side by
 side, ``--jobs`` at a time), with the same number of inputs. Every run also keeps an EMA of its
@@ -12,7 +11,9 @@ schedule), per validation source.
 
 The recipe study runs in two stages: the learning rates against the seed's recipe, then every
 other change against the best learning rate (best = highest PSNR over all validation tiles). The
-layout study trains each layout with the recipe the first stage picked.
+layout study needs only the first stage: every layout trains with the best learning rate's
+settings, and the 64x1x1 row is that run itself (dcae-s48 is dcae-s48-f32c64). Both studies can
+therefore run side by side once the learning rates are done.
 """
 
 from __future__ import annotations
@@ -43,7 +44,8 @@ class Row:
     base: str  # the row this one changes, or "" for a base
     change: str  # what differs from the base, in words
     settings: dict = field(default_factory=dict)  # tessera train options
-    ema_of: str = ""  # an EMA row: the EMA copy of this run, not a run of its own
+    run: str = ""  # report this other row's run instead of training one
+    ema: bool = False  # report the run's EMA copy rather than its trained weights
 
 
 def lr_rows() -> list[Row]:
@@ -59,7 +61,7 @@ def lr_rows() -> list[Row]:
 def recipe_rows(best_lr: Row) -> list[Row]:
     base = best_lr.settings
     return lr_rows() + [
-        Row("ema", best_lr.name, f"the EMA of the weights (decay {EMA})", ema_of=best_lr.name),
+        Row("ema", best_lr.name, f"the EMA of the weights (decay {EMA})", run=best_lr.name, ema=True),
         Row("augment", best_lr.name, "random flips and quarter turns", {**base, "augment": True}),
         Row("batch-32", best_lr.name, "batch 32 (twice the steps)", {**base, "batch_size": 32}),
         Row("batch-128", best_lr.name, "batch 128 (half the steps)", {**base, "batch_size": 128}),
@@ -68,20 +70,23 @@ def recipe_rows(best_lr: Row) -> list[Row]:
     ]
 
 
-def layout_rows(recipe: dict) -> list[Row]:
-    """The latent layouts at ratio 48 and the seed's question at matched size, with ``recipe``."""
+def layout_rows(best_lr: Row) -> list[Row]:
+    """The latent layouts at ratio 48 and the seed's question at matched size, all with the best
+    learning rate's settings."""
+    recipe = best_lr.settings
+
     def using(model: str) -> dict:
         return {**recipe, "model": model}
 
-    baseline = {k: v for k, v in recipe.items() if k not in ("model", "lr", "warmup")}
     return [
-        Row("layout-f32c64", "", "64x1x1 (the seed's layout), dcae-s48-f32c64", using("dcae-s48-f32c64")),
+        Row("layout-f32c64", "", f"64x1x1 (the seed's layout), dcae-s48 = dcae-s48-f32c64 (the {best_lr.name} run)",
+            run=best_lr.name),
         Row("layout-f16c16", "layout-f32c64", "16x2x2, dcae-s48-f16c16", using("dcae-s48-f16c16")),
         Row("layout-f8c4", "layout-f32c64", "4x4x4, dcae-s48-f8c4", using("dcae-s48-f8c4")),
         Row("matched-dcae-m48", "", "DC-AE at ratio 48 with ~5M parameters (16x2x2), dcae-m48-f16c16",
             using("dcae-m48-f16c16")),
         Row("matched-baseline", "matched-dcae-m48", "the baseline at ratio 24 (5.05M), same recipe",
-            {**baseline, "model": "baseline", "lr": recipe.get("lr"), "warmup": recipe.get("warmup", 0)}),
+            using("baseline")),
     ]
 
 
@@ -120,7 +125,7 @@ def finished(run: Path) -> bool:
 
 def run_rows(rows: list[Row], out: Path, data: str, jobs: int) -> None:
     """Train every row that has not finished, ``jobs`` at a time."""
-    todo = [r for r in rows if not r.ema_of and not finished(out / r.name)]
+    todo = [r for r in rows if not r.run and not finished(out / r.name)]
     running: list[tuple[Row, subprocess.Popen]] = []
     while todo or running:
         while todo and len(running) < jobs:
@@ -146,19 +151,20 @@ def run_rows(rows: list[Row], out: Path, data: str, jobs: int) -> None:
 
 
 def row_result(row: Row, out: Path) -> dict | None:
-    last = last_val(out / (row.ema_of or row.name))
+    run_dir = out / (row.run or row.name)
+    last = last_val(run_dir)
     if last is None:
         return None
     # a plain row reports the trained weights (raw_*), the EMA row the run's EMA copy
-    if row.ema_of:
+    if row.ema:
         metrics = {k: float(v) for k, v in last.items() if k.startswith("val_") or k.endswith(tuple(f"_{m}" for m in SOURCE_METRICS))}
     else:
         metrics = {k[4:]: float(v) for k, v in last.items() if k.startswith("raw_")}
-    run = json.loads((out / (row.ema_of or row.name) / "run.json").read_text())
-    with open(out / (row.ema_of or row.name) / "train.csv", newline="") as handle:
+    run = json.loads((run_dir / "run.json").read_text())
+    with open(run_dir / "train.csv", newline="") as handle:
         train = list(csv.DictReader(handle))
     return {"name": row.name, "base": row.base, "change": row.change, "inputs": int(last["inputs"]),
-            "finished": finished(out / (row.ema_of or row.name)), "model": run["spec"],
+            "run": run_dir.name, "finished": finished(run_dir), "model": run["spec"],
             "settings": {k: run.get(k) for k in ("lr", "warmup", "batch_size", "augment", "loss")},
             "train_s": float(train[-1]["elapsed_s"]) if train else None, "metrics": metrics}
 
@@ -189,25 +195,28 @@ def markdown(results: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def collect(out: Path, docs: Path) -> dict:
-    """Results of every study row found in ``out``; logs copied to ``docs/runs/study``."""
+def best_lr_row(out: Path) -> Row | None:
     lr = [row_result(r, out) for r in lr_rows()]
     picked = best(lr, [r.name for r in lr_rows()])
+    return next(r for r in lr_rows() if r.name == picked["name"]) if picked else None
+
+
+def collect(out: Path, docs: Path) -> dict:
+    """Results of every study row found in ``out``; logs copied to ``docs/runs/study``."""
     report = {"inputs": INPUTS, "data": DATA, "ema": EMA, "criterion": "val_psnr over all sources"}
-    if picked:
-        rows = recipe_rows(next(r for r in lr_rows() if r.name == picked["name"]))
+    picked = best_lr_row(out)
+    if picked is not None:
+        rows = recipe_rows(picked)
+        report["best_lr"] = picked.name
         report["recipe"] = [row_result(r, out) for r in rows]
-        report["best_lr"] = picked["name"]
-    layout = chosen_recipe(out)
-    if layout is not None:
-        report["layout_recipe"] = layout
-        report["layout"] = [row_result(r, out) for r in layout_rows(layout)]
-    for name in {r["name"] for part in ("recipe", "layout") for r in report.get(part, []) if r}:
+        report["layout"] = [row_result(r, out) for r in layout_rows(picked)]
+        if all(r and r["finished"] for r in report["recipe"]):
+            report["picked_recipe"] = pick_recipe(report["recipe"], rows)
+    for name in {r["run"] for part in ("recipe", "layout") for r in report.get(part, []) if r}:
         src, dst = out / name, docs / "runs" / "study" / name
-        if (src / "val.csv").is_file():
-            dst.mkdir(parents=True, exist_ok=True)
-            for file in ("train.csv", "val.csv", "run.json"):
-                shutil.copyfile(src / file, dst / file)
+        dst.mkdir(parents=True, exist_ok=True)
+        for file in ("train.csv", "val.csv", "run.json"):
+            shutil.copyfile(src / file, dst / file)
     return report
 
 
@@ -229,49 +238,38 @@ def pick_recipe(results: list[dict], rows: list[Row]) -> dict:
     for r in changes:
         if r in losses and r is not max(losses, key=lambda r: by_name[r.name]["metrics"]["val_psnr"]):
             continue
-        if r.ema_of:
+        if r.ema:
             recipe["ema"] = EMA
         else:
             recipe.update({k: v for k, v in r.settings.items() if base_row.settings.get(k) != v})
     return recipe
 
 
-def chosen_recipe(out: Path) -> dict | None:
-    """The recipe the recipe study picked (written when it ends)."""
-    path = out / "recipe.json"
-    return json.loads(path.read_text()) if path.is_file() else None
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m training.study", description=__doc__.splitlines()[0])
-    parser.add_argument("stage", choices=("lr", "recipe", "layout", "report"))
+    parser.add_argument("stage", choices=("recipe", "layout", "all", "report"),
+                        help="recipe or layout: the learning rates, then that study; all: both; report: tables only")
     parser.add_argument("--out", default="runs/study", help="folder of the study's runs (default: %(default)s)")
     parser.add_argument("--data", default=DATA, help="data set (default: %(default)s)")
     parser.add_argument("--jobs", type=int, default=2, help="runs side by side (default: %(default)s)")
     parser.add_argument("--docs", default="docs", help="where study.json and the logs go (default: %(default)s)")
     args = parser.parse_args(argv)
     out, docs = Path(args.out), Path(args.docs)
-    if args.stage in ("lr", "recipe"):
+    if args.stage != "report":
         run_rows(lr_rows(), out, args.data, args.jobs)
-    if args.stage == "recipe":
-        lr = [row_result(r, out) for r in lr_rows()]
-        picked = next(r for r in lr_rows() if r.name == best(lr, [r.name for r in lr_rows()])["name"])
-        rows = recipe_rows(picked)
-        run_rows(rows, out, args.data, args.jobs)
-        recipe = pick_recipe([row_result(r, out) for r in rows], rows)
-        (out / "recipe.json").write_text(json.dumps(recipe, indent=2) + "\n")
-        print(f"picked recipe: {recipe}")
-    if args.stage == "layout":
-        recipe = chosen_recipe(out)
-        if recipe is None:
-            raise SystemExit(f"no {out / 'recipe.json'}: write the recipe the recipe study picked first")
-        run_rows(layout_rows(recipe), out, args.data, args.jobs)
+        picked = best_lr_row(out)
+        rows = {"recipe": recipe_rows, "layout": layout_rows}
+        run_rows([r for stage in rows if args.stage in (stage, "all") for r in rows[stage](picked)], out, args.data,
+                 args.jobs)
     report = collect(out, docs)
+    docs.mkdir(parents=True, exist_ok=True)
     (docs / "study.json").write_text(json.dumps(report, indent=2) + "\n")
     for part in ("recipe", "layout"):
         if part in report:
             print(f"\n{part} ({INPUTS:,} inputs each, on {args.data}):\n")
             print(markdown(report[part]))
+    if "picked_recipe" in report:
+        print(f"picked recipe: {report['picked_recipe']}")
     return 0
 
 

@@ -210,3 +210,59 @@ def npy_bodies(draw, latent_channels: int = 64, marker: Path | None = None) -> b
     if kind == "object":
         return pickled_npy(marker) if marker is not None else npy(np.array([{"a": 1}], dtype=object), allow_pickle=True)
     return npy(np.zeros(n, dtype=[("r", "u1"), ("g", "u1"), ("b", "u1")]))
+
+
+# -- images built to be slow to decode --------------------------------------------------------------
+
+
+def _jpeg_segments(data: bytes) -> list[tuple[int, int, int]]:
+    """(marker, start, end) of every segment of a baseline or progressive JPEG; a scan's segment
+    runs to the next marker that is neither byte stuffing (0xFF00) nor a restart marker."""
+    i, found = 2, []
+    while i < len(data):
+        marker = data[i + 1]
+        if marker == 0xD9:  # end of image
+            found.append((marker, i, i + 2))
+            break
+        end = i + 2 + struct.unpack(">H", data[i + 2 : i + 4])[0]
+        if marker == 0xDA:
+            while True:
+                end = data.index(b"\xff", end)
+                if data[end + 1] == 0 or 0xD0 <= data[end + 1] <= 0xD7:
+                    end += 2
+                    continue
+                break
+        found.append((marker, i, end))
+        i = end
+    return found
+
+
+def many_scans_jpeg(scans: int, side: int = 2048) -> bytes:
+    """A progressive JPEG of ``side`` x ``side`` flat pixels whose last scan is repeated until it
+    has ``scans`` scans: tens of kilobytes that take a decoder one pass over every pixel per scan
+    (2,000 scans: about 10 s here)."""
+    plain = encoded(Image.fromarray(np.full((side, side, 3), 128, np.uint8)), "JPEG", progressive=True, quality=90)
+    segments = _jpeg_segments(plain)
+    _, start, end = [s for s in segments if s[0] == 0xDA][-1]
+    written = sum(1 for s in segments if s[0] == 0xDA)
+    return plain[:end] + plain[start:end] * (scans - written) + b"\xff\xd9"
+
+
+def many_chunks_png(chunks: int, seed: int = 0) -> bytes:
+    """A 32x32 PNG whose image data is split into ``chunks`` IDAT chunks of a byte or two."""
+    pixels = noise(np.random.default_rng(seed), TILE, TILE)
+    data = zlib.compress(b"".join(b"\x00" + row.tobytes() for row in pixels))
+    size = max(1, -(-len(data) // chunks))
+    parts = [data[i : i + size] for i in range(0, len(data), size)]
+    parts += [b""] * (chunks - len(parts))  # empty IDAT chunks are valid
+    head = _chunk(b"IHDR", struct.pack(">IIBBBBB", TILE, TILE, 8, 2, 0, 0, 0))
+    return b"\x89PNG\r\n\x1a\n" + head + b"".join(_chunk(b"IDAT", p) for p in parts) + _chunk(b"IEND", b"")
+
+
+def many_frames_gif(frames: int, seed: int = 0) -> bytes:
+    """A 32x32 GIF of ``frames`` frames: a two-frame GIF whose second frame (from its graphic
+    control extension to the end of its image data) is repeated."""
+    two = animated("GIF", frames=2, seed=seed)
+    controls = [i for i in range(len(two) - 1) if two[i : i + 2] == b"\x21\xf9"]  # graphic control extensions
+    start, end = controls[-1], len(two) - 1  # the last frame, up to the trailer (0x3B)
+    return two[:end] + two[start:end] * (frames - 2) + b"\x3b"

@@ -46,8 +46,16 @@ def test_keys_guard_v1_but_not_health(checkpoint_dir):
         assert client.get("/v1/models", headers={"Authorization": "Bearer secret-1"}).status_code == 200
         assert client.get("/healthz").status_code == 200 and client.get("/readyz").status_code == 200
         assert client.get("/metrics").status_code == 200  # public by default
-        schemes = client.get("/openapi.json").json()["components"]["securitySchemes"]
-        assert any(s["scheme"] == "bearer" for s in schemes.values())
+        # the API description names the models and limits: behind the key too, unless made public
+        assert client.get("/openapi.json").status_code == 401 and client.get("/docs").status_code == 401
+        schemes = client.get("/openapi.json", headers={"Authorization": "Bearer secret-1"}).json()["components"]
+        assert any(s["scheme"] == "bearer" for s in schemes["securitySchemes"].values())
+
+
+def test_the_api_description_can_be_public(checkpoint_dir):
+    with serving(checkpoint_dir, api_keys="secret", openapi_public=True) as client:
+        assert client.get("/openapi.json").status_code == 200 and client.get("/docs").status_code == 200
+        assert client.get("/v1/models").status_code == 401
 
 
 def test_metrics_can_be_protected(checkpoint_dir):

@@ -1,0 +1,123 @@
+"""Limits on the HTTP layer that uvicorn itself does not enforce with its httptools parser.
+
+uvicorn reads a request head of any size, and waits forever for a head or a body that does not
+arrive. A client could therefore send a 64 MB header line, or hold connections open by sending
+nothing, or a body at one byte a second. ``guarded_protocol(limits)`` returns uvicorn's
+httptools protocol with three limits added, all per connection:
+
+- the request head (request line and headers) may hold at most ``max_header_bytes``: beyond,
+  431 and the connection is closed, before the parser has buffered more;
+- the head must arrive within ``header_timeout_s`` of the connection opening, or of the first
+  byte after a previous answer; an idle new connection is closed when it expires, a
+  half-sent head gets 408;
+- the body must arrive within ``body_timeout_s`` of the head: else 408 and the connection closes.
+  The app sees the client as gone, so the request's slot is freed.
+
+Idle keep-alive connections between requests are closed by uvicorn's own ``timeout_keep_alive``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+REASONS = {408: b"Request Timeout", 431: b"Request Header Fields Too Large"}
+
+
+@dataclass(frozen=True)
+class HttpLimits:
+    max_header_bytes: int
+    header_timeout_s: float
+    body_timeout_s: float
+
+
+def guarded_protocol(limits: HttpLimits) -> type[asyncio.Protocol]:
+    """uvicorn's httptools protocol with ``limits`` (pass it as ``uvicorn.Config(http=...)``)."""
+    return type("GuardedHttpToolsProtocol", (GuardedHttpToolsProtocol,), {"limits": limits})
+
+
+class GuardedHttpToolsProtocol(HttpToolsProtocol):
+    limits: HttpLimits
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._in_head = True  # between requests or reading a head
+        self._head_bytes = 0
+        self._timer: asyncio.TimerHandle | None = None
+
+    # -- timers
+
+    def _arm(self, seconds: float, what: str) -> None:
+        self._disarm()
+        self._timer = self.loop.call_later(seconds, self._expired, what)
+
+    def _disarm(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _expired(self, what: str) -> None:
+        self._timer = None
+        if self.transport is None or self.transport.is_closing():
+            return
+        if what == "head" and self._head_bytes == 0:
+            self.transport.close()  # an idle connection: nobody to answer
+            return
+        seconds = self.limits.header_timeout_s if what == "head" else self.limits.body_timeout_s
+        self._refuse(408, f"the request {what} did not arrive within {seconds:g} s; send it at once")
+
+    def _refuse(self, status: int, detail: str) -> None:
+        """Answer ``status`` with a JSON error (unless an answer has begun) and close."""
+        if self.cycle is not None and self.cycle.response_started:
+            self.transport.close()
+            return
+        code = {408: "request_timeout", 431: "header_too_large"}[status]
+        body = ('{"detail": "%s", "code": "%s"}' % (detail, code)).encode()
+        head = (b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\nconnection: close\r\n\r\n"
+                % (status, REASONS[status], len(body)))
+        if self.cycle is not None:
+            self.cycle.response_complete = True  # the app's own answer, if it comes, is dropped
+            self.cycle.disconnected = True
+            self.cycle.message_event.set()
+        self.transport.write(head + body)
+        self.transport.close()
+
+    # -- protocol events
+
+    def connection_made(self, transport: asyncio.Transport) -> None:
+        super().connection_made(transport)
+        self._arm(self.limits.header_timeout_s, "head")
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        if self._in_head and self._timer is None:
+            self._arm(self.limits.header_timeout_s, "head")
+        super().data_received(data)
+        # still in a head after this read: count it (a read is at most 256 KiB, so the parser
+        # never holds much more than the limit)
+        if self._in_head and self.parser is not None and not self.transport.is_closing():
+            self._head_bytes += len(data)
+            if self._head_bytes > self.limits.max_header_bytes:
+                self._refuse(431, f"the request head exceeds {self.limits.max_header_bytes} bytes")
+
+    def on_headers_complete(self) -> None:
+        self._in_head = False
+        self._head_bytes = 0
+        super().on_headers_complete()
+        chunked = any(name == b"transfer-encoding" for name, _ in self.headers)
+        length = next((value for name, value in self.headers if name == b"content-length"), b"0")
+        if chunked or length.strip() not in (b"", b"0"):
+            self._arm(self.limits.body_timeout_s, "body")
+        else:
+            self._disarm()
+
+    def on_message_complete(self) -> None:
+        self._disarm()
+        self._in_head = True  # what follows is the next request's head
+        self._head_bytes = 0
+        super().on_message_complete()

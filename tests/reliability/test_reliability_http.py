@@ -1,0 +1,113 @@
+"""Limits of the HTTP layer against slow and huge requests (service.http_limits), on a real
+`tessera serve`: an oversized head is refused with 431, a head or body that does not arrive
+gets 408 and the connection closes, idle connections are closed, and stalled uploads cannot
+hold the request slots beyond the body timeout.
+
+The limits here are short (0.5 s) so that the tests are quick; nothing asserts how quickly
+the server reacts, only what it answers, with generous deadlines."""
+
+from __future__ import annotations
+
+import socket
+import time
+
+import httpx
+import pytest
+
+from service_helpers import NPY, ServerProcess, npy, random_tiles
+
+LIMITS = {"TESSERA_MAX_HEADER_BYTES": "4096", "TESSERA_HEADER_TIMEOUT_S": "0.5", "TESSERA_BODY_TIMEOUT_S": "0.5",
+          "TESSERA_KEEP_ALIVE_S": "0.5", "TESSERA_MAX_REQUESTS_IN_FLIGHT": "4"}
+PATIENCE_S = 30.0  # how long a test waits for the server to act: far above the limits
+
+
+@pytest.fixture(scope="module")
+def server(checkpoint_dir, tmp_path_factory):
+    proc = ServerProcess(checkpoint_dir, tmp_path_factory.mktemp("http") / "server.log", **LIMITS)
+    yield proc
+    proc.stop()
+
+
+def connect(server) -> socket.socket:
+    sock = socket.create_connection(("127.0.0.1", server.port), timeout=PATIENCE_S)
+    return sock
+
+
+def read_all(sock: socket.socket) -> bytes:
+    """Everything the server sends until it closes the connection."""
+    data = b""
+    while chunk := sock.recv(65536):
+        data += chunk
+    return data
+
+
+def status_of(answer: bytes) -> int:
+    return int(answer.split(b" ", 2)[1])
+
+
+def test_an_oversized_head_is_431_and_the_server_stays_well(server):
+    with connect(server) as sock:
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: ")
+        try:
+            for _ in range(64):  # up to 4 MiB; the server refuses long before
+                sock.sendall(b"a" * 65536)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        answer = read_all(sock)
+    assert status_of(answer) == 431 and b"header_too_large" in answer
+    assert httpx.get(server.url + "/healthz").status_code == 200
+
+
+def test_a_head_that_stops_half_way_is_408(server):
+    with connect(server) as sock:
+        sock.sendall(b"POST /v1/encode HTTP/1.1\r\nHost: x\r\nContent-")
+        answer = read_all(sock)
+    assert status_of(answer) == 408 and b"request_timeout" in answer and b"head" in answer
+
+
+def test_an_idle_new_connection_is_closed_without_an_answer(server):
+    with connect(server) as sock:
+        assert read_all(sock) == b""
+
+
+def test_an_idle_keep_alive_connection_is_closed(server):
+    with connect(server) as sock:
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        answer = read_all(sock)  # the answer, then the close when keep-alive runs out
+    assert status_of(answer) == 200
+
+
+@pytest.mark.parametrize("framing", ["length", "chunked"])
+def test_a_body_that_does_not_arrive_is_408(server, framing):
+    head = b"POST /v1/encode HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-npy\r\n"
+    head += b"Content-Length: 1000\r\n\r\n" if framing == "length" else b"Transfer-Encoding: chunked\r\n\r\n5\r\nabcde\r\n"
+    with connect(server) as sock:
+        sock.sendall(head + b"abc")
+        answer = read_all(sock)
+    assert status_of(answer) == 408 and b"body" in answer
+
+
+def test_stalled_uploads_hold_the_slots_no_longer_than_the_body_timeout(server):
+    body = npy(random_tiles(1))
+    stalled = []
+    for _ in range(8):  # twice TESSERA_MAX_REQUESTS_IN_FLIGHT
+        sock = connect(server)
+        sock.sendall(b"POST /v1/encode HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-npy\r\n"
+                     b"Content-Length: %d\r\n\r\n%s" % (len(body), body[:3]))
+        stalled.append(sock)
+    try:
+        deadline = time.monotonic() + PATIENCE_S
+        while True:  # a well-behaved client gets through once the stalled ones are dropped
+            response = httpx.post(server.url + "/v1/encode", content=body, headers={"Content-Type": NPY})
+            if response.status_code == 200 or time.monotonic() > deadline:
+                break
+            assert response.status_code == 503, response.text
+            time.sleep(0.1)
+        assert response.status_code == 200
+        # four held the slots until their body timed out; the others were refused at once (or, on
+        # a machine slow enough to let the first time out before the last connected, timed out too)
+        statuses = [status_of(read_all(sock)) for sock in stalled]
+        assert set(statuses) <= {408, 503} and statuses.count(408) >= 4, statuses
+    finally:
+        for sock in stalled:
+            sock.close()

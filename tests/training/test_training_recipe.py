@@ -1,0 +1,126 @@
+"""The recipe's parts: warm-up schedule, EMA, structure losses, SSIM and per-source metrics, and
+how the study picks a recipe from its rows."""
+
+from __future__ import annotations
+
+import csv
+import math
+
+import pytest
+import torch
+from torch import nn
+from training_helpers import tiny_config
+
+import model
+from training import study
+from training.losses import gradient_l1, ssim, training_loss
+from training.metrics import evaluate_reconstruction, metrics_from_sums
+from training.train import ema_of, schedule, train
+
+
+def test_warm_up_rises_linearly_then_the_cosine_falls_to_zero():
+    factor = schedule(total_steps=110, warmup_steps=10)
+    assert [factor(s) for s in range(3)] == [0.1, 0.2, 0.3]
+    assert factor(9) == 1.0 and factor(10) == 1.0
+    assert factor(60) == pytest.approx(0.5)
+    assert factor(110) == pytest.approx(0.0)
+    plain = schedule(total_steps=100, warmup_steps=0)  # no warm-up: torch's CosineAnnealingLR
+    assert plain(0) == 1.0 and plain(50) == pytest.approx(0.5)
+
+
+def test_ema_ramps_its_decay_and_copies_integer_buffers():
+    net = nn.Sequential(nn.Linear(2, 2, bias=False), nn.BatchNorm1d(2))
+    ema = ema_of(net, decay=0.99)
+    start = net[0].weight.detach().clone()
+    with torch.no_grad():
+        net[0].weight.add_(1.0)
+    net.train()(torch.randn(4, 2))  # one BatchNorm step: num_batches_tracked 0 -> 1
+    ema.update_parameters(net)  # the first update copies (AveragedModel's rule)
+    assert torch.equal(ema.module[0].weight, net[0].weight)
+    with torch.no_grad():
+        net[0].weight.add_(1.0)
+    ema.update_parameters(net)  # second: decay min(0.99, 2/11), so it moves 9/11 of the way
+    assert torch.allclose(ema.module[0].weight, start + 1 + 9 / 11, atol=1e-6)
+    assert ema.module[1].num_batches_tracked.item() == 1
+
+
+def test_a_run_with_ema_ships_the_average_and_logs_both(tiny_data, tmp_path):
+    out = tmp_path / "ema"
+    train(tiny_config(tiny_data, out, ema=0.9, warmup=64, loss="l1+grad"))
+    shipped, info = model.load_checkpoint(out / "last.safetensors")
+    record = info["training"]
+    assert record["weights"] == "EMA (decay 0.9)" and record["loss"] == "l1+grad (weight 0.5)"
+    assert record["schedule"].startswith("linear warm-up over 4 steps")
+    state = torch.load(out / "last.state.pt", weights_only=True)
+    raw = {k: v for k, v in state["model"].items()}
+    assert any(not torch.equal(v, raw[k]) for k, v in shipped.state_dict().items() if v.is_floating_point())
+    with open(out / "val.csv", newline="") as handle:
+        last = list(csv.DictReader(handle))[-1]
+    assert {"val_ssim", "raw_val_l1", "raw_val_psnr", "raw_val_ssim"} <= set(last)
+    assert float(last["val_l1"]) != float(last["raw_val_l1"])
+
+
+def test_resuming_an_ema_run_gives_the_same_weights(tiny_data, tmp_path):
+    full, cut = tmp_path / "full", tmp_path / "cut"
+    train(tiny_config(tiny_data, full, ema=0.9))
+    train(tiny_config(tiny_data, cut, ema=0.9, stop_after=256))
+    train(tiny_config(tiny_data, cut, ema=0.9, resume=True))
+    a = model.load_checkpoint(full / "last.safetensors")[0].state_dict()
+    b = model.load_checkpoint(cut / "last.safetensors")[0].state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_structure_terms_see_what_l1_does_not():
+    x = torch.zeros(1, 3, 32, 32)
+    x[..., :, 16:] = 1.0  # a hard edge
+    blurred = torch.nn.functional.avg_pool2d(x, 5, stride=1, padding=2, count_include_pad=False)
+    assert ssim(x, x).item() == pytest.approx(1.0)
+    assert ssim(blurred, x).item() < 0.99
+    assert gradient_l1(x, x).item() == 0 and gradient_l1(blurred, x).item() > 0
+    assert training_loss(blurred, x, "l1+grad", 0.5) > training_loss(blurred, x, "l1")
+    assert training_loss(blurred, x, "l1+ssim", 0.2) > training_loss(blurred, x, "l1")
+    with pytest.raises(ValueError, match="unknown loss"):
+        training_loss(x, x, "l2")
+
+
+def test_metrics_pool_sums_and_ssim_is_per_tile():
+    identity = nn.Identity()
+    tiles = torch.randint(0, 256, (5, 3, 32, 32), dtype=torch.uint8)
+    m = evaluate_reconstruction(identity, tiles)
+    assert m["val_l1"] == 0 and m["val_psnr"] == math.inf and m["val_ssim"] == pytest.approx(1.0)
+    assert metrics_from_sums(2.0, 0.1, 10.0, 3.0, 4.0) == {
+        "val_l1": 0.2, "val_mse": 0.01, "val_psnr": pytest.approx(20.0), "val_ssim": 0.75}
+
+
+@pytest.mark.parametrize("name, latent, ratio", [
+    ("dcae-s48-f32c64", (64, 1, 1), 48), ("dcae-s48-f16c16", (16, 2, 2), 48), ("dcae-s48-f8c4", (4, 4, 4), 48),
+    ("dcae-s12-f8c16", (16, 4, 4), 12), ("dcae-m48-f16c16", (16, 2, 2), 48),
+])
+def test_layout_presets_have_the_latent_their_names_say(name, latent, ratio):
+    net = model.build(name).eval()
+    assert net.latent_shape == latent and net.compression_ratio == ratio
+    x = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        z = net.encode(x)
+        assert z.shape == (2, *latent) and net.decode(z).shape == x.shape
+    if name.startswith("dcae-m48"):  # matched to the baseline's 5.05M parameters within 5%
+        assert abs(net.num_params - 5_053_491) / 5_053_491 < 0.05
+
+
+def result(name: str, psnr: float) -> dict:
+    return {"name": name, "finished": True, "metrics": {"val_psnr": psnr}}
+
+
+def test_the_study_picks_the_best_lr_and_every_change_that_beat_it():
+    lr = study.lr_rows()
+    assert study.best([result("seed", 15), result("lr-3e-4", 17), result("lr-1e-3", 16)], [r.name for r in lr])[
+        "name"] == "lr-3e-4"
+    rows = study.recipe_rows(lr[1])
+    scores = {"seed": 15, "lr-3e-4": 17, "lr-1e-3": 16, "ema": 17.2, "augment": 16.9, "batch-32": 17.5,
+              "batch-128": 17.3, "l1+grad": 17.1, "l1+ssim": 17.4}
+    recipe = study.pick_recipe([result(k, v) for k, v in scores.items()], rows)
+    # batch 32 beats batch 128; of the two losses the better one; augmentation lost
+    assert recipe == {"model": "dcae-s48", "lr": 3e-4, "warmup": study.WARMUP, "ema": study.EMA, "batch_size": 32,
+                      "loss": "l1+ssim"}
+    command = study.train_command(study.layout_rows(lr[1])[1], study.Path("runs/x"), "data/corpus", False)
+    assert command[command.index("--model") + 1] == "dcae-s48-f16c16" and command.count("--ema") == 1
