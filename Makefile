@@ -8,7 +8,7 @@ TORCH  ?= torch==2.13.0
 HOST   ?= 127.0.0.1
 PORT   ?= 8000
 
-.PHONY: venv test serve bench soak data clean
+.PHONY: venv test serve bench soak reliability data gpu-check clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -25,7 +25,10 @@ test: venv
 serve: venv
 	$(VENV)/bin/tessera serve --host $(HOST) --port $(PORT)
 
+# the multi-artist training corpus (crawl-tiles-data + cataclysm-dda-data); data/dcss is its DCSS
+# source alone, which the service's round-trip test uses
 data: venv
+	$(VENV)/bin/tessera data corpus --out data/corpus
 	$(VENV)/bin/tessera data dcss --out data/dcss
 
 bench: venv
@@ -33,6 +36,19 @@ bench: venv
 
 soak: venv
 	$(PY) -m bench.soak
+
+# tests/reliability with its measurements of the machine (slow images, slow clients, overload with
+# a CPU hog, Redis loss, SIGTERM): bench/results/reliability.json and docs/reliability.md
+reliability: venv
+	$(PY) scripts/reliability_report.py
+
+# The prepared GPU run (bench/gpu_check.py): CUDA tests, raw speed, the service and training on
+# the GPU, results in $$OUT or bench/results/gpu/. DRY=1: the same stages, tiny, on the CPU.
+# GPU_PY: a Python whose torch has CUDA, e.g. make gpu-check GPU_PY=python3 on a GPU machine
+# without .venv (then nothing is installed).
+GPU_PY ?= $(PY)
+gpu-check: $(if $(filter $(PY),$(GPU_PY)),venv)
+	$(GPU_PY) -m bench.gpu_check $(if $(filter-out 0,$(DRY)),--dry-run)
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

@@ -10,7 +10,9 @@ Stages (each also runs alone, ``python -m bench.<stage> --help``):
   (with and without batching), one big sheet per request, and an open-loop fixed rate;
 - ``bench.cache``: the same sheets uncached, then cached, in-process and in Redis;
 - ``bench.path``: what each step of the request path costs on its own;
-- ``bench.report``: ``bench/results/*.json`` -> ``docs/benchmarks.md`` and its plot.
+- ``bench.report``: ``bench/results/*.json`` -> ``docs/benchmarks.md`` and its plot;
+- ``bench.gpu_check``: the prepared GPU run (``make gpu-check``: CUDA tests, raw speed, the service and
+  training on the GPU); its CPU dry run (``make gpu-check DRY=1``) is part of ``make test``.
 
 Not part of ``make test``: the stages need the CPU to themselves for minutes.
 """

@@ -60,3 +60,22 @@ def describe() -> dict:
         "cuda_devices": cuda,
         "git_commit": git_commit(),
     }
+
+
+def describe_cuda() -> dict:
+    """The CUDA side: torch's CUDA and cuDNN builds and each visible GPU (empty list without one)."""
+    import torch
+
+    available = torch.cuda.is_available()
+    gpus = []
+    for i in range(torch.cuda.device_count() if available else 0):
+        props = torch.cuda.get_device_properties(i)
+        gpus.append({"name": props.name, "memory_gib": round(props.total_memory / 1024**3, 1),
+                     "capability": f"{props.major}.{props.minor}", "multiprocessors": props.multi_processor_count})
+    return {
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,  # None: a CPU-only build of torch
+        "cudnn": torch.backends.cudnn.version() if available else None,
+        "available": available,
+        "gpus": gpus,
+    }

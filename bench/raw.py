@@ -11,6 +11,11 @@ The report compares the service with the faster of the two. Each point is the me
 ``torch.utils.benchmark.Timer.blocked_autorange``. CPU runs fp32 at every thread count asked
 for; CUDA (when present) runs fp32, fp16 and bf16.
 
+``measure_model`` also knows a third form, ``compile`` (``torch.compile`` of the module's encode
+and decode, static shapes: compiled anew at each batch size), and channels-last weights and
+inputs; ``bench.gpu_check`` asks for them. Every row records its first call (for ``compile``:
+that batch size's compilation) and, on CUDA, the most GPU memory allocated during the point.
+
     python -m bench.raw --threads 1,2 --out bench/results/raw.json
 """
 
@@ -19,6 +24,7 @@ from __future__ import annotations
 import argparse
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from bench import results
@@ -42,9 +48,17 @@ def _timed(fn, threads: int, min_run_time: float):
 
 def measure_model(
     name: str, path: Path, *, device: str, dtype_name: str, threads: int, batch_sizes, min_run_time: float,
-    ops=("encode", "decode"), graphs=GRAPHS,
+    ops=("encode", "decode"), graphs=GRAPHS, channels_last: bool = False, compile_backend: str = "inductor",
+    deadline: float | None = None, on_row: Callable[[dict], None] | None = None,
 ) -> list[dict]:
-    """Encode and decode tiles/s of one checkpoint at each batch size, eager and traced."""
+    """Encode and decode tiles/s of one checkpoint at each batch size, in each form of ``graphs``
+    ("eager", "trace", "compile").
+
+    ``channels_last`` puts the weights and the float inputs in channels-last memory format (the
+    eager and compiled forms; the traced call is the service's, which hands the network NCHW
+    input itself, so it gives no rows then). No point starts after ``deadline``
+    (``time.monotonic()``); ``on_row`` gets each row as soon as it is measured.
+    """
     import numpy as np
     import torch
 
@@ -52,53 +66,73 @@ def measure_model(
     from service.graphs import make_calls
 
     dtype = getattr(torch, dtype_name)
+    cuda = device.startswith("cuda")
     module, _ = model.load_checkpoint(path, device=device, dtype=dtype)
     module.eval()
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    if channels_last:
+        module.to(memory_format=layout)
     torch.set_num_threads(threads)  # before tracing: the graph's kernels are chosen for it
-    traced = make_calls(module, device, dtype, "trace", name) if "trace" in graphs else None
+    traced = make_calls(module, device, dtype, "trace", name) if "trace" in graphs and not channels_last else None
     if traced is not None and traced[2] != "trace":
         traced = None  # it runs eager in the server too (make_calls logged why): no trace rows
-    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    compiled = {}
+    if "compile" in graphs:  # static shapes (dynamic ones took dynamo 10x longer); each batch size compiles at its first call
+        compiled = {op: torch.compile(getattr(module, op), dynamic=False, backend=compile_backend) for op in ("encode", "decode")}
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
     rng = np.random.default_rng(0)
     rows = []
     for batch in batch_sizes:
-        x = torch.rand(batch, 3, 32, 32, device=device, dtype=dtype)  # (B, 3, 32, 32)
+        x = torch.rand(batch, 3, 32, 32, device=device, dtype=dtype).contiguous(memory_format=layout)  # (B, 3, 32, 32)
         with torch.inference_mode():
             z = module.encode(x)  # (B, *latent_shape)
         tiles = rng.integers(0, 256, (batch, 32, 32, 3), dtype=np.uint8)
         latents = z.float().cpu().numpy()
 
-        def eager_encode(x=x):
-            with torch.inference_mode():
-                module.encode(x)
-            sync()
+        def on_device(call, arg):
+            def run():
+                with torch.inference_mode():
+                    call(arg)
+                sync()
+            return run
 
-        def eager_decode(z=z):
-            with torch.inference_mode():
-                module.decode(z)
-            sync()
-
-        calls = {("eager", "encode"): eager_encode, ("eager", "decode"): eager_decode}
+        calls = {("eager", "encode"): on_device(module.encode, x), ("eager", "decode"): on_device(module.decode, z)}
         if traced is not None:  # numpy in, numpy out: the result is on the host, no sync needed
             calls[("trace", "encode")] = lambda tiles=tiles: traced[0](tiles)
             calls[("trace", "decode")] = lambda latents=latents: traced[1](latents)
+        if compiled:
+            calls[("compile", "encode")] = on_device(compiled["encode"], x)
+            calls[("compile", "decode")] = on_device(compiled["decode"], z)
         for (graph, op), fn in calls.items():
             if op not in ops or graph not in graphs:
                 continue
+            if deadline is not None and time.monotonic() > deadline:
+                logger.warning("%s: out of time, %s %s at batch %d and after not measured", name, graph, op, batch)
+                return rows
+            if cuda:
+                sync()
+                torch.cuda.reset_peak_memory_stats(device)
+            first = time.perf_counter()
             fn()
+            first = time.perf_counter() - first
             busy, own, wall = machine_busy_s(), time.process_time(), time.perf_counter()
             m = _timed(fn, threads, min_run_time)
             busy_after, own, wall = machine_busy_s(), time.process_time() - own, time.perf_counter() - wall
             row = {
                 "model": name, "op": op, "graph": graph, "device": device, "dtype": dtype_name, "threads": threads,
+                "layout": "channels_last" if channels_last else "contiguous",
                 "batch": batch, "median_s": m.median, "iqr_s": m.iqr, "runs": len(m.times) * m.number_per_run,
                 "tiles_per_s": batch / m.median,
+                "first_call_s": first,  # for "compile", this batch size's compilation
+                "peak_mib": torch.cuda.max_memory_allocated(device) / 2**20 if cuda else None,
                 # cores' worth of CPU other processes used meanwhile: well above 0, the point is low
                 "other_cores": None if busy is None or busy_after is None else max(0.0, busy_after - busy - own) / wall,
             }
-            logger.info("%s %s %s %s/%s threads=%d batch=%d: %.0f tiles/s", name, op, graph, device, dtype_name, threads, batch,
-                        row["tiles_per_s"])
+            logger.info("%s %s %s %s/%s %s threads=%d batch=%d: %.0f tiles/s", name, op, graph, device, dtype_name,
+                        row["layout"], threads, batch, row["tiles_per_s"])
             rows.append(row)
+            if on_row is not None:
+                on_row(row)
     return rows
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 from bench.machine import ROOT
@@ -11,8 +12,11 @@ RESULTS = ROOT / "bench" / "results"
 
 
 def save(path: Path, data: dict) -> Path:
+    """Write ``data`` as JSON, atomically (a stage killed mid-write leaves the last whole file)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(data, indent=1) + "\n")
+    partial = path.with_name(f".{path.name}.partial")
+    partial.write_text(json.dumps(data, indent=1) + "\n")
+    os.replace(partial, path)
     return path
 
 

@@ -133,6 +133,31 @@ def render(data: dict, soak: dict | None) -> str:
                      f"(**{overload['peak_over_idle']}x** idle)"],
                 ]), ""]
 
+    hog = data.get("overload_cpu_hog")
+    if hog:
+        out += ["### Overload while the machine suddenly gets slower", "",
+                f"Sustainable {hog['sustainable_requests_per_s']} requests/s measured on the quiet machine; then "
+                f"{hog['hog_processes']} busy-looping processes took every core and {hog['requests']} requests arrived at 3x "
+                f"that rate: **{hog['timed_out_504']} answered 504, {hog['no_answer']} without an answer** "
+                f"({', '.join(f'{s}: {n}' for s, n in hog['statuses'].items())}); accepted ones "
+                f"{ms(hog['ok_latency_ms'])} (max {hog['ok_latency_ms']['max']:.0f} ms, deadline {hog['deadline_s']:.0f} s).", ""]
+
+    limits = data.get("http_limits")
+    if limits:
+        out += ["### Slow and huge clients (HTTP limits)", "",
+                f"With limits of {limits['limit_s']} s (head and body timeouts, keep-alive) and a {limits['max_header_bytes']}-byte "
+                f"head, measured from the moment the client stalls:", "",
+                table(["client", "server's answer", "after"], [[c["case"], c["answer"], f"{c['after_s']:.2f} s"]
+                                                                for c in limits["cases"]]), ""]
+
+    images = data.get("slow_images")
+    if images:
+        out += ["### Images built to be slow to decode", "",
+                table(["image", "bytes", "answer", "refused after", "/healthz meanwhile: p50 / p99 / max"],
+                      [[i["image"], f"{i['bytes']:,}", i["answer"], f"{i['refused_after_s']:.3f} s",
+                        f"{i['healthz_ms']['p50']:.1f} / {i['healthz_ms']['p99']:.1f} / {i['healthz_ms']['max']:.1f} ms"]
+                       for i in images]), ""]
+
     sigterm = data.get("sigterm")
     if sigterm:
         out += ["### SIGTERM under load", "",

@@ -335,7 +335,8 @@ class Batcher:
         self._accepting = True
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._tiles_per_s = 0.0  # moving average of compute throughput, for Retry-After
+        self._tiles_per_s = 0.0  # moving average of the observed throughput: admission and Retry-After
+        self._busy_since: float | None = None  # end of the last batch, when tiles were still queued (model thread)
         self.calling_since: float | None = None  # time.monotonic() when the running model call began
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -586,9 +587,15 @@ class Batcher:
                 return
             finally:
                 self.calling_since = None
-            seconds = time.monotonic() - start
+            end = time.monotonic()
+        seconds = end - start
+        # The throughput the queue sees: from the end of the previous batch when tiles were
+        # already waiting then (collecting, handing over and CPU taken by others count), else
+        # from this call's start. A machine that gets slower lowers it at once.
+        busy = end - (self._busy_since if self._busy_since is not None else start)
+        self._busy_since = end if len(self._queue) else None
         out = out[inverse] if len(unique) != len(rows) else out
-        self._on_loop(self._computed, live, out, len(unique), seconds)
+        self._on_loop(self._computed, live, out, len(unique), seconds, busy)
 
     # -- back on the event loop ------------------------------------------------------------
 
@@ -604,8 +611,8 @@ class Batcher:
             elif self.observer is not None:
                 self.observer.on_queue_wait(now - piece.job.enqueued_at)
 
-    def _computed(self, live: list[Slice], out: np.ndarray, unique: int, seconds: float) -> None:
-        self._record(len(out), unique, seconds)
+    def _computed(self, live: list[Slice], out: np.ndarray, unique: int, seconds: float, busy: float) -> None:
+        self._record(len(out), unique, seconds, busy)
         offset = 0
         for piece in live:
             piece.job.deliver(piece.start, out[offset : offset + piece.size])
@@ -625,13 +632,14 @@ class Batcher:
         for piece in pieces:
             piece.job.fail(error)
 
-    def _record(self, tiles: int, unique: int, seconds: float) -> None:
+    def _record(self, tiles: int, unique: int, seconds: float, busy: float | None = None) -> None:
         self.stats.batches += 1
         self.stats.tiles += tiles
         self.stats.unique_tiles += unique
         self.stats.batch_sizes[tiles] += 1
-        if seconds > 0:
-            rate = unique / seconds
+        busy = seconds if busy is None else busy
+        if busy > 0:
+            rate = unique / busy
             self._tiles_per_s = rate if self._tiles_per_s == 0 else 0.8 * self._tiles_per_s + 0.2 * rate
         if self.observer is not None:
             self.observer.on_batch(tiles, unique, seconds)

@@ -46,6 +46,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._in_head = True  # between requests or reading a head
         self._head_bytes = 0
         self._timer: asyncio.TimerHandle | None = None
+        self._events = 0  # heads and messages completed on this connection
 
     # -- timers
 
@@ -97,15 +98,18 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     def data_received(self, data: bytes) -> None:
         if self._in_head and self._timer is None:
             self._arm(self.limits.header_timeout_s, "head")
+        events = self._events
         super().data_received(data)
-        # still in a head after this read: count it (a read is at most 256 KiB, so the parser
-        # never holds much more than the limit)
-        if self._in_head and self.parser is not None and not self.transport.is_closing():
+        # a read that ended no head or message and left us in a head is all head: count it (a
+        # read is at most 256 KiB, so the parser never holds much more than the limit). A read
+        # that finished a request may start the next head too; it is not counted.
+        if self._in_head and self._events == events and self.parser is not None and not self.transport.is_closing():
             self._head_bytes += len(data)
             if self._head_bytes > self.limits.max_header_bytes:
                 self._refuse(431, f"the request head exceeds {self.limits.max_header_bytes} bytes")
 
     def on_headers_complete(self) -> None:
+        self._events += 1
         self._in_head = False
         self._head_bytes = 0
         super().on_headers_complete()
@@ -117,6 +121,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             self._disarm()
 
     def on_message_complete(self) -> None:
+        self._events += 1
         self._disarm()
         self._in_head = True  # what follows is the next request's head
         self._head_bytes = 0

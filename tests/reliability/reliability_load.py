@@ -168,3 +168,26 @@ def latency_ms(shots: list[Shot]) -> dict[str, float]:
         return {"p50": float("nan"), "p95": float("nan"), "max": float("nan")}
     p50, p95 = np.percentile(values, [50, 95])
     return {"p50": round(float(p50), 2), "p95": round(float(p95), 2), "max": round(float(values.max()), 2)}
+
+
+class CpuHog:
+    """One busy-looping process per core while the block runs: the machine suddenly gets slower,
+    as when another job lands on it."""
+
+    def __init__(self, processes: int | None = None) -> None:
+        import os
+
+        self.count = processes or os.cpu_count() or 1
+        self._procs: list = []
+
+    def __enter__(self) -> CpuHog:
+        import subprocess
+        import sys
+
+        self._procs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(self.count)]
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for proc in self._procs:
+            proc.kill()
+            proc.wait()

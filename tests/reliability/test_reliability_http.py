@@ -22,6 +22,23 @@ PATIENCE_S = 30.0  # how long a test waits for the server to act: far above the 
 
 
 @pytest.fixture(scope="module")
+def timings(measurements):
+    """How long after the stall the server acted, per case (saved by make reliability)."""
+    cases: list[dict] = []
+    yield cases
+    measurements["http_limits"] = {"limit_s": float(LIMITS["TESSERA_HEADER_TIMEOUT_S"]),
+                                   "max_header_bytes": int(LIMITS["TESSERA_MAX_HEADER_BYTES"]), "cases": cases}
+
+
+def timed(timings: list, case: str, sock: socket.socket) -> bytes:
+    started = time.monotonic()
+    answer = read_all(sock)
+    timings.append({"case": case, "answer": answer.split(b"\r\n", 1)[0].decode() if answer else "closed, no answer",
+                    "after_s": round(time.monotonic() - started, 3)})
+    return answer
+
+
+@pytest.fixture(scope="module")
 def server(checkpoint_dir, tmp_path_factory):
     proc = ServerProcess(checkpoint_dir, tmp_path_factory.mktemp("http") / "server.log", **LIMITS)
     yield proc
@@ -45,7 +62,7 @@ def status_of(answer: bytes) -> int:
     return int(answer.split(b" ", 2)[1])
 
 
-def test_an_oversized_head_is_431_and_the_server_stays_well(server):
+def test_an_oversized_head_is_431_and_the_server_stays_well(server, timings):
     with connect(server) as sock:
         sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: ")
         try:
@@ -53,21 +70,21 @@ def test_an_oversized_head_is_431_and_the_server_stays_well(server):
                 sock.sendall(b"a" * 65536)
         except (BrokenPipeError, ConnectionResetError):
             pass
-        answer = read_all(sock)
+        answer = timed(timings, "a header line of up to 4 MiB", sock)
     assert status_of(answer) == 431 and b"header_too_large" in answer
     assert httpx.get(server.url + "/healthz").status_code == 200
 
 
-def test_a_head_that_stops_half_way_is_408(server):
+def test_a_head_that_stops_half_way_is_408(server, timings):
     with connect(server) as sock:
         sock.sendall(b"POST /v1/encode HTTP/1.1\r\nHost: x\r\nContent-")
-        answer = read_all(sock)
+        answer = timed(timings, "a head that stops half-way", sock)
     assert status_of(answer) == 408 and b"request_timeout" in answer and b"head" in answer
 
 
-def test_an_idle_new_connection_is_closed_without_an_answer(server):
+def test_an_idle_new_connection_is_closed_without_an_answer(server, timings):
     with connect(server) as sock:
-        assert read_all(sock) == b""
+        assert timed(timings, "a connection that sends nothing", sock) == b""
 
 
 def test_an_idle_keep_alive_connection_is_closed(server):
@@ -78,12 +95,12 @@ def test_an_idle_keep_alive_connection_is_closed(server):
 
 
 @pytest.mark.parametrize("framing", ["length", "chunked"])
-def test_a_body_that_does_not_arrive_is_408(server, framing):
+def test_a_body_that_does_not_arrive_is_408(server, framing, timings):
     head = b"POST /v1/encode HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-npy\r\n"
     head += b"Content-Length: 1000\r\n\r\n" if framing == "length" else b"Transfer-Encoding: chunked\r\n\r\n5\r\nabcde\r\n"
     with connect(server) as sock:
         sock.sendall(head + b"abc")
-        answer = read_all(sock)
+        answer = timed(timings, f"a body that stops after 3 bytes ({framing})", sock)
     assert status_of(answer) == 408 and b"body" in answer
 
 
@@ -111,3 +128,13 @@ def test_stalled_uploads_hold_the_slots_no_longer_than_the_body_timeout(server):
     finally:
         for sock in stalled:
             sock.close()
+
+
+@pytest.mark.parametrize("tiles", [1, 7, 8, 30, 100])
+def test_bodies_of_any_size_are_not_counted_as_head(server, tiles):
+    """A read that ends a request's head may carry most of its body (reads are up to 256 KiB)."""
+    body = npy(random_tiles(tiles))
+    with connect(server) as sock:
+        sock.sendall(b"POST /v1/encode HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-npy\r\nAccept: application/x-npy\r\n"
+                     b"Connection: close\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+        assert status_of(read_all(sock)) == 200

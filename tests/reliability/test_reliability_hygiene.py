@@ -10,7 +10,11 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import threading
+import time
+
+import httpx
 
 import numpy as np
 import pytest
@@ -18,7 +22,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from reliability_bodies import many_chunks_png, many_frames_gif, many_scans_jpeg, pickled_npy
-from service_helpers import NPY, npy, random_tiles, serving
+from service_helpers import NPY, ServerProcess, npy, random_tiles, serving
 
 JSON = "application/json"
 FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -133,6 +137,56 @@ def test_an_image_slower_than_the_decode_budget_is_refused_and_the_server_answer
     assert health == [200] * 20
     detail = refused(answers[0], 422)
     assert detail["code"] == "decode_timeout" and "TESSERA_DECODE_TIMEOUT_S" in detail["detail"]
+
+
+SLOW_IMAGES = {  # name -> (body, content type)
+    "progressive JPEG, 2,000 scans over 2048x2048": (lambda: many_scans_jpeg(2000), "image/jpeg"),
+    "progressive JPEG, 90 scans over 2048x2048": (lambda: many_scans_jpeg(90), "image/jpeg"),
+    "PNG of 20,000 IDAT chunks": (lambda: many_chunks_png(20_000), "image/png"),
+    "GIF of 2,000 frames": (lambda: many_frames_gif(2000), "image/gif"),
+}
+
+
+@pytest.mark.skipif(not os.environ.get("TESSERA_RELIABILITY_OUT"), reason="a measurement of the machine: make reliability")
+def test_health_checks_stay_fast_while_slow_images_are_refused(checkpoint_dir, tmp_path, measurements):
+    """Default settings (a 2 s decode budget), a real server: /healthz is polled while each image
+    built to be slow is sent; its p99 must stay under 100 ms."""
+    server = ServerProcess(checkpoint_dir, tmp_path / "server.log", TESSERA_MAX_IMAGE_PIXELS=str(2048 * 2048),
+                           TESSERA_MAX_TILES_PER_REQUEST="4096", TESSERA_MAX_QUEUE_TILES="8192")
+    found = []
+    try:
+        with httpx.Client(base_url=server.url, timeout=60) as health:
+            for name, (make, content_type) in SLOW_IMAGES.items():
+                body, answer, polls = make(), [], []
+
+                def send() -> None:
+                    started = time.monotonic()
+                    response = httpx.post(server.url + "/v1/encode", content=body, headers={"Content-Type": content_type},
+                                          timeout=60)
+                    answer.append((response, time.monotonic() - started))
+
+                sender = threading.Thread(target=send)
+                sender.start()
+                while sender.is_alive() or len(polls) < 20:
+                    started = time.monotonic()
+                    assert health.get("/healthz").status_code == 200
+                    polls.append(time.monotonic() - started)
+                sender.join()
+                response, seconds = answer[0]
+                code = response.json().get("code") if response.status_code >= 400 else None
+                found.append({"image": name, "bytes": len(body), "answer": f"{response.status_code} {code}",
+                              "refused_after_s": round(seconds, 3), "healthz_ms": latency_ms_p99(polls)})
+    finally:
+        server.stop()
+    measurements["slow_images"] = found
+    assert all(f["answer"].startswith("422") for f in found), found
+    assert all(f["healthz_ms"]["p99"] < 100 for f in found), found
+
+
+def latency_ms_p99(seconds: list[float]) -> dict[str, float]:
+    values = np.array(seconds) * 1000
+    return {"p50": round(float(np.percentile(values, 50)), 2), "p99": round(float(np.percentile(values, 99)), 2),
+            "max": round(float(values.max()), 2)}
 
 
 # -- hygiene ----------------------------------------------------------------------------------------------
