@@ -1,8 +1,6 @@
 """The replicated stack under load and failure, run by .ci/container-scale against
 docker-compose.yml + deploy/compose/docker-compose.scale.yml (3 api replicas behind HAProxy).
 
-DRAFT: written without a Docker engine at hand; it has never been run.
-
 1. every replica gets load: each one's tessera_requests_total (as Prometheus scraped it) grows;
 2. the cache is shared: a sheet encoded through one replica is answered from Redis by another
    (X-Tessera-Cached, the replica named by HAProxy's X-Tessera-Replica header);
@@ -198,7 +196,10 @@ def check_failures(args: argparse.Namespace, names: dict[str, str]) -> dict:
         t_exited = time.monotonic()
         term_exit = int(docker(args, "inspect", "-f", "{{.State.ExitCode}}", termed))
         time.sleep(SETTLE_S)
-        held = [int(s["scur"] or 0) for s in haproxy_servers(args) if s.get("addr", "").split(":")[0] == names[killed]]
+        servers = haproxy_servers(args)  # sessions each replica held just before the kill
+        held = [int(s["scur"] or 0) for s in servers if s.get("addr", "").split(":")[0] == names[killed]]
+        sessions = {s["svname"]: {"addr": s.get("addr"), "status": s.get("status"), "sessions": int(s["scur"] or 0)}
+                    for s in servers}
         t_kill = time.monotonic()
         docker(args, "kill", "--signal", "KILL", killed)
         time.sleep(SETTLE_S)
@@ -224,7 +225,8 @@ def check_failures(args: argparse.Namespace, names: dict[str, str]) -> dict:
     result = {
         "replicas": len(names), "raw_clients": RAW_CLIENTS, "tessera_clients": TESSERA_CLIENTS,
         "sigterm": {"container": termed, "exit_code": term_exit, "drain_s": round(t_exited - t_term, 2)},
-        "sigkill": {"container": killed, "haproxy_sessions_at_kill": held[0] if held else None},
+        "sigkill": {"container": killed, "address": names[killed], "haproxy_sessions_at_kill": held[0] if held else None,
+                    "haproxy_servers_at_kill": sessions},
         "raw": raw_counts, "tessera_client": client_counts,
         "failed": {"raw_sigterm": failed(raw_counts["sigterm"]), "raw_sigkill": failed(raw_counts["sigkill"]),
                    "tessera_client": sum(failed(c) for c in client_counts.values())},
