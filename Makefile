@@ -14,7 +14,7 @@ $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH)"
-	$(PY) -m pip install -q -e '.[dev,diffusers,train]'
+	$(PY) -m pip install -q -e '.[dev,diffusers,train,export]'
 	touch $@
 
 venv: $(VENV)/.installed

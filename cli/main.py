@@ -17,6 +17,7 @@ GROUPS = {
     "training.cli": ("data", "train", "plot", "evaluate"),
     "service.cli": ("serve",),
     "client.cli": ("encode", "decode", "roundtrip", "models"),
+    "model.cli": ("export",),
 }
 
 
