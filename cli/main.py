@@ -14,7 +14,7 @@ import sys
 
 # module that registers them -> subcommands it owns
 GROUPS = {
-    "training.cli": ("data", "train", "plot", "evaluate"),
+    "training.cli": ("data", "train", "plot", "evaluate", "latent-stats"),
     "service.cli": ("serve",),
     "client.cli": ("encode", "decode", "roundtrip", "models"),
     "model.cli": ("export",),

@@ -230,6 +230,7 @@ def load_checkpoint(path: str | os.PathLike, device: torch.device | str = "cpu",
     module = module.to_empty(device="cpu")
     module.load_state_dict(tensors, strict=True)
     module = module.to(device=device, dtype=dtype or torch.float32).eval()
+    module.latent_stats = (doc.get("training") or {}).get("latent_stats")  # tessera latent-stats, for diffusion use
     return module, doc
 
 

@@ -198,6 +198,10 @@ def state_dict_from_diffusers(state: dict[str, torch.Tensor]) -> dict[str, torch
 def to_diffusers(module: DCAE) -> AutoencoderDC:
     """A ``diffusers.AutoencoderDC`` with the same weights (and BatchNorm statistics) as ``module``.
 
+    Its ``scaling_factor`` is the one the training package measured over the training corpus
+    (``tessera latent-stats``; ``load_checkpoint`` puts it on ``module.latent_stats``), else the
+    config's, else 1.
+
     Raises:
         ValueError: the module is not a DC-AE, or uses a setting diffusers cannot express.
         ImportError: diffusers is not installed.
@@ -206,8 +210,12 @@ def to_diffusers(module: DCAE) -> AutoencoderDC:
         raise ValueError(f"only DC-AE networks convert to diffusers, got {type(module).__name__}")
     from diffusers import AutoencoderDC
 
+    config = diffusers_config(module.config)
+    stats = getattr(module, "latent_stats", None)
+    if stats and stats.get("scaling_factor"):
+        config["scaling_factor"] = float(stats["scaling_factor"])
     with torch.device("meta"):
-        target = AutoencoderDC(**diffusers_config(module.config))
+        target = AutoencoderDC(**config)
     state = {k: v.detach().clone() for k, v in module.state_dict().items()}  # no storage shared with module
     target.load_state_dict(state_dict_to_diffusers(state), strict=True, assign=True)
     return target.train(module.training)

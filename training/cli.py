@@ -238,9 +238,29 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=friendly("evaluate", _evaluate))
 
 
+def _latent_stats(args: argparse.Namespace) -> int:
+    from training.latent_stats import add_latent_stats
+
+    for checkpoint in args.checkpoints:
+        stats = add_latent_stats(checkpoint, args.data)
+        print(f"{checkpoint}: latents mean {stats['mean']:.4f}, std {stats['std']:.4f} over {stats['tiles']} tiles "
+              f"of {stats['data']}; scaling_factor {stats['scaling_factor']:.4f}")
+    return 0
+
+
+def _add_latent_stats(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser("latent-stats", help="store the latents' mean and std over a data set in checkpoints "
+                                                 "(diffusers' scaling_factor)")
+    parser.add_argument("checkpoints", nargs="+", metavar="CHECKPOINT", help=".safetensors files, rewritten in place")
+    parser.add_argument("--data", default="data/corpus", help="data set whose training split is encoded "
+                                                              "(default: %(default)s)")
+    parser.set_defaults(func=friendly("latent-stats", _latent_stats))
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add data, train, plot and evaluate to the `tessera` command line."""
+    """Add data, train, plot, evaluate and latent-stats to the `tessera` command line."""
     _add_data(subparsers)
     _add_train(subparsers)
     _add_plot(subparsers)
     _add_evaluate(subparsers)
+    _add_latent_stats(subparsers)

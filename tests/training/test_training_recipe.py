@@ -124,3 +124,33 @@ def test_the_study_picks_the_best_lr_and_every_change_that_beat_it():
                       "loss": "l1+ssim"}
     command = study.train_command(study.layout_rows(lr[1])[1], study.Path("runs/x"), "data/corpus", False)
     assert command[command.index("--model") + 1] == "dcae-s48-f16c16" and command.count("--ema") == 1
+
+
+def test_latent_stats_are_stored_without_touching_the_weights(tiny_data, tmp_path):
+    from training.latent_stats import add_latent_stats
+    from training.dataset import TileData
+
+    torch.manual_seed(0)
+    path = tmp_path / "t48.safetensors"
+    model.save_checkpoint(model.build("dcae-t48"), path, {"metrics": {"val_l1": 0.1}}, torch.float16)
+    before = model.read_header(path)
+    stats = add_latent_stats(path, tiny_data)
+    net, info = model.load_checkpoint(path)
+    assert info["weights_sha256"] == before["weights_sha256"] and info["stored_dtype"] == "float16"
+    assert info["training"]["metrics"] == {"val_l1": 0.1} and info["training"]["latent_stats"] == stats
+    assert net.latent_stats == stats
+    train = torch.from_numpy(TileData.open(tiny_data).split("train")).permute(0, 3, 1, 2).float().div(255)
+    with torch.no_grad():
+        z = net.encode(train).double()
+    assert stats["mean"] == pytest.approx(z.mean().item(), rel=1e-6, abs=1e-9)
+    assert stats["std"] == pytest.approx(z.std(unbiased=False).item(), rel=1e-6)
+    assert stats["scaling_factor"] == pytest.approx(1 / stats["std"]) and len(stats["channel_std"]) == 64
+
+
+def test_to_diffusers_takes_the_measured_scaling_factor(tmp_path):
+    pytest.importorskip("diffusers")
+    from model.interop import to_diffusers
+
+    net = model.build("dcae-t48")
+    net.latent_stats = {"scaling_factor": 2.5}
+    assert to_diffusers(net).config.scaling_factor == 2.5
