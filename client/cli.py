@@ -24,7 +24,8 @@ import numpy as np
 from client import errors
 from client.results import EncodeResult, Models
 from client.sync_client import Client
-from client.tiles import TILE, assemble_sheet, cut_sheet, image_to_rgb, load_image
+from client.tiles import TILE, assemble_sheet, cut_atlas, cut_sheet, image_to_rgb, load_image, read_tileset
+from tiles.tsx import write_tsx
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 
@@ -37,9 +38,11 @@ EXIT_INTERRUPTED = 130
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add encode, decode, roundtrip and models to the `tessera` command line."""
-    p = subparsers.add_parser("encode", help="encode a sheet (or tile) image to a .npz of latents")
-    p.add_argument("sheet", type=Path, help="image whose sides are multiples of 32 (PNG, GIF, ...)")
+    p = subparsers.add_parser("encode", help="encode a sheet (or tile) image, or a Tiled .tsx, to a .npz of latents")
+    p.add_argument("sheet", type=Path, help="image whose sides are multiples of 32 (PNG, GIF, ...), or a Tiled "
+                                            "tileset (.tsx: its image, margin, spacing and trans colour are used)")
     p.add_argument("-o", "--output", type=Path, help="where to write the .npz (default: SHEET with .npz)")
+    _add_atlas_options(p, "the sheet's")
     _add_model_options(p)
     p.set_defaults(func=_guarded(_encode))
 
@@ -47,6 +50,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("latents", type=Path, help=".npz written by `tessera encode`")
     p.add_argument("-o", "--output", type=Path, help="where to write the PNG (default: LATENTS with .png)")
     p.add_argument("--columns", type=int, help="tiles per row (default: the encoded sheet's grid)")
+    _add_atlas_options(p, "the encoded sheet's")
+    p.add_argument("--tsx", action="store_true", help="also write a Tiled tileset (.tsx) beside the PNG")
     _add_model_options(p, default_help="the model stored in the .npz")
     p.set_defaults(func=_guarded(_decode))
 
@@ -71,6 +76,11 @@ def _add_server_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--timeout", type=float, default=120.0, help="seconds per request (default: %(default)s)")
 
 
+def _add_atlas_options(p: argparse.ArgumentParser, default: str) -> None:
+    p.add_argument("--margin", type=int, help=f"pixels around the tiles, as in Tiled (default: {default}, else 0)")
+    p.add_argument("--spacing", type=int, help=f"pixels between tiles, as in Tiled (default: {default}, else 0)")
+
+
 def _add_model_options(p: argparse.ArgumentParser, default_help: str = "the server's default") -> None:
     _add_server_options(p)
     p.add_argument("--model", help=f"model name (default: {default_help}); see `tessera models`")
@@ -82,28 +92,59 @@ def _add_model_options(p: argparse.ArgumentParser, default_help: str = "the serv
 # ---- commands -----------------------------------------------------------------------------
 
 
+def _sheet_tiles(args: argparse.Namespace) -> tuple[np.ndarray, tuple[int, int], int, int]:
+    """The tiles of the sheet or .tsx on the command line, its grid, margin and spacing."""
+    if args.sheet.suffix.lower() == ".tsx":
+        tiles, grid, tileset = read_tileset(args.sheet)
+        for flag in ("margin", "spacing"):
+            given = getattr(args, flag)
+            if given is not None and given != getattr(tileset, flag):
+                raise errors.InputError(f"--{flag} {given} differs from the {getattr(tileset, flag)} in {args.sheet}")
+        return tiles, grid, tileset.margin, tileset.spacing
+    margin, spacing = args.margin or 0, args.spacing or 0
+    pixels = image_to_rgb(load_image(args.sheet))
+    if margin or spacing:
+        tiles, grid = cut_atlas(pixels, margin, spacing, name=str(args.sheet))
+    else:
+        tiles, grid = cut_sheet(pixels, crop=args.crop, name=str(args.sheet))
+    return tiles, grid, margin, spacing
+
+
 def _encode(args: argparse.Namespace) -> int:
     output = args.output or args.sheet.with_suffix(".npz")
+    tiles, (rows, cols), margin, spacing = _sheet_tiles(args)
     with _client(args) as tessera, _progress("encode", args.quiet) as progress:
-        result = tessera.encode(args.sheet, args.model, crop=args.crop, progress=progress)
-    rows, cols = result.grid
+        result = tessera.encode(tiles, args.model, progress=progress)
     _write(output, functools.partial(
-        np.savez, latents=result.latents, grid=np.array(result.grid), model=np.array(result.model),
+        np.savez, latents=result.latents, grid=np.array((rows, cols)), model=np.array(result.model),
         tile_size=np.array(TILE), latent_shape=np.array(result.latent_shape), source=np.array(args.sheet.name),
+        margin=np.array(margin), spacing=np.array(spacing),
     ))
-    print(f"{args.sheet}: {len(result.latents)} tiles ({rows}x{cols}) -> {output} "
+    atlas = f", margin {margin}, spacing {spacing}" if margin or spacing else ""
+    print(f"{args.sheet}: {len(result.latents)} tiles ({rows}x{cols}{atlas}) -> {output} "
           f"[model {result.model}, latents {_shape(result.latent_shape)} float32, {result.cached} from cache]")
     return EXIT_OK
 
 
 def _decode(args: argparse.Namespace) -> int:
-    latents, grid, model = _read_latents(args.latents)
+    from PIL import Image
+
+    latents, grid, model, layout = _read_latents(args.latents)
     output = args.output or args.latents.with_suffix(".png")
     columns = args.columns or (grid[1] if grid else None)
+    margin = layout.get("margin", 0) if args.margin is None else args.margin
+    spacing = layout.get("spacing", 0) if args.spacing is None else args.spacing
     with _client(args) as tessera, _progress("decode", args.quiet) as progress:
-        sheet = tessera.decode_sheet(latents, columns, args.model or model, progress=progress)
-    _write(output, sheet.save, format="PNG")
-    print(f"{args.latents}: {len(latents)} tiles -> {output} ({sheet.width}x{sheet.height} pixels)")
+        tiles = tessera.decode(latents, args.model or model, progress=progress)
+    pixels = assemble_sheet(tiles, columns, margin, spacing)
+    _write(output, Image.fromarray(pixels).save, format="PNG")
+    height, width = pixels.shape[:2]
+    print(f"{args.latents}: {len(latents)} tiles -> {output} ({width}x{height} pixels)")
+    if args.tsx:
+        columns = columns or (width - 2 * margin + spacing) // (TILE + spacing)
+        tsx = write_tsx(output.with_suffix(".tsx"), image=output.name, columns=columns, count=len(tiles),
+                        size=(width, height), margin=margin, spacing=spacing)
+        print(f"wrote {tsx} (Tiled tileset of {output.name})")
     return EXIT_OK
 
 
@@ -172,8 +213,8 @@ def _models_table(info: Models) -> str:
     return "\n".join(lines)
 
 
-def _read_latents(path: Path) -> tuple[np.ndarray, tuple[int, int] | None, str | None]:
-    """latents, grid and model name from a .npz written by `tessera encode`."""
+def _read_latents(path: Path) -> tuple[np.ndarray, tuple[int, int] | None, str | None, dict[str, int]]:
+    """latents, grid, model name and atlas layout (margin, spacing) from a .npz written by `tessera encode`."""
     try:
         with np.load(path, allow_pickle=False) as data:
             if "latents" not in data.files:
@@ -183,7 +224,8 @@ def _read_latents(path: Path) -> tuple[np.ndarray, tuple[int, int] | None, str |
                 raise errors.InputError(f"{path}: tiles of {tile_size} pixels; this server works on {TILE}x{TILE} tiles")
             grid = tuple(int(v) for v in data["grid"]) if "grid" in data.files and data["grid"].size == 2 else None
             model = str(data["model"]) if "model" in data.files else None
-            return data["latents"], grid, model
+            layout = {key: int(data[key]) for key in ("margin", "spacing") if key in data.files}
+            return data["latents"], grid, model, layout
     except FileNotFoundError:
         raise errors.InputError(f"{path}: no such file") from None
     except (ValueError, OSError) as exc:

@@ -14,7 +14,8 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from client.errors import InputError
-from tiles import TILE, assemble, cut, default_columns, premultiply, to_rgb  # noqa: F401 (re-exported)
+from tiles import TILE, assemble, cut, default_columns, grid_of, premultiply, to_rgb  # noqa: F401 (re-exported)
+from tiles.tsx import Tileset, TsxError, apply_colour_key, read_tsx
 
 ImageSource = Image.Image | str | os.PathLike
 
@@ -64,6 +65,40 @@ def cut_sheet(pixels: np.ndarray, *, crop: bool = False, name: str = "image") ->
     return cut(pixels)
 
 
+def cut_atlas(pixels: np.ndarray, margin: int, spacing: int, *, name: str = "image",
+              count: int | None = None) -> tuple[np.ndarray, tuple[int, int]]:
+    """Cut an atlas laid out as Tiled does (``margin`` pixels before the first tile, ``spacing``
+    between tiles) into row-major tiles; ``count`` keeps only the first ``count`` of them."""
+    if margin < 0 or spacing < 0:
+        raise InputError(f"margin and spacing must not be negative, got {margin} and {spacing}")
+    tiles, (rows, cols) = cut(pixels, TILE, margin, spacing)
+    if not len(tiles):
+        raise InputError(f"{name} ({pixels.shape[1]}x{pixels.shape[0]} pixels) holds no whole {TILE}x{TILE} tile "
+                         f"with margin {margin} and spacing {spacing}")
+    if count is not None:
+        tiles = tiles[:count]
+    return tiles, (rows, cols)
+
+
+def read_tileset(path: str | os.PathLike) -> tuple[np.ndarray, tuple[int, int], Tileset]:
+    """The tiles of a Tiled tileset (``.tsx``): its image cut by its margin, spacing and columns,
+    its ``trans`` colour key made transparent (then, as for any RGBA, multiplied into black)."""
+    try:
+        tileset = read_tsx(path)
+    except TsxError as exc:
+        raise InputError(str(exc)) from None
+    if (tileset.tile_width, tileset.tile_height) != (TILE, TILE):
+        raise InputError(f"{path}: its tiles are {tileset.tile_width}x{tileset.tile_height}; the models take "
+                         f"{TILE}x{TILE} tiles (resize the tileset, e.g. with nearest neighbour)")
+    rgba = np.asarray(load_image(tileset.image).convert("RGBA"))
+    rgb = premultiply(apply_colour_key(rgba, tileset.trans))
+    tiles, (rows, cols) = cut_atlas(rgb, tileset.margin, tileset.spacing, name=str(tileset.image), count=tileset.count)
+    if tileset.columns is not None and tileset.columns != cols:
+        raise InputError(f"{path}: says {tileset.columns} columns, but its image holds {cols} with margin "
+                         f"{tileset.margin} and spacing {tileset.spacing}")
+    return tiles, (rows, cols), tileset
+
+
 def tiles_from_array(array: np.ndarray) -> np.ndarray:
     """Check a uint8 [N, 32, 32, 3|4] array and return it as RGB tiles."""
     if not isinstance(array, np.ndarray):
@@ -77,9 +112,12 @@ def tiles_from_array(array: np.ndarray) -> np.ndarray:
     return premultiply(array) if array.shape[3] == 4 else np.ascontiguousarray(array)
 
 
-def assemble_sheet(tiles: np.ndarray, columns: int | None = None) -> np.ndarray:
-    """uint8 [N, 32, 32, 3] -> [rows*32, columns*32, 3], row-major, unused cells black."""
+def assemble_sheet(tiles: np.ndarray, columns: int | None = None, margin: int = 0, spacing: int = 0) -> np.ndarray:
+    """uint8 [N, 32, 32, 3] -> one sheet, row-major, unused cells black; ``margin`` and
+    ``spacing`` (Tiled's) lay it out as an atlas: [2*margin + rows*32 + (rows-1)*spacing, ...]."""
     columns = default_columns(len(tiles)) if columns is None else int(columns)
     if columns < 1:
         raise InputError(f"columns must be at least 1, got {columns}")
-    return assemble(tiles, columns)
+    if margin < 0 or spacing < 0:
+        raise InputError(f"margin and spacing must not be negative, got {margin} and {spacing}")
+    return assemble(tiles, columns, margin, spacing)

@@ -35,13 +35,30 @@ def to_rgb(image: Image.Image) -> np.ndarray:
     return np.asarray(image if image.mode == "RGB" else image.convert("RGB"))
 
 
-def cut(pixels: np.ndarray, size: int = TILE) -> tuple[np.ndarray, tuple[int, int]]:
+def grid_of(height: int, width: int, size: int = TILE, margin: int = 0, spacing: int = 0) -> tuple[int, int]:
+    """(rows, cols) of whole ``size`` tiles in a sheet laid out as Tiled's TSX says: ``margin``
+    pixels before the first tile, ``spacing`` pixels between tiles (a tile must fit in the sheet)."""
+    if margin < 0 or spacing < 0:
+        raise ValueError(f"margin and spacing must not be negative, got {margin} and {spacing}")
+    step = size + spacing
+    return max(0, (height - margin + spacing) // step), max(0, (width - margin + spacing) // step)
+
+
+def cut(pixels: np.ndarray, size: int = TILE, margin: int = 0, spacing: int = 0) -> tuple[np.ndarray, tuple[int, int]]:
     """Every whole ``size`` square of [H, W, C], row-major; a partial last row/column is dropped.
+    With ``margin`` / ``spacing`` (Tiled's), the squares start ``margin`` pixels in and are
+    ``spacing`` pixels apart.
 
     Returns tiles [rows * cols, size, size, C] (contiguous) and the grid (rows, cols).
     """
-    rows, cols = pixels.shape[0] // size, pixels.shape[1] // size
+    rows, cols = grid_of(pixels.shape[0], pixels.shape[1], size, margin, spacing)
     channels = pixels.shape[2]
+    if margin or spacing:
+        step = size + spacing
+        picked = [pixels[margin + r * step : margin + r * step + size, margin + c * step : margin + c * step + size]
+                  for r in range(rows) for c in range(cols)]
+        empty = np.zeros((0, size, size, channels), dtype=pixels.dtype)
+        return (np.stack(picked) if picked else empty), (rows, cols)
     grid = pixels[: rows * size, : cols * size]
     tiles = grid.reshape(rows, size, cols, size, channels).swapaxes(1, 2)  # (rows, cols, size, size, C)
     return np.ascontiguousarray(tiles.reshape(rows * cols, size, size, channels)), (rows, cols)
@@ -52,10 +69,22 @@ def default_columns(count: int) -> int:
     return count if count <= 16 else math.ceil(math.sqrt(count))
 
 
-def assemble(tiles: np.ndarray, columns: int) -> np.ndarray:
-    """uint8 [N, 32, 32, 3] -> one [rows*32, columns*32, 3] sheet, row-major; unused cells black."""
-    count = len(tiles)
+def assemble(tiles: np.ndarray, columns: int, margin: int = 0, spacing: int = 0) -> np.ndarray:
+    """uint8 [N, 32, 32, C] -> one sheet, row-major, ``columns`` wide; unused cells, the margin
+    (on every side) and the spacing between tiles are zero (black, or transparent with alpha)."""
+    count, channels = len(tiles), tiles.shape[-1]
     rows = max(1, math.ceil(count / columns))
-    canvas = np.zeros((rows * columns, TILE, TILE, 3), dtype=np.uint8)
+    canvas = np.zeros((rows * columns, TILE, TILE, channels), dtype=np.uint8)
     canvas[:count] = tiles
-    return canvas.reshape(rows, columns, TILE, TILE, 3).swapaxes(1, 2).reshape(rows * TILE, columns * TILE, 3)
+    packed = canvas.reshape(rows, columns, TILE, TILE, channels).swapaxes(1, 2).reshape(rows * TILE, columns * TILE, channels)
+    if not margin and not spacing:
+        return packed
+    step = TILE + spacing
+    height, width = 2 * margin + rows * step - spacing, 2 * margin + columns * step - spacing
+    sheet = np.zeros((height, width, channels), dtype=np.uint8)
+    for r in range(rows):
+        y = margin + r * step
+        for c in range(columns):
+            x = margin + c * step
+            sheet[y : y + TILE, x : x + TILE] = packed[r * TILE : (r + 1) * TILE, c * TILE : (c + 1) * TILE]
+    return sheet
