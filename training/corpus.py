@@ -18,8 +18,8 @@ Sources are processed in order. A tile is dropped when it is one colour, or when
 already came from this or an earlier source. Each source is then shuffled with a fixed seed and
 every 20th tile goes to validation, so the DCSS source gives byte-for-byte the split of
 ``tessera data dcss``. The folder holds ``train.npy`` (every source's training tiles),
-``val.npy`` (every source's validation tiles) and ``val-<source>.npy`` per source, and the
-manifest records for every tile its package, tileset, sheet, position, sprite id and licence.
+``val.npy`` (every source's validation tiles) and ``val-<source>.npy`` per source, each also as
+``*-rgba.npy`` (the same tiles with their alpha, for RGBA models), and the manifest records for every tile its package, tileset, sheet, position, sprite id and licence.
 """
 
 from __future__ import annotations
@@ -39,7 +39,8 @@ from training.atomic import atomic_write_bytes, atomic_write_text
 from training.data import FORMAT, FORMAT_VERSION, SPLIT_SEED, VAL_EVERY, manifest_json, npy_bytes
 from training.debian import package_root
 from training.errors import DataError
-from training.tiles import TILE, constant_mask, sheet_tiles
+from tiles import premultiply
+from training.tiles import TILE, constant_mask, sheet_tiles_rgba
 
 CORPUS_VERSION = 1
 
@@ -140,10 +141,10 @@ PACKAGES: tuple[Package, ...] = (
 
 
 def cut_tileset(tileset: Tileset) -> tuple[np.ndarray, list[list]]:
-    """Every 32x32 cell of the tileset's sheets (premultiplied RGB) and a manifest row for each."""
+    """Every 32x32 cell of the tileset's sheets (RGBA, alpha kept) and a manifest row for each."""
     blocks, rows = [], []
     for sheet in tileset.sheets:
-        tiles, coords = sheet_tiles(sheet.path, TILE)
+        tiles, coords = sheet_tiles_rgba(sheet.path, TILE)
         blocks.append(tiles)
         columns = max(1, max((x for x, _ in coords), default=0) // TILE + 1)
         for x, y in coords:
@@ -157,7 +158,8 @@ def split_sources(tilesets: list[Tileset], seed: int = SPLIT_SEED, val_every: in
     seen: set[bytes] = set()
     parts = []
     for tileset in tilesets:
-        tiles, rows = cut_tileset(tileset)
+        rgba, rows = cut_tileset(tileset)
+        tiles = premultiply(rgba)  # what the RGB models see, and what duplicates are judged by
         constant = constant_mask(tiles)
         keep, within, across = [], 0, 0
         mine: set[bytes] = set()
@@ -180,6 +182,7 @@ def split_sources(tilesets: list[Tileset], seed: int = SPLIT_SEED, val_every: in
         parts.append({
             "tileset": tileset,
             "tiles": {k: np.ascontiguousarray(tiles[v]) for k, v in index.items()},
+            "rgba": {k: np.ascontiguousarray(rgba[v]) for k, v in index.items()},
             "rows": {k: [rows[i] for i in v] for k, v in index.items()},
             "counts": {"sheets": len(tileset.sheets), "cut": len(tiles), "constant": int(constant.sum()),
                        "duplicate": within, "duplicate_of_earlier_source": across, "kept": len(keep),
@@ -197,16 +200,19 @@ def write_corpus(parts: list[dict], out: str | Path, packages: list[dict]) -> di
         atomic_write_bytes(out / name, data)
         files[key] = {"path": name, "shape": list(array.shape), "sha256": hashlib.sha256(data).hexdigest()}
 
-    empty = np.zeros((0, TILE, TILE, 3), dtype=np.uint8)
     for split in ("train", "val"):
-        write(split, f"{split}.npy", np.concatenate([empty] + [p["tiles"][split] for p in parts]))
+        for kind, suffix, channels in (("tiles", "", 3), ("rgba", "-rgba", 4)):
+            empty = np.zeros((0, TILE, TILE, channels), dtype=np.uint8)
+            write(split + suffix.replace("-", "/"), f"{split}{suffix}.npy",
+                  np.concatenate([empty] + [p[kind][split] for p in parts]))
     sources = []
     for part in parts:
         ts = part["tileset"]
         write(f"val/{ts.source}", f"val-{ts.source}.npy", part["tiles"]["val"])
+        write(f"val/{ts.source}/rgba", f"val-{ts.source}-rgba.npy", part["rgba"]["val"])
         sources.append({
             "name": ts.source, "package": ts.package, "tileset": ts.tileset, "license": ts.license,
-            "counts": part["counts"], "val": f"val/{ts.source}",
+            "counts": part["counts"], "val": f"val/{ts.source}", "val_rgba": f"val/{ts.source}/rgba",
             "sheets": [{"name": s.name, "first_sprite_id": s.first_id,
                         "sha256": hashlib.sha256(s.path.read_bytes()).hexdigest()} for s in ts.sheets],
         })
@@ -218,7 +224,8 @@ def write_corpus(parts: list[dict], out: str | Path, packages: list[dict]) -> di
         "corpus_version": CORPUS_VERSION,
         "source": {"kind": "debian-packages", "packages": packages},
         "tile_size": TILE,
-        "pixels": "uint8 RGB multiplied by alpha, (N, 32, 32, 3)",
+        "pixels": "uint8 RGB multiplied by alpha, (N, 32, 32, 3); the */rgba files: the same tiles as RGBA, "
+                  "alpha kept, (N, 32, 32, 4)",
         "split": {"seed": SPLIT_SEED, "val_every": VAL_EVERY, "per": "source"},
         "counts": counts,
         "sources": sources,

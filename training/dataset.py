@@ -79,9 +79,20 @@ class TileData:
         if hashlib.sha256(raw).hexdigest() != entry["sha256"]:
             raise DataError(f"{file} does not match its manifest (sha256 differs); rebuild the data set")
         array = np.load(file, allow_pickle=False)
-        if array.dtype != np.uint8 or array.ndim != 4 or array.shape[1:] != (TILE, TILE, 3):
-            raise DataError(f"{file} holds {array.dtype} {array.shape}, expected uint8 (N, 32, 32, 3)")
+        if array.dtype != np.uint8 or array.ndim != 4 or array.shape[1:3] != (TILE, TILE) or array.shape[3] not in (3, 4):
+            raise DataError(f"{file} holds {array.dtype} {array.shape}, expected uint8 (N, 32, 32, 3 or 4)")
         return array
+
+    @property
+    def has_rgba(self) -> bool:
+        """Whether the data set also holds its tiles with alpha (``tessera data corpus`` writes them)."""
+        return "train/rgba" in self.manifest["files"]
+
+    def val_sources_rgba(self) -> dict[str, np.ndarray]:
+        """Each source's validation tiles with alpha (N, 32, 32, 4), by source name."""
+        if not self.has_rgba:
+            raise DataError(f"{self.path} holds no RGBA tiles; rebuild it with `tessera data corpus`")
+        return {s["name"]: self.split(s["val_rgba"]) for s in self.manifest["sources"]}
 
     def describe(self) -> dict:
         """What a checkpoint records about the data it was trained on."""

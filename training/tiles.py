@@ -29,13 +29,13 @@ def load_rgba(path: Path) -> np.ndarray:
         raise DataError(f"cannot read image {path}: {exc}; fix or remove the file") from exc
 
 
-def cut_grid(rgb: np.ndarray, tile_size: int) -> tuple[np.ndarray, list[tuple[int, int]]]:
+def cut_grid(pixels: np.ndarray, tile_size: int) -> tuple[np.ndarray, list[tuple[int, int]]]:
     """All whole ``tile_size`` squares of a sheet, row-major.
 
     Returns tiles (N, tile_size, tile_size, 3) and the (x, y) pixel position of each one's
     top-left corner in the sheet.
     """
-    tiles, (rows, cols) = cut(rgb, tile_size)
+    tiles, (rows, cols) = cut(pixels, tile_size)
     coords = [(c * tile_size, r * tile_size) for r in range(rows) for c in range(cols)]
     return tiles, coords
 
@@ -56,8 +56,9 @@ def constant_mask(tiles: np.ndarray) -> np.ndarray:
     return (flat == flat[:, :1]).all(axis=(1, 2))
 
 
-def sheet_tiles(path: Path, tile_size: int) -> tuple[np.ndarray, list[tuple[int, int]]]:
-    """Read one sheet and return its 32x32 RGB tiles (N, 32, 32, 3) uint8 and their positions."""
+def sheet_tiles_rgba(path: Path, tile_size: int) -> tuple[np.ndarray, list[tuple[int, int]]]:
+    """Read one sheet and return its 32x32 RGBA tiles (N, 32, 32, 4) uint8, alpha kept (not
+    multiplied in), and their positions."""
     rgba = load_rgba(path)
     height, width = rgba.shape[:2]
     if height < tile_size or width < tile_size:
@@ -65,5 +66,12 @@ def sheet_tiles(path: Path, tile_size: int) -> tuple[np.ndarray, list[tuple[int,
             f"image {path} is {width}x{height}, smaller than one {tile_size}x{tile_size} tile; "
             f"remove it or pass a smaller --tile-size"
         )
-    tiles, coords = cut_grid(premultiply(rgba), tile_size)
+    tiles, coords = cut_grid(rgba, tile_size)
     return resize_nearest(tiles), coords
+
+
+def sheet_tiles(path: Path, tile_size: int) -> tuple[np.ndarray, list[tuple[int, int]]]:
+    """Read one sheet and return its 32x32 RGB tiles (N, 32, 32, 3) uint8 (alpha multiplied in)
+    and their positions."""
+    tiles, coords = sheet_tiles_rgba(path, tile_size)
+    return premultiply(tiles), coords
