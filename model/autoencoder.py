@@ -30,8 +30,9 @@ class TileAutoencoder(nn.Module):
 
     @property
     def compression_ratio(self) -> float:
-        """Input values per latent value: ``3*32*32 / prod(latent_shape)``."""
-        return 3 * TILE_SIZE * TILE_SIZE / math.prod(self.latent_shape)
+        """Input values per latent value: ``channels*32*32 / prod(latent_shape)`` (3 channels for
+        RGB models, 4 for RGBA ones)."""
+        return self.config.in_channels * TILE_SIZE * TILE_SIZE / math.prod(self.latent_shape)
 
     @property
     def num_params(self) -> int:

@@ -24,7 +24,8 @@ DOWN_SHORTCUTS = ("averaging",)
 UP_SHORTCUTS = ("duplicating",)
 ARCHS = ("dcae", "baseline")
 
-TILE_SIZE = 32  # every Tessera input is a 32x32 RGB tile
+TILE_SIZE = 32  # every Tessera input is a 32x32 tile
+CHANNELS = (3, 4)  # RGB (alpha multiplied in), or RGBA (alpha kept, for alpha-aware models)
 HEAD_DIM = 32  # LiteMLA head dimension in the DC-AE blocks (heads = width // 32)
 
 
@@ -215,8 +216,8 @@ class DCAEConfig:
                 if getattr(getattr(self, side), name) != value:
                     raise ConfigError(f"{side}.{name}={getattr(getattr(self, side), name)} differs from {name}="
                                       f"{value}; set {name} at the top level only")
-        if self.in_channels != 3:
-            raise ConfigError(f"in_channels must be 3 (RGB tiles), got {self.in_channels}")
+        if self.in_channels not in CHANNELS:
+            raise ConfigError(f"in_channels must be 3 (RGB tiles) or 4 (RGBA tiles), got {self.in_channels}")
 
     @classmethod
     def from_dotlist(cls, text: str) -> DCAEConfig:
@@ -270,8 +271,8 @@ class BaselineConfig:
                 raise ConfigError(f"baseline {name} must be a positive integer, got {value!r}")
         if not self.channels or any(not isinstance(c, int) or c < 1 for c in self.channels):
             raise ConfigError(f"baseline channels must be positive integers, got {list(self.channels)}")
-        if self.in_channels != 3:
-            raise ConfigError(f"in_channels must be 3 (RGB tiles), got {self.in_channels}")
+        if self.in_channels not in CHANNELS:
+            raise ConfigError(f"in_channels must be 3 (RGB tiles) or 4 (RGBA tiles), got {self.in_channels}")
         if self.feature_size < 1:
             raise ConfigError(f"{len(self.channels)} convolutions of kernel {self.kernel_size} leave nothing of "
                               f"a {TILE_SIZE}x{TILE_SIZE} tile")

@@ -120,7 +120,7 @@ def test_bad_names_are_rejected_with_the_known_ones(text, bad, known):
         ("encoder.latent_channels=64", "set latent_channels at the top level"),
         ("latent_channels=32 latent_channels=64", "given twice"),
         ("encoder.double_latent=true", "not supported"),
-        ("in_channels=4", "RGB"),
+        ("in_channels=5", "RGBA"),
         ("dcae-99", "unknown preset 'dcae-99'"),
         ("arch=vqgan", "unknown arch 'vqgan'"),
         ("arch=baseline latent_dim=0", "positive integer"),
