@@ -70,3 +70,43 @@ def evaluate_reconstruction(
 ) -> dict[str, float]:
     """val_l1, val_mse, val_psnr and val_ssim of ``model`` on uint8 tiles (N, 3, 32, 32)."""
     return metrics_from_sums(*reconstruction_sums(model, tiles, batch_size, device).tolist())
+
+
+RGBA_SUMS = 4  # alpha >= 0.5 intersection and union, squared colour error over covered pixels, their count
+
+
+@torch.no_grad()
+def rgba_sums(model: nn.Module, tiles: torch.Tensor, batch_size: int = 256, device: torch.device | str = "cpu",
+              autocast: Callable | None = None) -> torch.Tensor:
+    """For RGBA models: sums over uint8 RGBA ``tiles`` (N, 4, 32, 32) of the alpha masks'
+    intersection and union (alpha >= 0.5), and of the squared colour error over the pixels the
+    target covers (alpha >= 0.5), with the number of colour values there; float64 (4,)."""
+    was_training = model.training
+    model.eval()
+    sums = torch.zeros(RGBA_SUMS, dtype=torch.float64, device=device)
+    try:
+        for start in range(0, len(tiles), batch_size):
+            x = tiles[start : start + batch_size].to(device).float().div_(255.0)
+            if autocast is not None:
+                with autocast():
+                    x_hat = model(x)
+            else:
+                x_hat = model(x)
+            x_hat = x_hat.float().clamp(0, 1)
+            covered, predicted = x[:, 3:4] >= 0.5, x_hat[:, 3:4] >= 0.5
+            sums[0] += (covered & predicted).sum()
+            sums[1] += (covered | predicted).sum()
+            sums[2] += ((x_hat[:, :3] - x[:, :3]).square() * covered).sum(dtype=torch.float64)
+            sums[3] += covered.sum() * 3
+    finally:
+        model.train(was_training)
+    return sums
+
+
+def rgba_metrics_from_sums(intersection: float, union: float, se_sum: float, count: float) -> dict[str, float]:
+    """``alpha_iou`` (1 when neither mask has a pixel) and ``covered_psnr`` (colour over covered pixels)."""
+    mse = se_sum / count if count else math.nan
+    return {
+        "alpha_iou": intersection / union if union else 1.0,
+        "covered_psnr": 10.0 * math.log10(1.0 / mse) if mse and mse > 0 else math.inf,
+    }

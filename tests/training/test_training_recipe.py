@@ -154,3 +154,36 @@ def test_to_diffusers_takes_the_measured_scaling_factor(tmp_path):
     net = model.build("dcae-t48")
     net.latent_stats = {"scaling_factor": 2.5}
     assert to_diffusers(net).config.scaling_factor == 2.5
+
+
+def test_rgba_loss_ignores_the_colour_of_invisible_pixels():
+    from training.losses import rgba_loss
+
+    x = torch.rand(2, 4, 32, 32)
+    x[:, 3] = 0
+    x[:, 3, :16] = 1  # the top half is covered
+    other = x.clone()
+    other[:, :3, 16:] = torch.rand(2, 3, 16, 32)  # different colour where nothing is visible
+    assert rgba_loss(other, x).item() == pytest.approx(0.0, abs=1e-7)
+    other[:, :3, :16] += 0.1
+    assert rgba_loss(other, x).item() == pytest.approx(0.1 * 3 * 16 * 32 / (3 * 32 * 32), rel=1e-4)
+
+
+def test_rgba_metrics_give_alpha_iou_and_colour_psnr_over_covered_pixels():
+    from training.metrics import rgba_metrics_from_sums, rgba_sums
+
+    tiles = torch.zeros(1, 4, 32, 32, dtype=torch.uint8)
+    tiles[:, 3, :16] = 255  # target covers the top half
+    tiles[:, :3] = 100
+
+    class Shifted(nn.Module):  # covers the top 24 rows; colour off by 51/255 = 0.2 everywhere
+        def forward(self, x):
+            out = x.clone()
+            out[:, 3] = 0
+            out[:, 3, :24] = 1
+            out[:, :3] += 0.2
+            return out
+
+    m = rgba_metrics_from_sums(*rgba_sums(Shifted(), tiles).tolist())
+    assert m["alpha_iou"] == pytest.approx(16 / 24)
+    assert m["covered_psnr"] == pytest.approx(10 * math.log10(1 / 0.04), rel=1e-3)
