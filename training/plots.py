@@ -103,12 +103,20 @@ def grid_image(original: np.ndarray, reconstructed: np.ndarray, columns: int = C
     return image
 
 
+def validation_sample(data: TileData, count: int) -> np.ndarray:
+    """The first validation tiles of each source, in equal shares (rows of the grid alternate
+    sources when there are several), ``count`` in all."""
+    sources = list(data.val_sources().values())
+    share = max(1, -(-count // len(sources)))
+    return np.concatenate([tiles[:share] for tiles in sources])[:count]
+
+
 @torch.inference_mode()
 def plot_reconstructions(runs: list[str | Path], data: str | Path, out: str | Path, count: int = 32) -> Path:
     """Validation tiles (original row above reconstruction row) for each model, side by side."""
     if count < 1:
         raise ValueError(f"--tiles must be at least 1, got {count}")
-    val = TileData.open(data).split("val")[:count]
+    val = validation_sample(TileData.open(data), count)
     plt = _pyplot()
     fig, axes = plt.subplots(1, len(runs), figsize=(5.5 * len(runs), 5.5 * math.ceil(len(val) / COLUMNS) / 4 + 0.8),
                              dpi=120, squeeze=False)
