@@ -19,7 +19,8 @@ from bench import load, results
 from bench.bodies import Sheets
 from bench.console import setup_logging
 from bench.machine import describe
-from bench.procs import Server, redis_server, tessera_server
+from tests.support.redis_server import redis_server
+from tests.support.serve import TesseraServer, tessera_server
 from bench.service import Plan, measured, server_env
 
 logger = logging.getLogger(__name__)
@@ -37,7 +38,7 @@ class CachePlan:
 QUICK = CachePlan(grids=((4, 4),), uncached_requests=2, cached_requests=5)
 
 
-def sheet_case(server: Server, model: str, grid: tuple[int, int], plan: CachePlan, seed: int) -> dict:
+def sheet_case(server: TesseraServer, model: str, grid: tuple[int, int], plan: CachePlan, seed: int) -> dict:
     sheets = Sheets(*grid, count=plan.uncached_requests + 1, seed=seed)
     uncached = load.closed_loop(server.url, sheets, concurrency=1, requests=plan.uncached_requests, warmup_requests=1)
     uncached = measured(server, model, uncached)
@@ -60,7 +61,7 @@ def run(checkpoint: Path, plan: CachePlan, logs: Path) -> dict:
         with contextlib.ExitStack() as stack:
             env = dict(base)
             if backend == "redis":
-                env["TESSERA_REDIS_URL"] = stack.enter_context(redis_server())
+                env["TESSERA_REDIS_URL"] = stack.enter_context(redis_server()).url
             server = stack.enter_context(tessera_server(env, logs / f"serve-cache-{backend}.log"))
             cases = [sheet_case(server, model, grid, plan, seed=3000 + 100 * k) for k, grid in enumerate(plan.grids)]
         for case in cases:

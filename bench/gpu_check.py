@@ -55,7 +55,8 @@ from pathlib import Path
 from bench import results
 from bench.console import setup_logging
 from bench.machine import ROOT, describe, describe_cuda
-from bench.procs import run_group, tessera_command
+from bench.procs import run_group
+from tests.support.serve import tessera_command
 
 logger = logging.getLogger(__name__)
 
@@ -295,7 +296,7 @@ def run_service(stage: Stage) -> None:
 
     from bench import load, raw, wrk
     from bench.bodies import Sheets
-    from bench.procs import tessera_server
+    from tests.support.serve import tessera_server
     from bench.service import measured
 
     plan = stage.plan

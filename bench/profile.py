@@ -25,7 +25,7 @@ from bench import load, results
 from bench.bodies import Sheets
 from bench.console import setup_logging
 from bench.machine import describe
-from bench.procs import tessera_server
+from tests.support.serve import tessera_server
 from bench.service import Plan, SingleTiles, measured, server_env
 
 logger = logging.getLogger(__name__)
@@ -33,15 +33,17 @@ logger = logging.getLogger(__name__)
 # group -> (file, function) patterns; a None function matches any function of that file. A
 # sample belongs to the group of its innermost matching frame.
 GROUPS: dict[str, tuple[tuple[str, str | None], ...]] = {
-    "read body": (("service/routes.py", "read_body"),),
+    "read body": (("service/pipeline.py", "read_body"),),
     "decode body (npy, PNG)": (("service/codecs.py", "tiles_from_npy"), ("service/codecs.py", "tiles_from_image"),
                                ("service/codecs.py", "tiles_from_json")),
     "hash tiles": (("service/cache.py", "tile_hashes"),),
     "latent cache": (("service/cache.py", None),),
-    "batching (queue, wait, hand back)": (("service/batching.py", None),),
-    "answer (npy, JSON)": (("service/codecs.py", "npy_bytes"), ("starlette/responses.py", None)),
-    "metrics": (("prometheus_client/", None),),
-    "route and pipeline code": (("service/routes.py", None), ("service/pipeline.py", None)),
+    "batching (queue, wait, hand back)": (("service/batcher.py", None), ("service/batching.py", None),
+                                          ("service/admission.py", None)),
+    "answer (npy, JSON)": (("service/codecs.py", "npy_bytes"), ("service/formats.py", None), ("starlette/responses.py", None)),
+    "metrics": (("prometheus_client/", None), ("service/metrics.py", None)),
+    "route and pipeline code": (("service/routes.py", None), ("service/pipeline.py", None), ("service/dependencies.py", None),
+                                ("service/lifecycle.py", None)),
 }
 FRAMEWORK = "HTTP and framework (uvicorn, Starlette, FastAPI)"
 LOOP = "event loop and sockets"

@@ -24,7 +24,7 @@ from pathlib import Path
 from bench import results
 from bench.console import setup_logging
 from bench.machine import ROOT, describe
-from bench.procs import tessera_server
+from tests.support.serve import tessera_server
 from bench.service import QUICK, Plan, SingleTiles, measured, server_env, sheet
 
 logger = logging.getLogger(__name__)

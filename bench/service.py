@@ -28,7 +28,8 @@ from bench import load, results, scrape, wrk
 from bench.bodies import NpyTiles, Sheets
 from bench.console import setup_logging
 from bench.machine import describe
-from bench.procs import Server, machine_busy_s, tessera_server, thread_cpu_s
+from bench.procs import machine_busy_s, thread_cpu_s
+from tests.support.serve import TesseraServer, tessera_server
 
 logger = logging.getLogger(__name__)
 
@@ -67,7 +68,7 @@ def children_cpu_s() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def measured(server: Server, model: str, work: Coroutine | Callable[[], dict], expect_cached: bool = False) -> dict:
+def measured(server: TesseraServer, model: str, work: Coroutine | Callable[[], dict], expect_cached: bool = False) -> dict:
     """Run one load (a ``bench.load`` coroutine, or a callable such as ``SingleTiles.closed``)
     between two /metrics scrapes; adds the server's counts and the CPU seconds of the server's
     event loop, its other threads (model calls) and the load generator (this process, or the
@@ -127,11 +128,11 @@ def fmt_opt(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.1f}"
 
 
-def sweep(server: Server, model: str, plan: Plan, concurrencies: tuple[int, ...], tiles: SingleTiles) -> list[dict]:
+def sweep(server: TesseraServer, model: str, plan: Plan, concurrencies: tuple[int, ...], tiles: SingleTiles) -> list[dict]:
     return [measured(server, model, tiles.closed(server.url, c, plan.duration_s, plan.warmup_s)) for c in concurrencies]
 
 
-def sheet(server: Server, model: str, plan: Plan, seed: int) -> dict:
+def sheet(server: TesseraServer, model: str, plan: Plan, seed: int) -> dict:
     sheets = Sheets(*plan.sheet_grid, count=plan.sheet_requests + 1, seed=seed)
     return measured(server, model, load.closed_loop(server.url, sheets, concurrency=1, requests=plan.sheet_requests, warmup_requests=1))
 

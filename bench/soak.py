@@ -35,7 +35,8 @@ from bench import load, results, scrape
 from bench.bodies import NPY, PNG, TILE_BYTES, NpyTiles, Sheets, npy_header
 from bench.console import setup_logging
 from bench.machine import ROOT, describe
-from bench.procs import BenchSetupError, redis_server, tessera_server
+from tests.support.redis_server import redis_server
+from tests.support.serve import ProcessStartError, tessera_server
 
 logger = logging.getLogger(__name__)
 
@@ -152,9 +153,9 @@ def run(args: argparse.Namespace) -> dict:
         redis_url = None
         if args.redis:
             try:
-                redis_url = stack.enter_context(redis_server())
+                redis_url = stack.enter_context(redis_server()).url
                 env["TESSERA_REDIS_URL"] = redis_url
-            except BenchSetupError as exc:
+            except ProcessStartError as exc:
                 logger.warning("soak without Redis (in-process cache): %s", exc)
         url = stack.enter_context(tessera_server(env, args.logs / "serve-soak.log")).url
         idle = resident_bytes(url) / 2**20

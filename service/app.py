@@ -1,5 +1,7 @@
-"""The app factory: ``create_app(settings)`` wires routes, errors and metrics; its lifespan
-loads the models, starts their batchers (warm-up first) and, on shutdown, drains them.
+"""The app factory: ``create_app(settings)`` wires routes, errors and the event sink (Prometheus
+metrics); its lifespan loads the models, starts their batchers (warm-up first) and moves the
+server's ``Lifecycle`` on: ready once warm, and on shutdown draining (admitted requests finish
+within the grace period), then stopped.
 
     uvicorn --factory service.app:create_app     # settings from TESSERA_* variables
 """
@@ -9,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 
 from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
@@ -17,14 +19,18 @@ from swagger_ui_bundle import swagger_ui_path
 
 from service.auth import KeyCheck, load_keys
 from service.codecs import Limits
+from service.demo import router as demo_router
 from service.errors import install_error_handlers
+from service.events import EventSink, Fanout
 from service.interpreter_tuning import tune_for_serving
+from service.lifecycle import Lifecycle, Phase
 from service.malloc_tuning import keep_freed_memory
 from service.metrics import Metrics, RequestMetricsMiddleware
 from service.openapi import install_openapi
 from service.registry import Registry, load_registry
-from service.routes import DOCS_ASSETS, ServiceState, router
+from service.routes import DOCS_ASSETS, router
 from service.settings import Settings
+from service.state import ServiceState
 
 logger = logging.getLogger(__name__)
 
@@ -38,16 +44,57 @@ JSON with base64 PNG tiles. Errors are `{"detail": ..., "code": ...}`.
 """
 
 
-def open_cache(settings: Settings, metrics: Metrics):
+def open_cache(settings: Settings, events: EventSink):
     """The latent cache the settings ask for, or None when it is disabled."""
     if not settings.redis_url and settings.cache_max_bytes == 0:
         return None
     from service.cache import make_cache
 
-    return make_cache(settings, on_lookup=metrics.cache_lookup, on_error=metrics.cache_error)
+    return make_cache(settings, events)
 
 
-def create_app(settings: Settings | None = None, registry: Registry | None = None) -> FastAPI:
+def serving(settings: Settings, metrics: Metrics, events: EventSink, registry: Registry | None):
+    """The lifespan of an app: load the models (unless ``registry`` has them), start their
+    batchers, and on shutdown drain the lifecycle, then stop."""
+    preloaded = registry
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        nonlocal preloaded
+        start = time.monotonic()
+        registry, preloaded = preloaded or load_registry(settings), None
+        if app.state.lifecycle.phase is Phase.STOPPED:  # the app serves again
+            app.state.lifecycle = Lifecycle(max_in_flight=settings.max_requests_in_flight)
+        lifecycle = app.state.lifecycle
+        for served in registry.models.values():
+            info = served.describe(registry.default)
+            metrics.add_model(served.name, info["arch"], info["compression_ratio"], served.key)
+        cache = open_cache(settings, events)
+        limits = Limits(max_tiles=settings.max_tiles_per_request, max_pixels=settings.max_image_pixels)
+        app.state.tessera = ServiceState(settings, registry, events, cache, limits, lifecycle)
+        keep_freed_memory()  # model calls reuse their activation memory (service.malloc_tuning)
+        registry.start(events, lifecycle)
+        untune_gc = tune_for_serving()
+        logger.info("serving %s (default %s); loaded in %.2f s, warming up",
+                    sorted(registry.models), registry.default, time.monotonic() - start)
+        try:
+            yield
+        finally:
+            lifecycle.drain()
+            left = await lifecycle.wait_idle(settings.shutdown_grace_s)
+            lifecycle.stop()
+            await registry.stop()
+            if left:
+                logger.warning("shut down with %d request(s) unfinished after %.1f s", left, settings.shutdown_grace_s)
+            if cache is not None:
+                await cache.close()
+            app.state.tessera = None
+            untune_gc()
+
+    return lifespan
+
+
+def create_app(settings: Settings | None = None, registry: Registry | None = None, sinks: Sequence[EventSink] = ()) -> FastAPI:
     """A Tessera app; nothing is loaded until its lifespan starts.
 
     Raises ``ValueError`` when ``TESSERA_API_KEYS`` names an unreadable or empty key file.
@@ -57,60 +104,31 @@ def create_app(settings: Settings | None = None, registry: Registry | None = Non
         registry: models already loaded by ``load_registry(settings)`` (``tessera serve``
             loads them first so that a bad checkpoint is reported before the server starts);
             it serves one lifespan. None: the lifespan loads them.
+        sinks: event sinks that get every event besides the Prometheus metrics (``service.events``).
     """
     settings = settings if settings is not None else Settings()
     keys = KeyCheck(load_keys(settings.api_keys))  # a bad key file fails here, before serving
     metrics = Metrics()
-    preloaded = registry
-
-    @contextlib.asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        nonlocal preloaded
-        start = time.monotonic()
-        registry, preloaded = preloaded or load_registry(settings), None
-        registry.observe(metrics.batch_observer)
-        for served in registry.models.values():
-            info = served.describe(registry.default)
-            metrics.add_model(served.name, info["arch"], info["compression_ratio"], served.key)
-        cache = open_cache(settings, metrics)
-        limits = Limits(max_tiles=settings.max_tiles_per_request, max_pixels=settings.max_image_pixels)
-        state = ServiceState(settings, registry, metrics, cache, limits)
-        app.state.tessera = state
-        keep_freed_memory()  # model calls reuse their activation memory (service.malloc_tuning)
-        registry.start()
-        untune_gc = tune_for_serving()
-        logger.info(
-            "serving %s (default %s); loaded in %.2f s, warming up",
-            sorted(registry.models), registry.default, time.monotonic() - start,
-        )
-        try:
-            yield
-        finally:
-            state.draining = True
-            left = await registry.drain(settings.shutdown_grace_s)
-            if left:
-                logger.warning("shut down with %d request(s) unfinished after %.1f s", left, settings.shutdown_grace_s)
-            if cache is not None:
-                await cache.close()
-            app.state.tessera = None
-            untune_gc()
-
+    events: EventSink = Fanout(metrics, *sinks) if sinks else metrics
     app = FastAPI(
         title="Tessera",
         version="0.1.0",
         summary="32x32 game tiles <-> DC-AE latents",
         description=DESCRIPTION,
-        lifespan=lifespan,
+        lifespan=serving(settings, metrics, events, registry),
         redirect_slashes=False,  # a redirect would be built from the client's Host header
         openapi_url=None, docs_url=None, redoc_url=None,  # served by service.routes: local assets, key rule
     )
     app.state.settings = settings
     app.state.metrics = metrics
+    app.state.events = events
     app.state.keys = keys
+    app.state.lifecycle = Lifecycle(max_in_flight=settings.max_requests_in_flight)
     app.state.tessera = None
     install_error_handlers(app)
     app.include_router(router)
+    app.include_router(demo_router)  # /demo, the try-it page (TESSERA_DEMO)
     install_openapi(app)
     app.mount(f"/{DOCS_ASSETS}", StaticFiles(directory=swagger_ui_path), name="docs-assets")
-    app.add_middleware(RequestMetricsMiddleware, metrics=metrics)
+    app.add_middleware(RequestMetricsMiddleware, events=events)
     return app

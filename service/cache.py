@@ -28,9 +28,10 @@ import struct
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import numpy as np
+
+from service.events import NULL, EventSink
 
 logger = logging.getLogger(__name__)
 
@@ -51,8 +52,10 @@ def tile_hashes(tiles: np.ndarray) -> list[bytes]:
     """sha256 digest of each tile's RGB bytes; tiles: uint8 [N, 32, 32, 3]."""
     if tiles.dtype != np.uint8 or tiles.ndim != 4 or tiles.shape[-1] != 3:
         raise ValueError(f"tile_hashes expects uint8 [N, H, W, 3] RGB tiles, got {tiles.dtype} {tiles.shape}")
-    tiles = np.ascontiguousarray(tiles)
-    return [hashlib.sha256(tile.tobytes()).digest() for tile in tiles]
+    data = memoryview(np.ascontiguousarray(tiles)).cast("B")  # the tiles' bytes, not copied
+    size = tiles[0].nbytes if len(tiles) else 0
+    sha256 = hashlib.sha256
+    return [sha256(data[start : start + size]).digest() for start in range(0, len(data), size)] if size else []
 
 
 def encode_value(latent: np.ndarray) -> bytes:
@@ -107,32 +110,15 @@ def decode_values(values: list[bytes]) -> list[np.ndarray | CacheValueError]:
     return list(block)
 
 
-@dataclass
-class CacheStats:
-    """Running totals of one cache: lookups that hit or missed, operations that failed, and
-    operations skipped while the circuit breaker was open."""
-
-    hits: int = 0
-    misses: int = 0
-    errors: int = 0
-    skipped: int = 0
-
-
-# on_lookup(backend, hits, misses) and on_error(backend, op): hooks for metrics
-LookupHook = Callable[[str, int, int], None]
-ErrorHook = Callable[[str, str], None]
-
-
 class LatentCache:
     """Interface of every latent cache. ``model_key`` identifies the weights (their sha256);
-    ``tile_hashes`` are digests from ``tile_hashes()``. Never raises on backend trouble."""
+    ``tile_hashes`` are digests from ``tile_hashes()``. Never raises on backend trouble; reports
+    lookups, failures and skipped calls to ``events``."""
 
     backend = "none"
 
-    def __init__(self, on_lookup: LookupHook | None = None, on_error: ErrorHook | None = None) -> None:
-        self.stats = CacheStats()
-        self._on_lookup = on_lookup
-        self._on_error = on_error
+    def __init__(self, events: EventSink = NULL) -> None:
+        self.events = events
 
     async def get_many(self, model_key: str, tile_hashes: list[bytes]) -> dict[bytes, np.ndarray]:
         """The cached latents among ``tile_hashes`` (hits only), keyed by tile hash."""
@@ -146,15 +132,10 @@ class LatentCache:
         """Release connections; the cache must not be used afterwards."""
 
     def _count_lookup(self, hits: int, misses: int) -> None:
-        self.stats.hits += hits
-        self.stats.misses += misses
-        if self._on_lookup is not None:
-            self._on_lookup(self.backend, hits, misses)
+        self.events.cache_lookup(self.backend, hits, misses)
 
     def _count_error(self, op: str) -> None:
-        self.stats.errors += 1
-        if self._on_error is not None:
-            self._on_error(self.backend, op)
+        self.events.cache_error(self.backend, op)
 
 
 def cache_key(model_key: str, tile_hash: bytes) -> bytes:
@@ -170,13 +151,15 @@ class MemoryLatentCache(LatentCache):
     backend = "memory"
     ENTRY_OVERHEAD = 120  # bytes per entry beyond key and array data (dict slot, array header)
 
-    def __init__(self, max_bytes: int, ttl_s: float | None = None, **hooks) -> None:
-        super().__init__(**hooks)
+    def __init__(self, max_bytes: int, ttl_s: float | None = None, events: EventSink = NULL,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        super().__init__(events)
         if max_bytes < 0:
             raise ValueError(f"max_bytes must be >= 0, got {max_bytes}")
         self.max_bytes = max_bytes
         self.ttl_s = ttl_s
         self.nbytes = 0
+        self.clock = clock
         self._entries: OrderedDict[bytes, tuple[float, np.ndarray]] = OrderedDict()
 
     def __len__(self) -> int:
@@ -190,7 +173,7 @@ class MemoryLatentCache(LatentCache):
         self.nbytes -= self._size(key, latent)
 
     async def get_many(self, model_key: str, tile_hashes: list[bytes]) -> dict[bytes, np.ndarray]:
-        now = time.monotonic()
+        now = self.clock()
         found: dict[bytes, np.ndarray] = {}
         wanted = list(dict.fromkeys(tile_hashes))
         for tile_hash in wanted:
@@ -208,7 +191,7 @@ class MemoryLatentCache(LatentCache):
         return found
 
     async def put_many(self, model_key: str, items: dict[bytes, np.ndarray]) -> None:
-        expires_at = time.monotonic() + self.ttl_s if self.ttl_s else float("inf")
+        expires_at = self.clock() + self.ttl_s if self.ttl_s else float("inf")
         for tile_hash, latent in items.items():
             key = cache_key(model_key, tile_hash)
             latent = np.array(latent, copy=True)
@@ -239,7 +222,7 @@ class CircuitBreaker:
             raise ValueError(f"breaker needs threshold >= 1 and cooldown_s >= 0, got {threshold}, {cooldown_s}")
         self.threshold = threshold
         self.cooldown_s = cooldown_s
-        self._clock = clock
+        self.clock = clock
         self.state = BreakerState.CLOSED
         self._failures = 0
         self._opened_at = 0.0
@@ -248,7 +231,7 @@ class CircuitBreaker:
         """Whether a call may go through now; an allowed call must report its outcome."""
         if self.state is BreakerState.CLOSED:
             return True
-        if self.state is BreakerState.OPEN and self._clock() - self._opened_at >= self.cooldown_s:
+        if self.state is BreakerState.OPEN and self.clock() - self._opened_at >= self.cooldown_s:
             self.state = BreakerState.HALF_OPEN
             return True
         return False  # open and cooling down, or a probe is already in flight
@@ -264,7 +247,7 @@ class CircuitBreaker:
         but a cancelled probe must not leave the breaker half-open (skipping) for good."""
         if self.state is BreakerState.HALF_OPEN:
             self.state = BreakerState.OPEN
-            self._opened_at = self._clock() - self.cooldown_s  # the next call probes again
+            self._opened_at = self.clock() - self.cooldown_s  # the next call probes again
 
     def failed(self) -> None:
         self._failures += 1
@@ -272,7 +255,7 @@ class CircuitBreaker:
             if self.state is not BreakerState.OPEN:
                 logger.warning("latent cache backend failing; skipping it for %.1f s", self.cooldown_s)
             self.state = BreakerState.OPEN
-            self._opened_at = self._clock()
+            self._opened_at = self.clock()
 
 
 class RedisLatentCache(LatentCache):
@@ -280,8 +263,9 @@ class RedisLatentCache(LatentCache):
 
     backend = "redis"
 
-    def __init__(self, client, ttl_s: float, timeout_s: float = DEFAULT_TIMEOUT_S, breaker: CircuitBreaker | None = None, **hooks):
-        super().__init__(**hooks)
+    def __init__(self, client, ttl_s: float, timeout_s: float = DEFAULT_TIMEOUT_S, breaker: CircuitBreaker | None = None,
+                 events: EventSink = NULL):
+        super().__init__(events)
         if ttl_s <= 0:
             raise ValueError(f"ttl_s must be > 0 for Redis entries, got {ttl_s}")
         self.client = client
@@ -311,7 +295,7 @@ class RedisLatentCache(LatentCache):
     async def _call(self, op: str, make_call: Callable[[], object]):
         """Run one Redis round trip under the breaker and a deadline; None on any failure."""
         if not self.breaker.allow():
-            self.stats.skipped += 1
+            self.events.cache_skipped(self.backend, op)
             return None
         try:
             async with asyncio.timeout(self.timeout_s * 2):
@@ -364,20 +348,18 @@ class RedisLatentCache(LatentCache):
             logger.debug("closing redis client failed: %r", exc)
 
 
-def make_cache(settings, on_lookup: LookupHook | None = None, on_error: ErrorHook | None = None) -> LatentCache:
+def make_cache(settings, events: EventSink = NULL) -> LatentCache:
     """Redis when ``settings.redis_url`` is set, else the in-process LRU.
 
     Reads ``redis_url``, ``cache_ttl_s`` and ``cache_max_bytes``, and ``cache_timeout_s`` and
-    ``cache_breaker_cooldown_s`` where the settings define them. The hooks feed metrics
-    (``service.metrics.Metrics.cache_lookup`` / ``cache_error``).
+    ``cache_breaker_cooldown_s`` where the settings define them.
     """
-    hooks = {"on_lookup": on_lookup, "on_error": on_error}
     if settings.redis_url:
         return RedisLatentCache.from_url(
             settings.redis_url,
             ttl_s=settings.cache_ttl_s,
             timeout_s=settings.cache_timeout_s,
             breaker=CircuitBreaker(cooldown_s=settings.cache_breaker_cooldown_s),
-            **hooks,
+            events=events,
         )
-    return MemoryLatentCache(max_bytes=settings.cache_max_bytes, ttl_s=settings.cache_ttl_s, **hooks)
+    return MemoryLatentCache(max_bytes=settings.cache_max_bytes, ttl_s=settings.cache_ttl_s, events=events)

@@ -1,4 +1,5 @@
-"""Prometheus metrics of one app, all ``tessera_``-prefixed, with bounded labels only.
+"""Prometheus metrics of one app, all ``tessera_``-prefixed, with bounded labels only: the
+``EventSink`` (``service.events``) the app reports to.
 
 Labels are model names, operations (encode|decode), endpoints (the fixed routes, else
 ``other``), status classes (2xx..5xx), reasons, sources and cache backends: never a tile hash,
@@ -24,8 +25,12 @@ share series; ``/metrics`` exposes it with the process collector (memory, CPU, o
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
+from typing import NamedTuple
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector, generate_latest
+
+from service.events import EventSink
 
 ENDPOINTS = ("/v1/encode", "/v1/decode", "/v1/models", "/healthz", "/readyz", "/metrics")
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
@@ -36,38 +41,19 @@ def status_class(status: int) -> str:
     return f"{status // 100}xx" if 100 <= status < 600 else "5xx"
 
 
-class BatchMetrics:
-    """The ``BatchObserver`` of one (model, op): batcher events -> series."""
+class _Batching(NamedTuple):
+    """The series of one (model, op), looked up once."""
 
-    def __init__(self, metrics: Metrics, model: str, op: str) -> None:
-        labels = {"model": model, "op": op}
-        self._size = metrics.batch_size.labels(**labels)
-        self._unique = metrics.batch_unique.labels(**labels)
-        self._compute = metrics.batch_compute.labels(**labels)
-        self._wait = metrics.queue_wait.labels(**labels)
-        self._depth = metrics.queue_depth.labels(**labels)
-        self._rejected = metrics.rejected
-        self._computed = metrics.tiles.labels(source="model", **labels)
-        self._labels = labels
-
-    def on_batch(self, tiles: int, unique: int, seconds: float) -> None:
-        self._size.observe(tiles)
-        self._unique.observe(unique)
-        self._compute.observe(seconds)
-        self._computed.inc(tiles)
-
-    def on_queue_wait(self, seconds: float) -> None:
-        self._wait.observe(seconds)
-
-    def on_queue_depth(self, tiles: int) -> None:
-        self._depth.set(tiles)
-
-    def on_rejected(self, reason: str, tiles: int) -> None:
-        self._rejected.labels(reason=reason, **self._labels).inc(tiles)
+    size: Histogram
+    unique: Histogram
+    compute: Histogram
+    wait: Histogram
+    depth: Gauge
+    computed: Counter
 
 
 class Metrics:
-    """Every series of the service, registered in a fresh registry."""
+    """Every series of the service, registered in a fresh registry; an ``EventSink``."""
 
     def __init__(self) -> None:
         self.registry = registry = CollectorRegistry()
@@ -97,7 +83,7 @@ class Metrics:
             "tessera_queue_wait_seconds", "Time from enqueue to the start of the batch", ["model", "op"],
             buckets=LATENCY_BUCKETS, registry=registry,
         )
-        self.queue_depth = Gauge(
+        self.queue_depth_tiles = Gauge(
             "tessera_queue_depth_tiles", "Tiles waiting for a model call", ["model", "op"], registry=registry
         )
         self.rejected = Counter(
@@ -112,9 +98,53 @@ class Metrics:
             "tessera_model_info", "Loaded models (value 1)", ["model", "arch", "compression_ratio", "weights_sha256"],
             registry=registry,
         )
+        self._batching: dict[tuple[str, str], _Batching] = {}
+        self._requests: dict[tuple[str, str], tuple[Counter, Histogram]] = {}
 
-    def batch_observer(self, model: str, op: str) -> BatchMetrics:
-        return BatchMetrics(self, model, op)
+    def _series(self, model: str, op: str) -> _Batching:
+        found = self._batching.get((model, op))
+        if found is None:
+            labels = {"model": model, "op": op}
+            found = self._batching[(model, op)] = _Batching(
+                self.batch_size.labels(**labels), self.batch_unique.labels(**labels), self.batch_compute.labels(**labels),
+                self.queue_wait.labels(**labels), self.queue_depth_tiles.labels(**labels),
+                self.tiles.labels(source="model", **labels),
+            )
+        return found
+
+    # -- events ------------------------------------------------------------------------------
+
+    def request_answered(self, endpoint: str, status: int, seconds: float) -> None:
+        key = (endpoint, status_class(status))
+        series = self._requests.get(key)
+        if series is None:
+            series = self._requests[key] = (self.requests.labels(*key), self.request_duration.labels(*key))
+        series[0].inc()
+        series[1].observe(seconds)
+
+    def queue_depth(self, model: str, op: str, tiles: int) -> None:
+        self._series(model, op).depth.set(tiles)
+
+    def batch_formed(self, model: str, op: str, tiles: int, waited_s: Sequence[float]) -> None:
+        wait = self._series(model, op).wait
+        for seconds in waited_s:
+            wait.observe(seconds)
+
+    def batch_computed(self, model: str, op: str, tiles: int, unique: int, seconds: float) -> None:
+        series = self._series(model, op)
+        series.size.observe(tiles)
+        series.unique.observe(unique)
+        series.compute.observe(seconds)
+        series.computed.inc(tiles)
+
+    def batch_failed(self, model: str, op: str, tiles: int, error: str) -> None:
+        self.rejected.labels(model=model, op=op, reason="error").inc(tiles)
+
+    def tiles_rejected(self, model: str, op: str, reason: str, tiles: int) -> None:
+        self.rejected.labels(model=model, op=op, reason=reason).inc(tiles)
+
+    def tiles_from_cache(self, model: str, tiles: int) -> None:
+        self.tiles.labels(model=model, op="encode", source="cache").inc(tiles)
 
     def cache_lookup(self, backend: str, hits: int, misses: int) -> None:
         self.cache_hits.labels(backend).inc(hits)
@@ -123,22 +153,28 @@ class Metrics:
     def cache_error(self, backend: str, op: str) -> None:
         self.cache_errors.labels(backend, op).inc()
 
-    def cached_tiles(self, model: str, tiles: int) -> None:
-        self.tiles.labels(model=model, op="encode", source="cache").inc(tiles)
+    def cache_skipped(self, backend: str, op: str) -> None:
+        pass  # counted as misses by the lookup itself (tessera_cache_misses_total)
+
+    # -- the rest ------------------------------------------------------------------------------
 
     def add_model(self, name: str, arch: str, compression_ratio: float, weights_sha256: str) -> None:
+        """A loaded model: its info series, and its batching series at zero (so that queue
+        depth and batch counts exist before the first request)."""
         self.model_info.labels(name, arch, f"{compression_ratio:g}", weights_sha256).set(1)
+        for op in ("encode", "decode"):
+            self._series(name, op)
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
 
 
 class RequestMetricsMiddleware:
-    """ASGI middleware: count and time every HTTP request by endpoint and status class."""
+    """ASGI middleware: report every HTTP request, by endpoint and status, with its duration."""
 
-    def __init__(self, app, metrics: Metrics) -> None:
+    def __init__(self, app, events: EventSink) -> None:
         self.app = app
-        self.metrics = metrics
+        self.events = events
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http":
@@ -158,6 +194,4 @@ class RequestMetricsMiddleware:
         try:
             await self.app(scope, receive, send_and_record)
         finally:
-            labels = (endpoint, status_class(status))
-            self.metrics.requests.labels(*labels).inc()
-            self.metrics.request_duration.labels(*labels).observe(time.perf_counter() - start)
+            self.events.request_answered(endpoint, status, time.perf_counter() - start)

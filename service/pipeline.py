@@ -1,76 +1,156 @@
-"""From checked arrays to results: the latent cache in front of the encode batcher.
+"""One pipeline per operation: admit -> read and decode the body -> cache -> batch -> answer.
 
-Encode looks every distinct tile up in the cache (one ``get_many`` per request), sends only
-the misses to the batcher, stores what was computed (one ``put_many``) and reassembles the
-latents in request order. Without a cache every tile goes to the batcher, which computes
-identical tiles once anyway.
+A request touches each layer once. Its batcher ticket (``Batcher.expect``) is taken before the
+body is read, so that a batch waiting for company waits for it, and given back the moment the
+request will not submit (every tile a cache hit, or an error). Encode hashes its tiles once:
+the hashes are the cache keys and, for the misses, the keys the batcher computes equal tiles
+once by. Without a cache nothing is hashed and the batcher keys rows by their bytes.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable
-from dataclasses import dataclass
+import asyncio
+from collections.abc import Hashable, Sequence
+from typing import Any
 
 import numpy as np
+from fastapi import Request
+from fastapi.responses import Response
+from starlette.requests import ClientDisconnect
+from starlette.types import Receive
 
+from service import formats
+from service.batcher import Batcher
 from service.batching import Ticket
-from service.cache import LatentCache, tile_hashes
-from service.errors import InferenceFailed
-from service.metrics import Metrics
-from service.offload import INLINE_TILES, in_pool
+from service.cache import tile_hashes
+from service.errors import BadRequest, InferenceFailed, TooLarge
+from service.formats import DECODE_READERS, DECODE_WRITERS, ENCODE_READERS, ENCODE_WRITERS, Decoded, Encoded, Reader
+from service.offload import INLINE_TILES, in_pool, off_loop
 from service.registry import ServedModel
+from service.state import ServiceState
 
 
-@dataclass(frozen=True)
-class Encoded:
-    latents: np.ndarray  # float32 [N, *latent_shape]
-    cached: int  # tiles answered from the cache
+async def encode(request: Request, state: ServiceState, model: str | None) -> Response:
+    """``POST /v1/encode``: tiles (an image, a sheet, npy or JSON) -> latents."""
+    with state.lifecycle.admit():
+        deadline = state.clock.now() + state.settings.request_timeout_s
+        served = state.registry.get(model)
+        read = formats.reader(request, ENCODE_READERS)
+        write = formats.writer(request, ENCODE_WRITERS)
+        with served.encoder.expect() as ticket:  # a batch waiting for company waits for this request
+            body = await read_body(request, state.settings.max_body_bytes)
+            batch = await decode_body(read, body, state.settings.decode_timeout_s, state.limits)
+            latents, cached = await encode_tiles(state, served, batch.tiles, deadline, request.receive, ticket)
+        return write(Encoded(served.name, served.latent_shape, latents, cached, batch))
+
+
+async def decode(request: Request, state: ServiceState, model: str | None, columns: int | None) -> Response:
+    """``POST /v1/decode``: latents (npy or JSON) -> tiles (a PNG sheet, npy or JSON)."""
+    with state.lifecycle.admit():
+        deadline = state.clock.now() + state.settings.request_timeout_s
+        served = state.registry.get(model)
+        read = formats.reader(request, DECODE_READERS)
+        write = formats.writer(request, DECODE_WRITERS)
+        with served.decoder.expect() as ticket:
+            body = await read_body(request, state.settings.max_body_bytes)
+            latents, body_columns = await decode_body(
+                read, body, state.settings.decode_timeout_s, served.latent_shape, state.limits.max_tiles, served.name
+            )
+            tiles = await submit(served.decoder, latents, None, deadline, request.receive, ticket)
+        return write(Decoded(served.name, tiles, columns or body_columns))
+
+
+# -- steps -----------------------------------------------------------------------------------------
+
+
+async def read_body(request: Request, max_bytes: int) -> bytes:
+    """The request body, refused with 413 as soon as it is known to exceed ``max_bytes``."""
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        try:
+            length = int(declared)
+        except ValueError:
+            raise BadRequest(f"Content-Length {declared!r} is not a number") from None
+        if length > max_bytes:
+            raise TooLarge(f"body of {length} bytes exceeds the limit of {max_bytes} bytes; send fewer tiles per request")
+    receive = request.receive
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientDisconnect()
+        chunk = message.get("body", b"")
+        if chunk:
+            size += len(chunk)
+            if size > max_bytes:
+                raise TooLarge(f"body exceeds the limit of {max_bytes} bytes; send fewer tiles per request")
+            chunks.append(chunk)
+        if not message.get("more_body", False):
+            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+async def decode_body(reader: Reader, body: bytes, timeout_s: float, *args: Any) -> Any:
+    """``reader.read(body, *args)``: on the event loop for small bodies, else in the decode threads
+    within ``timeout_s`` (422 ``decode_timeout`` beyond)."""
+    if reader.inline(body):
+        return reader.read(body, *args)
+    return await off_loop(lambda: reader.read(body, *args), timeout_s, "the body")
 
 
 async def encode_tiles(
-    model: ServedModel,
-    tiles: np.ndarray,
-    *,
-    cache: LatentCache | None,
-    metrics: Metrics | None,
-    deadline: float,
-    gone: Awaitable | None = None,
-    ticket: Ticket | None = None,
-) -> Encoded:
-    """Latents of uint8 RGB ``tiles`` [N, 32, 32, 3], from the cache where it has them."""
+    state: ServiceState, served: ServedModel, tiles: np.ndarray, deadline: float, receive: Receive, ticket: Ticket
+) -> tuple[np.ndarray, int]:
+    """Latents of uint8 RGB ``tiles`` [N, 32, 32, 3], from the cache where it has them, and how
+    many tiles it had."""
+    cache = state.cache
     if cache is None:
-        latents = await model.encoder.submit(tiles, deadline=deadline, gone=gone, ticket=ticket)
-        return Encoded(_finite(model, latents), 0)
-
-    hashes = tile_hashes(tiles) if len(tiles) <= INLINE_TILES else await in_pool(lambda: tile_hashes(tiles))
-    hits = {h: z for h, z in (await cache.get_many(model.key, hashes)).items() if z.shape == model.latent_shape}
-    misses: dict[bytes, int] = {}  # tile hash -> its row in `computed`
-    miss_rows: list[int] = []
-    for i, h in enumerate(hashes):
-        if h not in hits and h not in misses:
-            misses[h] = len(miss_rows)
-            miss_rows.append(i)
-    computed = None
-    if miss_rows:
-        computed = _finite(model, await model.encoder.submit(tiles[miss_rows], deadline=deadline, gone=gone, ticket=ticket))
-        await cache.put_many(model.key, {h: computed[j] for h, j in misses.items()})
-
-    rows = [hits[h] if h in hits else computed[misses[h]] for h in hashes]
-    latents = np.stack(rows).astype(np.float32, copy=False)  # one copy, not one assignment per tile
-    cached = sum(h in hits for h in hashes)
-    if metrics is not None and cached:
-        metrics.cached_tiles(model.name, cached)
-    return Encoded(latents, cached)
+        return finite(served, await submit(served.encoder, tiles, None, deadline, receive, ticket)), 0
+    keys = tile_hashes(tiles) if len(tiles) <= INLINE_TILES else await in_pool(lambda: tile_hashes(tiles))
+    found = await cache.get_many(served.key, keys)
+    hits = {k: z for k, z in found.items() if z.shape == served.latent_shape} if found else found
+    missing = [i for i, key in enumerate(keys) if key not in hits] if hits else None  # None: every tile
+    if missing == []:
+        ticket.give_back()
+        state.events.tiles_from_cache(served.name, len(keys))
+        return np.stack([hits[key] for key in keys]).astype(np.float32, copy=False), len(keys)
+    rows, miss_keys = (tiles, keys) if missing is None else (tiles[missing], [keys[i] for i in missing])
+    computed = finite(served, await submit(served.encoder, rows, miss_keys, deadline, receive, ticket))
+    await cache.put_many(served.key, dict(zip(miss_keys, computed)))
+    if missing is None:
+        return computed, 0
+    state.events.tiles_from_cache(served.name, len(keys) - len(missing))
+    return merge(keys, hits, missing, computed), len(keys) - len(missing)
 
 
-async def decode_latents(
-    model: ServedModel, latents: np.ndarray, *, deadline: float, gone: Awaitable | None = None, ticket: Ticket | None = None
-) -> np.ndarray:
-    """uint8 RGB tiles [N, 32, 32, 3] of float32 ``latents`` [N, *latent_shape]."""
-    return await model.decoder.submit(latents, deadline=deadline, gone=gone, ticket=ticket)
-
-
-def _finite(model: ServedModel, latents: np.ndarray) -> np.ndarray:
-    if not np.isfinite(latents).all():
-        raise InferenceFailed(f"model {model.name!r} produced non-finite latents; the checkpoint may be broken")
+def merge(keys: list[bytes], hits: dict[bytes, np.ndarray], missing: list[int], computed: np.ndarray) -> np.ndarray:
+    """Latents in request order: ``computed`` at the rows ``missing``, cache hits elsewhere."""
+    latents = np.empty((len(keys), *computed.shape[1:]), dtype=np.float32)
+    latents[missing] = computed
+    found = [i for i, key in enumerate(keys) if key in hits]
+    latents[found] = np.stack([hits[keys[i]] for i in found])  # one copy, not one assignment per tile
     return latents
+
+
+async def submit(
+    batcher: Batcher, rows: np.ndarray, keys: Sequence[Hashable] | None, deadline: float, receive: Receive, ticket: Ticket
+) -> np.ndarray:
+    """``batcher.submit`` while watching for the client to leave (its tiles are then dropped)."""
+    gone = asyncio.ensure_future(_disconnected(receive))
+    try:
+        return await batcher.submit(rows, keys=keys, deadline=deadline, gone=gone, ticket=ticket)
+    finally:
+        gone.cancel()
+
+
+async def _disconnected(receive: Receive) -> None:
+    """Returns when the client disconnects (call only after the body was read)."""
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
+def finite(served: ServedModel, latents: np.ndarray) -> np.ndarray:
+    if not np.isfinite(latents).all():
+        raise InferenceFailed(f"model {served.name!r} produced non-finite latents; the checkpoint may be broken")
+    return latents
+

@@ -11,17 +11,19 @@ import asyncio
 import logging
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from service.batching import Batcher, BatchObserver
+from service.batcher import Batcher
+from service.clock import MONOTONIC, Clock
 from service.codecs import TILE
 from service.errors import UnknownModel
+from service.events import EventSink
 from service.graphs import make_calls
+from service.lifecycle import Lifecycle
 from service.settings import DEFAULT_MODEL, Settings
 
 logger = logging.getLogger(__name__)
@@ -165,19 +167,20 @@ class ServedModel:
 
 
 class Registry:
-    """Every served model by name, and the default one."""
+    """Every served model by name, and the default one; their batchers run on ``clock``."""
 
-    def __init__(self, models: dict[str, ServedModel], default: str, skipped: tuple[Skipped, ...] = ()) -> None:
+    def __init__(self, models: dict[str, ServedModel], default: str, skipped: tuple[Skipped, ...] = (),
+                 clock: Clock = MONOTONIC) -> None:
         if default not in models:
             raise RegistryError(f"default model {default!r} is not loaded; loaded: {sorted(models)}")
         self.models = models
         self.default = default
         self.skipped = skipped
+        self.clock = clock
 
     def get(self, name: str | None) -> ServedModel:
         """The named model (the default when None); ``UnknownModel`` lists the known ones."""
-        name = self.default if name is None or name == "" else name
-        model = self.models.get(name)
+        model = self.models.get(name or self.default)
         if model is None:
             raise UnknownModel(f"unknown model {name!r}; loaded models: {sorted(self.models)} (GET /v1/models)")
         return model
@@ -185,37 +188,23 @@ class Registry:
     def batchers(self) -> list[Batcher]:
         return [b for model in self.models.values() for b in model.batchers]
 
-    def observe(self, observer: Callable[[str, str], BatchObserver]) -> None:
-        """Give every batcher ``observer(model, op)`` (before ``start``)."""
-        for model in self.models.values():
-            model.encoder.observer = observer(model.name, "encode")
-            model.decoder.observer = observer(model.name, "decode")
-
-    def start(self) -> None:
+    def start(self, events: EventSink, lifecycle: Lifecycle) -> None:
+        """Start every batcher (warm-up first), reporting to ``events`` and ``lifecycle``."""
         for batcher in self.batchers():
+            batcher.events, batcher.lifecycle = events, lifecycle
             batcher.start()
 
-    @property
-    def ready(self) -> bool:
-        return all(b.ready.is_set() and b.warmup_error is None for b in self.batchers())
-
-    def not_ready_reason(self, stuck_after_s: float | None = None) -> str | None:
-        """Why the service cannot take work now, or None: a batcher still warming up, failed
-        warm-up, or a model call running longer than ``stuck_after_s`` (a hung device)."""
-        now = time.monotonic()
+    def stuck_reason(self, stuck_after_s: float) -> str | None:
+        """A model call running longer than ``stuck_after_s`` (a hung device), or None."""
         for batcher in self.batchers():
-            if not batcher.ready.is_set():
-                return f"{batcher.name} is warming up"
-            if batcher.warmup_error is not None:
-                return f"{batcher.name} failed its warm-up: {batcher.warmup_error}"
-            since = batcher.calling_since
-            if stuck_after_s is not None and since is not None and now - since > stuck_after_s:
-                return f"{batcher.name}: a model call has been running for {now - since:.0f} s; the device may be hung, restart"
+            running = batcher.call_running_s()
+            if running is not None and running > stuck_after_s:
+                return f"{batcher.name}: a model call has been running for {running:.0f} s; the device may be hung, restart"
         return None
 
-    async def drain(self, grace_s: float) -> int:
-        """Finish accepted requests of every batcher within ``grace_s``; the number left unfinished."""
-        left = await asyncio.gather(*(b.drain(grace_s) for b in self.batchers()))
+    async def stop(self) -> int:
+        """Stop every batcher; the number of requests they failed with ``ShuttingDown``."""
+        left = await asyncio.gather(*(b.stop() for b in self.batchers()))
         return sum(left)
 
 
@@ -234,12 +223,39 @@ def choose_default(settings: Settings, names: list[str], skipped: tuple[Skipped,
     return DEFAULT_MODEL if DEFAULT_MODEL in names else names[0]
 
 
-def load_registry(settings: Settings) -> Registry:
+def serve_checkpoint(name: str, path: Path, settings: Settings, device: str, dtype, clock: Clock) -> ServedModel:
+    """One checkpoint loaded, its calls made (traced or eager) and its two batchers set up;
+    raises ``model.CheckpointError``."""
+    start = time.monotonic()
+    module, info = read_checkpoint(path, device, dtype)
+    module.eval()
+    latent_shape = tuple(int(d) for d in module.latent_shape)
+    encode, decode, graph = make_calls(module, device, dtype, settings.graph, name)
+    warm = settings.max_batch_tiles  # one full batch: also proves it fits in memory
+    common = {
+        "max_batch_tiles": settings.max_batch_tiles,
+        "max_wait_s": settings.max_wait_s,
+        "max_queue_tiles": settings.max_queue_tiles,
+        "model_lock": threading.Lock(),  # shared: one model call of this model at a time
+        "close_early": settings.batch_close_early,
+        "clock": clock,
+    }
+    encoder = Batcher(name, "encode", encode, warmup=np.zeros((warm, TILE, TILE, 3), np.uint8), **common)
+    decoder = Batcher(name, "decode", decode, warmup=np.zeros((warm, *latent_shape), np.float32), **common)
+    dtype_name = str(dtype).removeprefix("torch.")
+    logger.info(
+        "loaded %s from %s (%s, latent %s, %s on %s, %s) in %.2f s",
+        name, path, info.get("arch"), latent_shape, dtype_name, device, graph, time.monotonic() - start,
+    )
+    return ServedModel(name, path, module, info, latent_shape, device, dtype_name, encoder, decoder, graph)
+
+
+def load_registry(settings: Settings, clock: Clock = MONOTONIC) -> Registry:
     """Load every configured checkpoint and set up its batchers (not started).
 
     A checkpoint that cannot be loaded (truncated, not safetensors, a pickle, a config that does
     not match its weights) stops the loading, unless ``settings.skip_bad_checkpoints``: then it
-    is logged, left out and listed in ``Registry.skipped``.
+    is logged, left out and listed in ``Registry.skipped``. The batchers run on ``clock``.
 
     Raises ``RegistryError`` or ``model.CheckpointError`` with one line naming the file and the problem.
     """
@@ -266,41 +282,11 @@ def load_registry(settings: Settings) -> Registry:
     choose_default(settings, list(files))  # an unknown TESSERA_DEFAULT_MODEL fails before anything loads
     models: dict[str, ServedModel] = {}
     for name, path in files.items():
-        start = time.monotonic()
         try:
-            module, info = read_checkpoint(path, device, dtype)
+            models[name] = serve_checkpoint(name, path, settings, device, dtype, clock)
         except CheckpointError as exc:
             skip(exc, path)
-            continue
-        module.eval()
-        latent_shape = tuple(int(d) for d in module.latent_shape)
-        encode, decode, graph = make_calls(module, device, dtype, settings.graph, name)
-        warm = settings.max_batch_tiles  # one full batch: also proves it fits in memory
-        common = {
-            "max_batch_tiles": settings.max_batch_tiles,
-            "max_wait_s": settings.max_wait_s,
-            "max_queue_tiles": settings.max_queue_tiles,
-            "model_lock": threading.Lock(),  # shared: one model call of this model at a time
-            "close_early": settings.batch_close_early,
-        }
-        encoder = Batcher(
-            f"{name}/encode",
-            encode,
-            warmup=np.zeros((warm, TILE, TILE, 3), np.uint8),
-            **common,
-        )
-        decoder = Batcher(
-            f"{name}/decode",
-            decode,
-            warmup=np.zeros((warm, *latent_shape), np.float32),
-            **common,
-        )
-        models[name] = ServedModel(name, path, module, info, latent_shape, device, dtype_name, encoder, decoder, graph)
-        logger.info(
-            "loaded %s from %s (%s, latent %s, %s on %s, %s) in %.2f s",
-            name, path, info.get("arch"), latent_shape, dtype_name, device, graph, time.monotonic() - start,
-        )
     if not models:
         problems = "; ".join(f"{s.file}: {s.reason}" for s in skipped)
         raise RegistryError(f"no checkpoint could be loaded ({problems})")
-    return Registry(models, choose_default(settings, list(models), tuple(skipped)), tuple(skipped))
+    return Registry(models, choose_default(settings, list(models), tuple(skipped)), tuple(skipped), clock)

@@ -23,45 +23,40 @@ from types import FrameType
 import uvicorn
 from fastapi import FastAPI
 
+from service.lifecycle import Lifecycle, Phase
 from service.settings import Settings
 
 logger = logging.getLogger(__name__)
 
 
 class DrainingServer(uvicorn.Server):
-    """A ``uvicorn.Server`` whose first shutdown signal drains the app before exiting."""
+    """A ``uvicorn.Server`` whose first shutdown signal drains the app's ``Lifecycle`` before exiting."""
 
     def __init__(self, config: uvicorn.Config, app: FastAPI, settings: Settings) -> None:
         super().__init__(config)
         self.app = app
         self.settings = settings
-        self.drain_started: float | None = None
         self._announced = False
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-        state = getattr(self.app.state, "tessera", None)
-        if self.drain_started is not None or self.should_exit or state is None:
-            super().handle_exit(sig, frame)  # a second signal, or not serving yet: exit now
-            return
-        # a signal handler: set flags only, log from the event loop (on_tick)
-        state.draining = True
-        self.drain_started = time.monotonic()
+        # a signal handler: Lifecycle.drain only sets fields; logging happens on the loop (on_tick)
+        if self.should_exit or not self.app.state.lifecycle.drain():
+            super().handle_exit(sig, frame)  # a second signal, or already stopping: exit now
 
     async def on_tick(self, counter: int) -> bool:
-        if self.drain_started is not None and not self.should_exit:
-            self._check_drain()
+        if self.app.state.lifecycle.phase is Phase.DRAINING and not self.should_exit:
+            self._check_drain(self.app.state.lifecycle)
         return await super().on_tick(counter)
 
-    def _check_drain(self) -> None:
-        state = self.app.state.tessera
-        in_flight = state.in_flight if state is not None else 0
+    def _check_drain(self, lifecycle: Lifecycle) -> None:
+        in_flight = lifecycle.in_flight
         if not self._announced:
             self._announced = True
             logger.info(
                 "shutdown signal: draining %d request(s) in flight (up to %.1f s); new requests get 503",
                 in_flight, self.settings.shutdown_grace_s,
             )
-        elapsed = time.monotonic() - self.drain_started
+        elapsed = time.monotonic() - lifecycle.drain_started_at
         drained = in_flight == 0 and elapsed >= self.settings.shutdown_delay_s
         if not drained and elapsed < self.settings.shutdown_grace_s:
             return

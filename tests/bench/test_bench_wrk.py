@@ -8,22 +8,15 @@ from pathlib import Path
 
 import pytest
 
-from bench.procs import tessera_server
+from tests.support.serve import tessera_server
 from bench.wrk import WrkTiles
 
 pytestmark = pytest.mark.skipif(shutil.which("wrk") is None, reason="wrk not found; install the Debian package 'wrk'")
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    import torch
-
-    import model
-
-    folder = tmp_path_factory.mktemp("checkpoints")
-    torch.manual_seed(0)
-    model.save_checkpoint(model.build("dcae-t48"), folder / "tiny.safetensors")
-    env = {"TESSERA_CHECKPOINTS": str(folder), "TESSERA_TORCH_THREADS": "1", "TESSERA_MAX_BATCH_TILES": "8"}
+def server(checkpoint_dir, tmp_path_factory):
+    env = {"TESSERA_CHECKPOINTS": str(checkpoint_dir), "TESSERA_TORCH_THREADS": "1", "TESSERA_MAX_BATCH_TILES": "8"}
     with tessera_server(env, Path(tmp_path_factory.mktemp("logs")) / "serve.log") as running:
         yield running
 

@@ -2,38 +2,16 @@
 
 from __future__ import annotations
 
-import io
-import time
-from contextlib import contextmanager
-
-import numpy as np
 import redis
-from fastapi.testclient import TestClient
-from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
-from service.app import create_app
-from service.settings import Settings
-
-NPY = "application/x-npy"
-
-
-@contextmanager
-def serving(checkpoints, **overrides):
-    settings = Settings(checkpoints=(checkpoints,), device="cpu", torch_threads=1, max_batch_tiles=16, **overrides)
-    with TestClient(create_app(settings)) as client:
-        deadline = time.monotonic() + 30
-        while client.get("/readyz").status_code != 200:
-            assert time.monotonic() < deadline, client.get("/readyz").text
-            time.sleep(0.02)
-        yield client
+from tests.support.apps import serving
+from tests.support.bodies import NPY, png_sheet
+from tests.support.clock import FakeClock
 
 
-def sheet(seed: int, rows: int = 3, cols: int = 4) -> bytes:
-    pixels = np.random.default_rng(seed).integers(0, 256, size=(rows * 32, cols * 32, 3), dtype=np.uint8)
-    buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, format="PNG")
-    return buffer.getvalue()
+def sheet(seed: int) -> bytes:
+    return png_sheet(seed, rows=3, cols=4)
 
 
 def encode(client, body: bytes, accept: str = "application/json"):
@@ -64,7 +42,7 @@ def test_second_encode_of_a_sheet_is_cached_in_memory(tiny_checkpoints):
 
 
 def test_redis_cache_hits_and_retrained_model_misses(tiny_checkpoints, retrained_checkpoints, redis_server):
-    with serving(tiny_checkpoints, redis_url=redis_server.url) as client:
+    with serving(tiny_checkpoints, redis_url=redis_server.url, cache_timeout_s=5) as client:
         weights = client.get("/v1/models").json()["models"][0]["weights_sha256"]
         first = encode(client, sheet(2)).json()
         second = encode(client, sheet(2)).json()
@@ -73,19 +51,20 @@ def test_redis_cache_hits_and_retrained_model_misses(tiny_checkpoints, retrained
     keys = redis.Redis.from_url(redis_server.url).keys(b"*")
     assert len(keys) == 12 and all(k.startswith(f"tessera:v1:{weights}:".encode()) for k in keys)
 
-    with serving(retrained_checkpoints, redis_url=redis_server.url) as client:
+    with serving(retrained_checkpoints, redis_url=redis_server.url, cache_timeout_s=5) as client:
         retrained = encode(client, sheet(2)).json()
         assert client.get("/v1/models").json()["models"][0]["weights_sha256"] != weights
         assert retrained["cached"] == 0 and retrained["latents"] != first["latents"]
         assert encode(client, sheet(2)).json()["cached"] == 12
 
-    with serving(tiny_checkpoints, redis_url=redis_server.url) as client:  # the original weights still hit
+    with serving(tiny_checkpoints, redis_url=redis_server.url, cache_timeout_s=5) as client:  # the original weights still hit
         assert encode(client, sheet(2)).json()["latents"] == first["latents"]
 
 
 def test_redis_outage_is_invisible_to_callers(tiny_checkpoints, redis_server):
-    with serving(tiny_checkpoints, redis_url=redis_server.url) as client:
-        client.app.state.tessera.cache.breaker.cooldown_s = 0.2
+    with serving(tiny_checkpoints, redis_url=redis_server.url, cache_timeout_s=5) as client:
+        breaker = client.app.state.tessera.cache.breaker
+        breaker.clock = FakeClock()
         reference = encode(client, sheet(3)).json()
 
         redis_server.stop()
@@ -96,6 +75,6 @@ def test_redis_outage_is_invisible_to_callers(tiny_checkpoints, redis_server):
         assert 2 <= errors <= 4  # the breaker opened after two failures and skipped the rest
 
         redis_server.start()
-        time.sleep(0.3)
+        breaker.clock.advance(breaker.cooldown_s)  # the cooldown is over: the next call probes Redis
         encode(client, sheet(3))  # the breaker's probe succeeds; this request stores the latents again
         assert encode(client, sheet(3)).json()["cached"] == 12

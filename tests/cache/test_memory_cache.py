@@ -4,6 +4,8 @@ import numpy as np
 import pytest
 
 from service.cache import MemoryLatentCache, cache_key
+from tests.support.clock import FakeClock
+from tests.support.events import RecordingSink
 
 WEIGHTS = "0" * 64
 
@@ -17,8 +19,10 @@ def h(i: int) -> bytes:
 
 
 def test_second_lookup_hits_and_arrays_are_read_only():
+    events = RecordingSink()
+
     async def run():
-        cache = MemoryLatentCache(max_bytes=1 << 20)
+        cache = MemoryLatentCache(max_bytes=1 << 20, events=events)
         assert await cache.get_many(WEIGHTS, [h(1), h(2)]) == {}
         await cache.put_many(WEIGHTS, {h(1): latent(1), h(2): latent(2)})
         found = await cache.get_many(WEIGHTS, [h(1), h(2), h(3)])
@@ -26,10 +30,10 @@ def test_second_lookup_hits_and_arrays_are_read_only():
         np.testing.assert_array_equal(found[h(2)], latent(2))
         assert not found[h(1)].flags.writeable
         assert await cache.get_many("f" * 64, [h(1)]) == {}  # other weights miss
-        return cache.stats
 
-    stats = asyncio.run(run())
-    assert (stats.hits, stats.misses, stats.errors) == (2, 2 + 1 + 1, 0)
+    asyncio.run(run())
+    assert events.total("cache_lookup", "hits") == 2 and events.total("cache_lookup", "misses") == 2 + 1 + 1
+    assert events.count("cache_error") == 0
 
 
 def test_lru_stays_within_max_bytes_and_evicts_least_recent():
@@ -47,15 +51,19 @@ def test_lru_stays_within_max_bytes_and_evicts_least_recent():
 
 
 def test_zero_bytes_stores_nothing_and_ttl_expires():
+    clock = FakeClock()
+
     async def run():
         off = MemoryLatentCache(max_bytes=0)
         await off.put_many(WEIGHTS, {h(1): latent(1)})
-        short = MemoryLatentCache(max_bytes=1 << 20, ttl_s=0.05)
+        short = MemoryLatentCache(max_bytes=1 << 20, ttl_s=0.05, clock=clock)
         await short.put_many(WEIGHTS, {h(1): latent(1)})
-        await asyncio.sleep(0.1)
-        return len(off), await short.get_many(WEIGHTS, [h(1)]), short.nbytes
+        clock.advance(0.04)
+        alive = sorted(await short.get_many(WEIGHTS, [h(1)]))
+        clock.advance(0.01)
+        return len(off), alive, await short.get_many(WEIGHTS, [h(1)]), short.nbytes
 
-    assert asyncio.run(run()) == (0, {}, 0)
+    assert asyncio.run(run()) == (0, [h(1)], {}, 0)
 
 
 def test_negative_size_is_refused():

@@ -1,8 +1,4 @@
-"""Fixtures of the deployment tests: kubectl (for ``kubectl kustomize``) and a tiny checkpoint.
-
-The helpers of the service tests (``service_helpers``: apps on a checkpoint folder) are shared,
-not copied: their folder is put on the import path here.
-"""
+"""Fixtures of the deployment tests: kubectl (for ``kubectl kustomize``)."""
 
 from __future__ import annotations
 
@@ -12,8 +8,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "service"))
 
 
 @pytest.fixture(scope="session")
@@ -27,16 +21,3 @@ def kubectl_binary() -> str:
             pytest.fail(message)
         pytest.skip(message)
     return path
-
-
-@pytest.fixture(scope="session")
-def checkpoint_dir(tmp_path_factory) -> Path:
-    """A folder with one tiny DC-AE checkpoint, ``tiny.safetensors`` (random weights, seed 0)."""
-    import torch
-
-    import model
-
-    folder = tmp_path_factory.mktemp("checkpoints")
-    torch.manual_seed(0)
-    model.save_checkpoint(model.build("dcae-t48"), folder / "tiny.safetensors")
-    return folder

@@ -28,7 +28,7 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from service.settings import Settings
-from service_helpers import serving
+from tests.support.apps import serving
 
 ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "deploy" / "k8s"
@@ -334,16 +334,13 @@ def test_probes(rendered, overlay):
     assert startup["periodSeconds"] * startup["failureThreshold"] >= 120, "too little time for loading and warm-up"
 
 
-def test_the_probed_endpoints_behave_as_the_probes_assume(service):
-    assert service.get("/healthz").status_code == 200
-    assert service.get("/readyz").status_code == 200
-    state = service.app.state.tessera
-    state.draining = True  # what SIGTERM sets (service.shutdown)
-    try:
+def test_the_probed_endpoints_behave_as_the_probes_assume(checkpoint_dir):
+    with serving(checkpoint_dir, max_batch_tiles=1) as service:  # its own app: it drains
+        assert service.get("/healthz").status_code == 200
+        assert service.get("/readyz").status_code == 200
+        assert service.app.state.lifecycle.drain()  # what SIGTERM does (service.shutdown)
         assert service.get("/readyz").status_code == 503
         assert service.get("/healthz").status_code == 200
-    finally:
-        state.draining = False
 
 
 def answered_within_s(settings: Settings) -> float:

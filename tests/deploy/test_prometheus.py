@@ -10,10 +10,8 @@ from __future__ import annotations
 import io
 import json
 import math
-import os
 import re
 import subprocess
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -21,21 +19,18 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from PIL import Image
+
+from tests.support.bodies import npy, png_sheet
+from tests.support.checkpoints import save_checkpoint
+from tests.support.ports import free_port
+from tests.support.serve import local_server, stop_process
+from tests.support.waiting import wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 DASHBOARD = ROOT / "deploy" / "grafana" / "dashboards" / "tessera.json"
 SCRAPE_S = 1
 # Grafana variables -> what Grafana would send with "All" selected and a 1 s scrape interval
 VARIABLES = {"$__rate_interval": "30s", "$__interval": "2s", "$__range": "5m", "${model}": ".*", "$model": ".*"}
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def dashboard_queries() -> list[tuple[str, str]]:
@@ -53,59 +48,32 @@ def dashboard_queries() -> list[tuple[str, str]]:
     return queries
 
 
-def wait_http(url: str, process: subprocess.Popen, log: Path, timeout_s: float = 60) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"{process.args[0]} exited with {process.returncode}:\n{log.read_text()[-3000:]}")
-        try:
-            if httpx.get(url, timeout=1).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.05)
-    raise RuntimeError(f"{url} not ready within {timeout_s} s:\n{log.read_text()[-3000:]}")
-
-
-def stop(process: subprocess.Popen) -> None:
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-
 @pytest.fixture
-def tessera_server(tmp_path, redis_server):
+def api(tmp_path, redis_server):
     """``tessera serve`` on a tiny checkpoint, with Redis, a small queue and small batches."""
-    import torch
-
-    import model
-
-    torch.manual_seed(0)
-    (tmp_path / "ckpt").mkdir()
-    model.save_checkpoint(model.build("dcae-t48"), tmp_path / "ckpt" / "tiny.safetensors")
-    port = free_port()
-    env = {**os.environ, "TESSERA_CHECKPOINTS": str(tmp_path / "ckpt"), "TESSERA_REDIS_URL": redis_server.url,
-           "TESSERA_DEVICE": "cpu", "TESSERA_TORCH_THREADS": "1", "TESSERA_MAX_BATCH_TILES": "8",
-           "TESSERA_MAX_QUEUE_TILES": "64", "TESSERA_MAX_TILES_PER_REQUEST": "64"}
-    log = tmp_path / "server.log"
-    with open(log, "wb") as out:
-        process = subprocess.Popen([sys.executable, "-m", "cli.main", "serve", "--port", str(port), "--no-access-log"],
-                                   cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+    checkpoint = save_checkpoint(tmp_path / "ckpt" / "tiny.safetensors")
+    server = local_server(checkpoint.parent, tmp_path / "server.log", TESSERA_REDIS_URL=redis_server.url,
+                          TESSERA_CACHE_TIMEOUT_S="5", TESSERA_MAX_BATCH_TILES="8", TESSERA_MAX_QUEUE_TILES="64",
+                          TESSERA_MAX_TILES_PER_REQUEST="64")
     try:
-        wait_http(f"http://127.0.0.1:{port}/readyz", process, log)
-        yield f"http://127.0.0.1:{port}", port
+        yield server.url, server.port
     finally:
-        stop(process)
+        server.stop()
+
+
+def answers(url: str, process: subprocess.Popen, log: Path) -> bool:
+    if process.poll() is not None:
+        raise RuntimeError(f"{process.args[0]} exited with {process.returncode}:\n{log.read_text()[-3000:]}")
+    try:
+        return httpx.get(url, timeout=5).status_code == 200
+    except httpx.TransportError:
+        return False
 
 
 @pytest.fixture
-def prometheus(tmp_path, prometheus_binary, tessera_server):
+def prometheus(tmp_path, prometheus_binary, api):
     """A real Prometheus on a free loopback port scraping the server every second as job "tessera"."""
-    _, api_port = tessera_server
+    _, api_port = api
     port = free_port()
     config = tmp_path / "prometheus.yml"
     config.write_text(
@@ -120,30 +88,17 @@ def prometheus(tmp_path, prometheus_binary, tessera_server):
             stdout=out, stderr=subprocess.STDOUT,
         )
     try:
-        wait_http(f"http://127.0.0.1:{port}/-/ready", process, log)
+        wait_until(lambda: answers(f"http://127.0.0.1:{port}/-/ready", process, log), what="Prometheus is ready")
         yield f"http://127.0.0.1:{port}"
     finally:
-        stop(process)
-
-
-def png_sheet(seed: int, rows: int = 4, cols: int = 4) -> bytes:
-    pixels = np.random.default_rng(seed).integers(0, 256, size=(rows * 32, cols * 32, 3), dtype=np.uint8)
-    buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
-def npy(array: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    np.save(buffer, array)
-    return buffer.getvalue()
+        stop_process(process)
 
 
 def send_traffic(api: str, phase: int, redis_server=None) -> None:
     with httpx.Client(base_url=api, timeout=30) as http:
         for seed in range(3):  # twice each: misses, then cache hits
             for _ in range(2):
-                r = http.post("/v1/encode", content=png_sheet(100 * phase + seed), headers={"Content-Type": "image/png",
+                r = http.post("/v1/encode", content=png_sheet(100 * phase + seed, rows=4, cols=4), headers={"Content-Type": "image/png",
                                                                                            "Accept": "application/x-npy"})
                 assert r.status_code == 200, r.text
         latents = np.load(io.BytesIO(r.content))
@@ -165,7 +120,7 @@ def send_traffic(api: str, phase: int, redis_server=None) -> None:
         # skips Redis for a few seconds, so this comes last)
         redis_server.stop()
         try:
-            r = http.post("/v1/encode", content=png_sheet(500 + phase), headers={"Content-Type": "image/png"})
+            r = http.post("/v1/encode", content=png_sheet(500 + phase, rows=4, cols=4), headers={"Content-Type": "image/png"})
             assert r.status_code == 200 and r.json()["cached"] == 0
         finally:
             redis_server.start()
@@ -177,38 +132,42 @@ def query(prometheus: str, expr: str) -> list[dict]:
     return r.json()["data"]["result"]
 
 
-def wait_for_scrape(prometheus: str, timeout_s: float = 30) -> None:
+def wait_for_scrape(prometheus: str) -> None:
     """Until Prometheus stores a scrape of the server that started after this call."""
     start = time.time()
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
+
+    def scraped() -> bool:
         result = query(prometheus, 'timestamp(up{job="tessera"})')
-        if result and float(result[0]["value"][1]) > start:
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"Prometheus did not scrape the server within {timeout_s} s")
+        return bool(result) and float(result[0]["value"][1]) > start
+
+    wait_until(scraped, what="Prometheus scraped the server", interval_s=0.2)
 
 
 def has_data(result: list[dict]) -> bool:
     return any(math.isfinite(float(series["value"][1])) for series in result)
 
 
-def test_every_dashboard_query_returns_data(tessera_server, prometheus, redis_server):
-    api, _ = tessera_server
+def test_every_dashboard_query_returns_data(api, prometheus, redis_server):
+    url, _ = api
     queries = dashboard_queries()
     assert len(queries) >= 15
 
     wait_for_scrape(prometheus)  # Prometheus has seen the idle server,
-    send_traffic(api, 1)
+    send_traffic(url, 1)
     wait_for_scrape(prometheus)  # ... then the first phase; the second one makes every rate() move
-    send_traffic(api, 2, redis_server)
+    send_traffic(url, 2, redis_server)
 
     missing = queries
-    deadline = time.monotonic() + 20
-    while missing and time.monotonic() < deadline:
-        time.sleep(SCRAPE_S)
+
+    def all_have_data() -> bool:
+        nonlocal missing
         missing = [(title, expr) for title, expr in missing if not has_data(query(prometheus, expr))]
-    assert not missing, "dashboard queries without data:\n" + "\n".join(f"  {t}: {e}" for t, e in missing)
+        return not missing
+
+    try:
+        wait_until(all_have_data, what="every dashboard query returns data", interval_s=SCRAPE_S)
+    except AssertionError:
+        raise AssertionError("dashboard queries without data:\n" + "\n".join(f"  {t}: {e}" for t, e in missing)) from None
 
     # and the numbers mean what the panels say
     hit_ratio = [e for t, e in queries if t == "Cache hit ratio"][0]

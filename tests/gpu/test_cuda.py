@@ -37,7 +37,7 @@ import torch
 from PIL import Image
 
 import model
-from bench.procs import tessera_server
+from tests.support.serve import tessera_server
 from client import Client
 from service.graphs import make_calls
 from tiles import cut

@@ -5,10 +5,8 @@ never unpickled: the ones here would create a file if it were."""
 from __future__ import annotations
 
 import json
-import os
 import struct
 import subprocess
-import sys
 
 import httpx
 import pytest
@@ -16,9 +14,10 @@ import torch
 from safetensors.torch import load as load_tensors
 from safetensors.torch import save as save_tensors
 
-from reliability_models import save_tiny
+from tests.support.checkpoints import save_checkpoint
 from reliability_bodies import Tripwire
-from service_helpers import ROOT, ServerProcess, free_port
+from tests.support.ports import free_port
+from tests.support.serve import CPU, ROOT, environment, local_server, tessera_command
 
 
 def truncated(good: bytes) -> bytes:
@@ -60,9 +59,9 @@ def good_bytes(checkpoint_dir) -> bytes:
 
 
 def serve(checkpoints, **env: str) -> subprocess.CompletedProcess:
-    environment = {**os.environ, "TESSERA_DEVICE": "cpu", "TESSERA_TORCH_THREADS": "1", **env}
-    cmd = [sys.executable, "-m", "cli.main", "serve", "--port", str(free_port()), "--checkpoints", str(checkpoints)]
-    return subprocess.run(cmd, cwd=ROOT, env=environment, capture_output=True, text=True, timeout=60)
+    """``tessera serve`` that is expected not to start: its exit code and output."""
+    cmd = [*tessera_command(), "serve", "--port", str(free_port()), "--checkpoints", str(checkpoints)]
+    return subprocess.run(cmd, cwd=ROOT, env=environment({**CPU, **env}), capture_output=True, text=True, timeout=300)
 
 
 @pytest.mark.parametrize("case, named", [*((case, False) for case in sorted(CASES)), ("pickle-pt", True)],
@@ -84,12 +83,12 @@ def test_bad_checkpoint_refuses_to_start_with_one_line(case, named, good_bytes, 
 
 def test_skip_bad_checkpoints_serves_the_rest_and_lists_them(good_bytes, tmp_path, measurements):
     folder = tmp_path / "checkpoints"
-    save_tiny(folder / "good.safetensors")
+    save_checkpoint(folder / "good.safetensors")
     marker = tmp_path / "unpickled"
     for case, (file_name, make, _) in CASES.items():
         stem, suffix = file_name.split(".")
         (folder / f"{case}.{suffix}").write_bytes(make(good_bytes, marker))
-    server = ServerProcess(folder, tmp_path / "server.log", TESSERA_SKIP_BAD_CHECKPOINTS="true")
+    server = local_server(folder, tmp_path / "server.log", TESSERA_SKIP_BAD_CHECKPOINTS="true")
     try:
         listing = httpx.get(server.url + "/v1/models", timeout=10).json()
     finally:
@@ -116,7 +115,7 @@ def test_all_bad_with_skip_still_refuses(good_bytes, tmp_path):
 
 def test_unknown_default_model_that_was_skipped_is_named(good_bytes, tmp_path):
     folder = tmp_path / "checkpoints"
-    save_tiny(folder / "good.safetensors")
+    save_checkpoint(folder / "good.safetensors")
     (folder / "wanted.safetensors").write_bytes(truncated(good_bytes))
     result = serve(folder, TESSERA_SKIP_BAD_CHECKPOINTS="true", TESSERA_DEFAULT_MODEL="wanted")
     assert result.returncode == 2

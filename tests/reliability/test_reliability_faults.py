@@ -1,8 +1,9 @@
 """Faults under load: Redis killed and restarted, a model call that raises, a broken checkpoint.
 
-Callers must not notice Redis going away (no failed request, latency within 2x, the cache
-back once Redis is); a failing model call is a prompt 503 with the reason for the requests of
-that batch only, and the worker goes on."""
+Callers must not notice Redis going away (no failed request, the cache back once Redis is;
+measured, latency within 2x); a failing model call is a 503 with the reason for the requests
+of that batch only, and the worker goes on. Phases end when enough requests went through them,
+not after a fixed time."""
 
 from __future__ import annotations
 
@@ -10,23 +11,27 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-import numpy as np
+import pytest
 import torch
 
 import model
 from reliability_load import BackgroundLoad, latency_ms
-from service_helpers import NPY, ServerProcess, batcher, npy, png, random_tiles, serving, sheet_of
+from tests.support.apps import batcher, serving
+from tests.support.bodies import NPY, npy, png, random_tiles, sheet_of
+from tests.support.measuring import measuring
+from tests.support.serve import local_server
+from tests.support.waiting import wait_until
+
+PHASE = 40  # requests sent in each phase of a fault
 
 PNG = "image/png"
 
 
-def kill(redis_server) -> None:
-    """SIGKILL, not a clean shutdown: connections drop mid-stream."""
-    redis_server.process.kill()
-    redis_server.process.wait()
-    redis_server.process = None
+def sent_after(shots, moment: float) -> int:
+    return sum(1 for s in shots if s.sent > moment and s.done < time.monotonic())
 
 
+@pytest.mark.slow
 def test_redis_killed_under_load_fails_no_request(checkpoint_dir, redis_server, tmp_path, measurements):
     sheets = [png(sheet_of(random_tiles(4, seed=100 + k), 2, 2)) for k in range(8)]
 
@@ -35,20 +40,20 @@ def test_redis_killed_under_load_fails_no_request(checkpoint_dir, redis_server, 
             return "/v1/encode", sheets[(i // 2) % len(sheets)], {"Content-Type": PNG, "Accept": NPY}
         return "/v1/encode", npy(random_tiles(1, seed=10_000 + i)), {"Content-Type": NPY, "Accept": NPY}  # never seen
 
-    server = ServerProcess(checkpoint_dir, tmp_path / "server.log", TESSERA_REDIS_URL=redis_server.url)
+    server = local_server(checkpoint_dir, tmp_path / "server.log", TESSERA_REDIS_URL=redis_server.url)
     try:
         with BackgroundLoad(server.url, make, clients=4) as load:
-            time.sleep(1.0)  # warm: every sheet cached
+            load.wait_for(lambda shots: sum(s.cached > 0 for s in shots) >= len(sheets), timeout_s=60)  # warm: sheets cached
             measured_from = time.monotonic()
-            time.sleep(3.0)
+            load.wait_for(lambda shots: sent_after(shots, measured_from) >= PHASE, timeout_s=60)
             killed_at = time.monotonic()
-            kill(redis_server)
-            time.sleep(3.0)
+            redis_server.kill()  # SIGKILL, not a clean shutdown: connections drop mid-stream
+            load.wait_for(lambda shots: sent_after(shots, killed_at) >= PHASE, timeout_s=60)
             restarted_at = time.monotonic()
             redis_server.start()
-            load.wait_for(lambda shots: any(s.sent > restarted_at and s.cached for s in shots), timeout_s=20)
+            load.wait_for(lambda shots: any(s.sent > restarted_at and s.cached for s in shots), timeout_s=60)
             resumed_at = min(s.sent for s in load.shots if s.sent > restarted_at and s.cached)
-            time.sleep(1.0)
+            load.wait_for(lambda shots: sent_after(shots, resumed_at) >= PHASE, timeout_s=60)
         errors = sum(server.metric("tessera_cache_errors_total", backend="redis", op=op) for op in ("get", "put"))
     finally:
         assert server.stop() == 0
@@ -63,10 +68,11 @@ def test_redis_killed_under_load_fails_no_request(checkpoint_dir, redis_server, 
     assert not any(s.cached for s in during), "cache hits while Redis was down?"
     assert errors >= 1  # Redis errors happened and were absorbed
     lat_before, lat_during = latency_ms(before), latency_ms(during)
-    assert lat_during["p95"] <= 2 * lat_before["p95"] + 5.0, (lat_before, lat_during)  # +5 ms: noise on small numbers
     # like for like: new tiles miss the cache either way, so this is what handling the outage costs
     new_before, new_during = latency_ms([s for s in before if s.index % 2 == 0]), latency_ms([s for s in during if s.index % 2 == 0])
-    assert new_during["p50"] <= 2 * new_before["p50"] + 2.0, (new_before, new_during)
+    if measuring():
+        assert lat_during["p95"] <= 2 * lat_before["p95"] + 5.0, (lat_before, lat_during)  # +5 ms: noise on small numbers
+        assert new_during["p50"] <= 2 * new_before["p50"] + 2.0, (new_before, new_during)
     measurements["redis_kill"] = {
         "requests": len(shots), "failed": len(failed),
         "latency_ms_before": lat_before, "latency_ms_during": lat_during, "latency_ms_after": latency_ms(after),
@@ -98,17 +104,21 @@ def test_model_call_that_raises_fails_its_batch_with_503_and_the_worker_recovers
                 records.append((sent, time.monotonic() - sent, r))
                 i += 1
 
+        def sent_since(moment: float, status: int | None = None) -> int:
+            return sum(1 for sent, _, r in list(records) if sent > moment and status in (None, r.status_code))
+
         with ThreadPoolExecutor(6) as pool:
             clients = [pool.submit(client_loop, k) for k in range(6)]
-            time.sleep(0.8)
+            wait_until(lambda: sent_since(0) >= 20, what="requests before the fault")
             broken.set()
-            time.sleep(0.8)
+            broken_at = time.monotonic()
+            wait_until(lambda: sent_since(broken_at, 503) >= 5, what="requests failed by the fault")
             broken.clear()
             fixed_at = time.monotonic()
-            time.sleep(0.8)
+            wait_until(lambda: sent_since(fixed_at) >= 20, what="requests after the fault")
             stop.set()
             for c in clients:
-                c.result(timeout=30)  # no client hangs
+                c.result(timeout=120)  # no client hangs
 
     statuses = sorted({r.status_code for _, _, r in records})
     failed = [r for _, _, r in records if r.status_code != 200]
@@ -117,13 +127,15 @@ def test_model_call_that_raises_fails_its_batch_with_503_and_the_worker_recovers
         body = r.json()
         assert body["code"] == "inference_failed" and "illegal memory access" in body["detail"], body
         assert "retry" in body["detail"] and int(r.headers["Retry-After"]) >= 1
-    later = [r for sent, _, r in records if sent > fixed_at + 0.05]
+    later = [r for sent, _, r in records if sent > fixed_at]  # sent after the fix: queued after it, computed after it
     assert later and all(r.status_code == 200 for r in later), "the worker did not recover"
     slowest = max(latency for _, latency, _ in records)
-    assert slowest < 5.0, f"a request took {slowest:.1f} s"
-    assert encoder.stats.failed_batches >= 1
+    if measuring():
+        assert slowest < 5.0, f"a request took {slowest:.1f} s"
+    failed_batches = client.events.count("batch_failed")
+    assert failed_batches >= 1
     measurements["model_failure"] = {
-        "requests": len(records), "failed_with_503": len(failed), "failed_batches": encoder.stats.failed_batches,
+        "requests": len(records), "failed_with_503": len(failed), "failed_batches": failed_batches,
         "ok_after_recovery": len(later), "slowest_s": round(slowest, 3),
     }
 
@@ -144,27 +156,25 @@ def test_checkpoint_with_nan_weights_gives_503_not_garbage(tmp_path):
 
 
 def test_hung_model_call_gives_504_and_takes_the_instance_out_of_rotation(checkpoint_dir):
-    with serving(checkpoint_dir, request_timeout_s=0.5, cache_max_bytes=0) as client:
+    with serving(checkpoint_dir, request_timeout_s=2, cache_max_bytes=0) as client:
         encoder = batcher(client)
         working, release = encoder.infer, threading.Event()
 
         def hung(rows):
-            release.wait(20)
+            release.wait(120)
             return working(rows)
 
         encoder.infer = hung
-        started = time.monotonic()
         r = client.post("/v1/encode", content=npy(random_tiles(1, seed=1)), headers={"Content-Type": NPY})
         assert r.status_code == 504 and r.json()["code"] == "deadline_exceeded", r.text
-        assert time.monotonic() - started < 2.0  # answered at the deadline, not when the call returns
-        time.sleep(0.6)  # the call now runs longer than the request timeout
-        ready = client.get("/readyz")
-        assert ready.status_code == 503 and "model call has been running" in ready.json()["detail"], ready.text
+        assert not release.is_set()  # answered at the deadline, while the call still hangs
+        def taken_out() -> bool:  # of rotation: the call runs longer than the request timeout
+            ready = client.get("/readyz")
+            return ready.status_code == 503 and "model call has been running" in ready.json()["detail"]
+
+        wait_until(taken_out, what="/readyz 503 because a model call hangs")
         encoder.infer = working
         release.set()
-        deadline = time.monotonic() + 10
-        while client.get("/readyz").status_code != 200:
-            assert time.monotonic() < deadline
-            time.sleep(0.02)
+        wait_until(lambda: client.get("/readyz").status_code == 200, what="ready again once the call returned")
         after = client.post("/v1/encode", content=npy(random_tiles(1, seed=2)), headers={"Content-Type": NPY})
         assert after.status_code == 200, after.text

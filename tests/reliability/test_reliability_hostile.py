@@ -27,7 +27,9 @@ from reliability_bodies import (
     raw_png,
     truncated,
 )
-from service_helpers import NPY, load_npy, random_tiles, serving
+from tests.support.apps import serving
+from tests.support.bodies import NPY, load_npy, random_tiles
+from tests.support.measuring import measuring
 
 PNG = "image/png"
 JSON = "application/json"
@@ -88,7 +90,8 @@ def test_decompression_bomb_is_413_before_decoding(client, width, height):
     assert len(body) < 100
     started = time.monotonic()
     detail = check(encode(client, body), 413, 400, code=None)
-    assert time.monotonic() - started < 1.0
+    if measuring():  # refused from the header: no time spent decoding
+        assert time.monotonic() - started < 1.0
     assert "pixels" in detail["detail"] or "not a readable image" in detail["detail"], detail
 
 

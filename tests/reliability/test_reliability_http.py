@@ -14,7 +14,9 @@ import time
 import httpx
 import pytest
 
-from service_helpers import NPY, ServerProcess, npy, random_tiles
+from tests.support.bodies import NPY, npy, random_tiles
+from tests.support.serve import local_server
+from tests.support.waiting import wait_until
 
 LIMITS = {"TESSERA_MAX_HEADER_BYTES": "4096", "TESSERA_HEADER_TIMEOUT_S": "0.5", "TESSERA_BODY_TIMEOUT_S": "0.5",
           "TESSERA_KEEP_ALIVE_S": "0.5", "TESSERA_MAX_REQUESTS_IN_FLIGHT": "4"}
@@ -40,7 +42,7 @@ def timed(timings: list, case: str, sock: socket.socket) -> bytes:
 
 @pytest.fixture(scope="module")
 def server(checkpoint_dir, tmp_path_factory):
-    proc = ServerProcess(checkpoint_dir, tmp_path_factory.mktemp("http") / "server.log", **LIMITS)
+    proc = local_server(checkpoint_dir, tmp_path_factory.mktemp("http") / "server.log", **LIMITS)
     yield proc
     proc.stop()
 
@@ -113,14 +115,12 @@ def test_stalled_uploads_hold_the_slots_no_longer_than_the_body_timeout(server):
                      b"Content-Length: %d\r\n\r\n%s" % (len(body), body[:3]))
         stalled.append(sock)
     try:
-        deadline = time.monotonic() + PATIENCE_S
-        while True:  # a well-behaved client gets through once the stalled ones are dropped
-            response = httpx.post(server.url + "/v1/encode", content=body, headers={"Content-Type": NPY})
-            if response.status_code == 200 or time.monotonic() > deadline:
-                break
-            assert response.status_code == 503, response.text
-            time.sleep(0.1)
-        assert response.status_code == 200
+        def through() -> bool:  # a well-behaved client gets through once the stalled ones are dropped
+            response = httpx.post(server.url + "/v1/encode", content=body, headers={"Content-Type": NPY}, timeout=PATIENCE_S)
+            assert response.status_code in (200, 503), response.text
+            return response.status_code == 200
+
+        wait_until(through, PATIENCE_S, what="an encode gets through once the stalled uploads time out", interval_s=0.1)
         # four held the slots until their body timed out; the others were refused at once (or, on
         # a machine slow enough to let the first time out before the last connected, timed out too)
         statuses = [status_of(read_all(sock)) for sock in stalled]

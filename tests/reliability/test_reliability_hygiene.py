@@ -22,7 +22,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from reliability_bodies import many_chunks_png, many_frames_gif, many_scans_jpeg, pickled_npy
-from service_helpers import NPY, ServerProcess, npy, random_tiles, serving
+from tests.support.apps import serving
+from tests.support.bodies import NPY, npy, random_tiles
+from tests.support.serve import local_server
 
 JSON = "application/json"
 FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -151,7 +153,7 @@ SLOW_IMAGES = {  # name -> (body, content type)
 def test_health_checks_stay_fast_while_slow_images_are_refused(checkpoint_dir, tmp_path, measurements):
     """Default settings (a 2 s decode budget), a real server: /healthz is polled while each image
     built to be slow is sent; its p99 must stay under 100 ms."""
-    server = ServerProcess(checkpoint_dir, tmp_path / "server.log", TESSERA_MAX_IMAGE_PIXELS=str(2048 * 2048),
+    server = local_server(checkpoint_dir, tmp_path / "server.log", TESSERA_MAX_IMAGE_PIXELS=str(2048 * 2048),
                            TESSERA_MAX_TILES_PER_REQUEST="4096", TESSERA_MAX_QUEUE_TILES="8192")
     found = []
     try:
@@ -237,12 +239,12 @@ def test_a_content_encoding_is_415_not_ignored(client, encoding):
 
 
 def test_a_bug_is_one_log_line_with_a_request_id_and_closes_the_connection(client, monkeypatch, caplog):
-    from service import codecs
+    from service import formats
 
     def broken(body, limits):
         raise RuntimeError("a bug")
 
-    monkeypatch.setattr(codecs, "tiles_from_npy", broken)
+    monkeypatch.setitem(formats.ENCODE_READERS, NPY, formats.Reader(broken, formats.INLINE_BYTES))
     with caplog.at_level(logging.ERROR):
         response = client.post("/v1/encode", content=npy(random_tiles(1)), headers={"Content-Type": NPY})
     assert response.status_code == 500 and response.json()["code"] == "internal_error"

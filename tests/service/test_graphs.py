@@ -13,7 +13,8 @@ import torch
 
 import model
 from service.graphs import make_calls
-from service_helpers import NPY, random_tiles, serving
+from tests.support.apps import serving
+from tests.support.bodies import NPY, random_tiles
 
 CHECKPOINTS = Path(__file__).resolve().parents[2] / "checkpoints"
 

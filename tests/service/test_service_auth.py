@@ -6,7 +6,8 @@ import pytest
 
 from service.auth import KeyCheck, load_keys
 from service.errors import Unauthorized
-from service_helpers import NPY, npy, random_tiles, serving
+from tests.support.apps import serving
+from tests.support.bodies import NPY, npy, random_tiles
 
 
 def test_load_keys_from_value_and_file(tmp_path):

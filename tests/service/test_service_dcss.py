@@ -7,7 +7,9 @@ import math
 import numpy as np
 import pytest
 
-from service_helpers import NPY, ROOT, load_npy, npy, serving
+from tests.support.apps import serving
+from tests.support.bodies import NPY, load_npy, npy
+from tests.support.serve import ROOT
 
 DATA = ROOT / "data" / "dcss"
 BUNDLED = ROOT / "checkpoints" / "dcae-s48.safetensors"

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from service_helpers import NPY, b64, npy, png, random_tiles, serving
+from tests.support.apps import serving
+from tests.support.bodies import NPY, b64, npy, png, random_tiles
 
 ENCODE = "/v1/encode"
 DECODE = "/v1/decode"

@@ -14,7 +14,7 @@ from pydantic import ValidationError
 from cli.main import build_parser
 from service.registry import RegistryError, choose_default, find_checkpoints
 from service.settings import Settings
-from service_helpers import ROOT
+from tests.support.serve import ROOT
 
 
 def test_defaults(monkeypatch):

@@ -1,0 +1,145 @@
+"""The media types each endpoint reads and answers, each with its codec (``service.codecs``):
+the registry the pipeline picks from by ``Content-Type`` and ``Accept``.
+
+Readers turn a checked body into arrays; small npy bodies decode on the event loop (a hand-off
+to a thread costs more than reading them), everything else in the decode threads
+(``service.offload``). Writers turn results into responses; the first writer of an endpoint
+answers requests that state no preference. JSON answers are written by orjson, numpy arrays
+included (float32 values in their shortest exact form).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import orjson
+from fastapi import Request
+from fastapi.responses import Response
+
+from service import codecs
+from service.codecs import IMAGE_TYPES, JSON, NPY, PNG, TileBatch
+from service.errors import UnsupportedMediaType
+from service.offload import INLINE_BYTES
+from tiles import assemble, default_columns
+
+
+@dataclass(frozen=True)
+class Reader:
+    """How one media type is read: ``read(body, ...)``, on the event loop up to ``inline_bytes``."""
+
+    read: Callable[..., Any]
+    inline_bytes: int = 0
+
+    def inline(self, body: bytes) -> bool:
+        return len(body) <= self.inline_bytes
+
+
+def _latents_npy(data: bytes, latent_shape: tuple[int, ...], max_tiles: int, model: str) -> tuple[np.ndarray, None]:
+    return codecs.latents_from_npy(data, latent_shape, max_tiles, model), None
+
+
+# encode: (body, Limits) -> TileBatch; decode: (body, latent_shape, max_tiles, model) -> (latents, columns)
+ENCODE_READERS: dict[str, Reader] = {
+    **{kind: Reader(codecs.tiles_from_image) for kind in IMAGE_TYPES},
+    NPY: Reader(codecs.tiles_from_npy, INLINE_BYTES),
+    JSON: Reader(codecs.tiles_from_json),
+}
+DECODE_READERS: dict[str, Reader] = {NPY: Reader(_latents_npy, INLINE_BYTES), JSON: Reader(codecs.latents_from_json)}
+
+
+def reader(request: Request, readers: dict[str, Reader]) -> Reader:
+    """The reader of the request's body; 415 for an encoding or media type it cannot read."""
+    headers = request.headers
+    encoding = headers.get("content-encoding")
+    if encoding is not None and encoding.strip().lower() not in ("identity", ""):
+        raise UnsupportedMediaType(f"Content-Encoding {encoding.strip().lower()!r} is not accepted; send the body "
+                                   f"uncompressed (PNG and npy bodies are compact already)", code="unsupported_encoding")
+    kind = codecs.media_type(headers.get("content-type"))
+    found = readers.get(kind)
+    if found is None:
+        raise UnsupportedMediaType(f"cannot read {kind or 'no Content-Type'}; send one of: {', '.join(readers)}")
+    return found
+
+
+# -- answers -------------------------------------------------------------------------------------
+
+
+def json_response(content: Any, headers: dict[str, str] | None = None) -> Response:
+    return Response(orjson.dumps(content, option=orjson.OPT_SERIALIZE_NUMPY), media_type=JSON, headers=headers)
+
+
+@dataclass(frozen=True)
+class Encoded:
+    """What ``/v1/encode`` answers."""
+
+    model: str
+    latent_shape: tuple[int, ...]
+    latents: np.ndarray  # float32 [N, *latent_shape]
+    cached: int  # tiles answered from the latent cache
+    batch: TileBatch  # the decoded body: its grids
+
+    def headers(self) -> dict[str, str]:
+        headers = {
+            "X-Tessera-Model": self.model,
+            "X-Tessera-Cached": str(self.cached),
+            "X-Tessera-Latent-Shape": ",".join(map(str, self.latent_shape)),
+        }
+        grid = self.batch.grid
+        if grid is not None:
+            headers["X-Tessera-Grid"] = f"{grid[0]},{grid[1]}"
+        return headers
+
+
+def _encode_json(result: Encoded) -> Response:
+    grid = result.batch.grid
+    return json_response({
+        "model": result.model,
+        "latent_shape": list(result.latent_shape),
+        "dtype": "float32",
+        "count": len(result.latents),
+        "grid": list(grid) if grid is not None else None,
+        "grids": [list(g) for g in result.batch.grids],
+        "cached": result.cached,
+        "latents": np.ascontiguousarray(result.latents),
+    }, result.headers())
+
+
+def _encode_npy(result: Encoded) -> Response:
+    return Response(codecs.npy_bytes(result.latents), media_type=NPY, headers=result.headers())
+
+
+@dataclass(frozen=True)
+class Decoded:
+    """What ``/v1/decode`` answers."""
+
+    model: str
+    tiles: np.ndarray  # uint8 [N, 32, 32, 3]
+    columns: int | None  # sheet width asked for (query, else body), None: the default
+
+
+def _decode_png(result: Decoded) -> Response:
+    width = result.columns or default_columns(len(result.tiles))
+    rows = -(-len(result.tiles) // width)
+    headers = {"X-Tessera-Model": result.model, "X-Tessera-Grid": f"{rows},{width}"}
+    return Response(codecs.png_bytes(assemble(result.tiles, width)), media_type=PNG, headers=headers)
+
+
+def _decode_npy(result: Decoded) -> Response:
+    return Response(codecs.npy_bytes(result.tiles), media_type=NPY, headers={"X-Tessera-Model": result.model})
+
+
+def _decode_json(result: Decoded) -> Response:
+    body = {"model": result.model, "count": len(result.tiles), "tiles": codecs.tiles_base64(result.tiles)}
+    return json_response(body, {"X-Tessera-Model": result.model})
+
+
+ENCODE_WRITERS: dict[str, Callable[[Encoded], Response]] = {JSON: _encode_json, NPY: _encode_npy}
+DECODE_WRITERS: dict[str, Callable[[Decoded], Response]] = {PNG: _decode_png, NPY: _decode_npy, JSON: _decode_json}
+
+
+def writer(request: Request, writers: dict[str, Callable]) -> Callable:
+    """The writer the request's ``Accept`` prefers; 406 when it accepts none of them."""
+    return writers[codecs.negotiate(request.headers.get("accept"), tuple(writers))]
