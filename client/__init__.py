@@ -15,11 +15,15 @@ from client.errors import (
     APIError,
     AuthenticationError,
     ConnectError,
+    InferenceFailedError,
     InputError,
     NotFoundError,
+    NotReadyError,
     OverloadedError,
+    ShuttingDownError,
     TesseraError,
     TransportError,
+    UnavailableError,
 )
 from client.results import EncodeResult, Health, Limits, ModelInfo, Models
 from client.sync_client import Client
@@ -32,12 +36,16 @@ __all__ = [
     "ConnectError",
     "EncodeResult",
     "Health",
+    "InferenceFailedError",
     "InputError",
     "Limits",
     "ModelInfo",
     "Models",
     "NotFoundError",
+    "NotReadyError",
     "OverloadedError",
+    "ShuttingDownError",
     "TesseraError",
     "TransportError",
+    "UnavailableError",
 ]

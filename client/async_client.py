@@ -280,6 +280,7 @@ class AsyncClient:
                 raise errors.error_from_response(
                     response.status_code, _json_or_none(response),
                     fallback=f"{method} {path} failed with HTTP {response.status_code} {response.reason_phrase}",
+                    retry_after=_retry_after(response),
                 )
             return response
         raise AssertionError("unreachable: the last attempt returns or raises")

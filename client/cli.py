@@ -278,7 +278,7 @@ def _guarded(command: Callable[[argparse.Namespace], int]) -> Callable[[argparse
             return _fail(str(exc), EXIT_INPUT)
         except errors.ConnectError as exc:
             return _fail(f"{exc} Start it with `tessera serve`, or point --url / TESSERA_URL at it.", EXIT_UNAVAILABLE)
-        except (errors.TransportError, errors.OverloadedError, errors.DeadlineExceededError) as exc:
+        except (errors.TransportError, errors.UnavailableError, errors.DeadlineExceededError) as exc:
             return _fail(str(exc), EXIT_UNAVAILABLE)
         except errors.AuthenticationError as exc:
             return _fail(f"{exc} (set --api-key or TESSERA_API_KEY)", EXIT_SERVER)

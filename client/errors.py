@@ -17,9 +17,16 @@ server's ``detail`` (what was wrong and how to fix it).
         ├── PayloadTooLargeError   413
         ├── UnsupportedMediaError  415
         ├── UnprocessableError     422: bad shape, non-finite values, sheet sides
-        ├── OverloadedError        429/503 that outlasted the client's retries
+        ├── UnavailableError       429/503 that outlasted the client's retries (.retry_after)
+        │   ├── OverloadedError        overloaded: too much work queued (and any 429)
+        │   ├── ShuttingDownError      shutting_down: this instance is draining; another one takes work
+        │   ├── NotReadyError          not_ready: the models are still warming up
+        │   └── InferenceFailedError   inference_failed: the model call of the request's batch failed
         ├── DeadlineExceededError  504: the server gave up waiting for a batch
         └── ServerError            any other 5xx
+
+The class comes from the server's ``code`` where it sends a known one (every Tessera error
+body does), else from the HTTP status. A 503 of an unknown code is an ``UnavailableError``.
 """
 
 from __future__ import annotations
@@ -91,8 +98,34 @@ class UnprocessableError(APIError):
     """422: the body decoded but its content is unusable (shape, values, sheet sides)."""
 
 
-class OverloadedError(APIError):
-    """429/503: the server kept shedding load after every retry."""
+class UnavailableError(APIError):
+    """429/503: the server could not take the request now, and still could not after every retry.
+
+    Attributes:
+        retry_after: the seconds the server's last answer asked to wait (None when it said nothing).
+    """
+
+    def __init__(self, detail: str, *, status: int, code: str = "", retry_after: float | None = None) -> None:
+        super().__init__(detail, status=status, code=code)
+        self.retry_after = retry_after
+
+
+class OverloadedError(UnavailableError):
+    """overloaded (or a 429): the server kept shedding load after every retry."""
+
+
+class ShuttingDownError(UnavailableError):
+    """shutting_down: the instance is draining for a restart; another instance (or this one
+    once restarted) takes the request."""
+
+
+class NotReadyError(UnavailableError):
+    """not_ready: the server is up but its models are still loading or warming up."""
+
+
+class InferenceFailedError(UnavailableError):
+    """inference_failed: the model call of the request's batch failed (for instance out of
+    device memory); nothing was computed."""
 
 
 class DeadlineExceededError(APIError):
@@ -103,6 +136,21 @@ class ServerError(APIError):
     """Any other 5xx."""
 
 
+_BY_CODE: dict[str, type[APIError]] = {
+    "undecodable": BadRequestError,
+    "unauthorized": AuthenticationError,
+    "unknown_model": NotFoundError,
+    "not_found": NotFoundError,
+    "too_large": PayloadTooLargeError,
+    "unsupported_media_type": UnsupportedMediaError,
+    "unsupported_encoding": UnsupportedMediaError,
+    "overloaded": OverloadedError,
+    "shutting_down": ShuttingDownError,
+    "not_ready": NotReadyError,
+    "inference_failed": InferenceFailedError,
+    "deadline_exceeded": DeadlineExceededError,
+    "internal_error": ServerError,
+}
 _BY_STATUS: dict[int, type[APIError]] = {
     400: BadRequestError,
     401: AuthenticationError,
@@ -112,18 +160,19 @@ _BY_STATUS: dict[int, type[APIError]] = {
     415: UnsupportedMediaError,
     422: UnprocessableError,
     429: OverloadedError,
-    503: OverloadedError,
+    503: UnavailableError,
     504: DeadlineExceededError,
 }
 
 
-def error_from_response(status: int, body: Any, fallback: str) -> APIError:
+def error_from_response(status: int, body: Any, fallback: str, retry_after: float | None = None) -> APIError:
     """Build the exception for an error answer.
 
     Args:
         status: the HTTP status code.
         body: the decoded JSON body, or None when it was not JSON.
         fallback: the message to use when the body carries no ``detail``.
+        retry_after: the seconds the answer's ``Retry-After`` asked for, if any.
     """
     detail, code = fallback, ""
     if isinstance(body, dict):
@@ -133,7 +182,10 @@ def error_from_response(status: int, body: Any, fallback: str) -> APIError:
         elif raw:  # FastAPI's own validation errors: a list of {"loc", "msg"} objects
             detail = _join_validation_errors(raw)
         code = str(body.get("code") or "")
-    cls = _BY_STATUS.get(status) or (ServerError if status >= 500 else APIError)
+    cls = _BY_CODE.get(code) or (UnprocessableError if status == 422 else None) or _BY_STATUS.get(status)
+    cls = cls or (ServerError if status >= 500 else APIError)
+    if issubclass(cls, UnavailableError):
+        return cls(detail, status=status, code=code, retry_after=retry_after)
     return cls(detail, status=status, code=code)
 
 

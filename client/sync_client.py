@@ -1,21 +1,24 @@
 """Client: the blocking face of AsyncClient.
 
-It owns one AsyncClient living on a private event loop in a daemon thread, and every public
-coroutine method of AsyncClient becomes a blocking method here (generated, not copied), so the
-two can never drift apart. The private loop also makes the blocking client usable where an
-event loop is already running, such as a notebook.
+It owns one AsyncClient living on a private event loop in a daemon thread; each method here runs
+the AsyncClient coroutine of the same name there and waits for it. The methods are written out,
+so that editors and type checkers see them, and a test checks that their signatures are
+AsyncClient's, so the two cannot drift apart. The private loop also makes the blocking client
+usable where an event loop is already running, such as a notebook.
 """
 
 from __future__ import annotations
 
 import asyncio
-import functools
-import inspect
 import threading
-from collections.abc import Callable, Coroutine
+from collections.abc import Coroutine
 from typing import Any, TypeVar
 
-from client.async_client import AsyncClient
+import numpy as np
+from PIL import Image
+
+from client.async_client import AsyncClient, DecodeInput, EncodeInput, Progress
+from client.results import EncodeResult, Health, Models
 
 T = TypeVar("T")
 
@@ -42,32 +45,10 @@ class _LoopThread:
         self.loop.close()
 
 
-def _blocking(name: str, method: Callable[..., Any]) -> Callable[..., Any]:
-    @functools.wraps(method)
-    def call(self: Client, *args: Any, **kwargs: Any) -> Any:
-        return self._run(getattr(self._async, name)(*args, **kwargs))
-
-    return call
-
-
-def _mirror_coroutines(source: type) -> Callable[[type], type]:
-    """Class decorator: give the class a blocking twin of each public coroutine method of source."""
-
-    def decorate(cls: type) -> type:
-        for name, method in inspect.getmembers(source, inspect.iscoroutinefunction):
-            if not name.startswith("_") and name != "aclose" and name not in vars(cls):
-                setattr(cls, name, _blocking(name, method))
-        return cls
-
-    return decorate
-
-
-@_mirror_coroutines(AsyncClient)
 class Client:
-    """Blocking client of one Tessera server; takes the same arguments as AsyncClient.
-
-    Methods: encode, decode, decode_sheet, models, health (see AsyncClient for their
-    arguments), close. Use it as a context manager or call close() when done.
+    """Blocking client of one Tessera server; takes the same arguments as AsyncClient, and its
+    methods are AsyncClient's (see there for their arguments). Use it as a context manager or
+    call close() when done.
 
         with Client("http://127.0.0.1:8000") as client:
             result = client.encode("main.png")
@@ -89,6 +70,30 @@ class Client:
 
     def _run(self, coro: Coroutine[Any, Any, T]) -> T:
         return self._loop.run(coro)
+
+    # the AsyncClient coroutines, blocking (tests/client/test_client_sync.py checks that the signatures match)
+
+    def models(self) -> Models:
+        """The models the server can run, its default and its per-request limits."""
+        return self._run(self._async.models())
+
+    def health(self) -> Health:
+        """Whether the server is alive and ready (model loaded and warmed); never retried."""
+        return self._run(self._async.health())
+
+    def encode(self, x: EncodeInput, model: str | None = None, *, crop: bool = False,
+               progress: Progress | None = None) -> EncodeResult:
+        """Encode tiles to latents (``AsyncClient.encode``)."""
+        return self._run(self._async.encode(x, model, crop=crop, progress=progress))
+
+    def decode(self, latents: DecodeInput, model: str | None = None, *, progress: Progress | None = None) -> np.ndarray:
+        """Decode latents to uint8 tiles [N, 32, 32, 3] (``AsyncClient.decode``)."""
+        return self._run(self._async.decode(latents, model, progress=progress))
+
+    def decode_sheet(self, latents: DecodeInput, columns: int | None = None, model: str | None = None, *,
+                     progress: Progress | None = None) -> Image.Image:
+        """Decode latents to one sheet image, tiles row-major (``AsyncClient.decode_sheet``)."""
+        return self._run(self._async.decode_sheet(latents, columns, model, progress=progress))
 
     def close(self) -> None:
         """Close the connections and stop the private event loop."""

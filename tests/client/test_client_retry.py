@@ -112,10 +112,34 @@ def test_overload_that_outlasts_the_retries_raises_with_the_servers_detail():
 def test_retry_after_longer_than_max_wait_is_not_waited_out():
     busy = _json(503, {"detail": "draining for shutdown", "code": "shutting_down"}, **{"Retry-After": "3600"})
     with ScriptedServer({"/v1/models": [busy]}) as server:
-        started = time.monotonic()
-        with Client(server.url, retries=3, max_wait=5) as client, pytest.raises(errors.OverloadedError):
+        with Client(server.url, retries=3, max_wait=5) as client, pytest.raises(errors.ShuttingDownError) as caught:
+            client.models()  # a wait of an hour would hang the test: it raises at once instead
+    assert len(server.hits["/v1/models"]) == 1 and caught.value.retry_after == 3600
+
+
+@pytest.mark.parametrize(
+    ("code", "cls"),
+    [("overloaded", errors.OverloadedError), ("shutting_down", errors.ShuttingDownError),
+     ("not_ready", errors.NotReadyError), ("inference_failed", errors.InferenceFailedError),
+     ("something_new", errors.UnavailableError)],
+)
+def test_503s_are_told_apart_by_the_servers_code(code, cls):
+    answer = _json(503, {"detail": f"explanation of {code}", "code": code}, **{"Retry-After": "0"})
+    with ScriptedServer({"/v1/models": [answer]}) as server:
+        with Client(server.url, retries=1) as client, pytest.raises(errors.UnavailableError) as caught:
             client.models()
-    assert time.monotonic() - started < 2 and len(server.hits["/v1/models"]) == 1
+    assert type(caught.value) is cls and caught.value.code == code and caught.value.status == 503
+    assert str(caught.value) == f"explanation of {code}" and caught.value.retry_after == 0
+
+
+def test_the_code_decides_where_the_status_alone_would_not():
+    cases = [(404, "unknown_model", errors.NotFoundError), (415, "unsupported_encoding", errors.UnsupportedMediaError),
+             (422, "bad_shape", errors.UnprocessableError), (500, "internal_error", errors.ServerError),
+             (504, "deadline_exceeded", errors.DeadlineExceededError), (406, "not_acceptable", errors.APIError)]
+    for status, code, cls in cases:
+        error = errors.error_from_response(status, {"detail": "why", "code": code}, fallback="?")
+        assert type(error) is cls and (error.status, error.code, error.detail) == (status, code, "why")
+    assert isinstance(errors.error_from_response(429, None, fallback="slow down"), errors.OverloadedError)
 
 
 @pytest.mark.parametrize(
