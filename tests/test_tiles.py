@@ -70,3 +70,22 @@ def test_tsx_files_are_read_and_written(tmp_path):
         (tmp_path / "bad.tsx").write_text(text)
         with pytest.raises(TsxError, match=problem):
             read_tsx(tmp_path / "bad.tsx")
+
+
+def test_training_reads_sixteen_bit_grey_as_serving_does(tmp_path):
+    from service.codecs import Limits, decode_image
+    from training.tiles import sheet_tiles
+
+    grey = np.random.default_rng(1).integers(0, 65536, size=(32, 64), dtype=np.uint16)
+    Image.fromarray(grey).save(tmp_path / "grey16.png")
+    assert Image.open(tmp_path / "grey16.png").mode.startswith("I")
+    served, _ = decode_image((tmp_path / "grey16.png").read_bytes(), Limits(max_tiles=16, max_pixels=1 << 20))
+    trained, _ = sheet_tiles(tmp_path / "grey16.png", 32)
+    np.testing.assert_array_equal(trained, served)
+    assert 100 < served.mean() < 155  # scaled from 16 bits, not clipped to 255 nearly everywhere
+    rgba = tiles.to_rgba(Image.open(tmp_path / "grey16.png"))
+    assert rgba.shape == (32, 64, 4) and (rgba[..., 3] == 255).all() and np.array_equal(rgba[..., 0], served_sheet(served))
+
+
+def served_sheet(tiles_: np.ndarray) -> np.ndarray:
+    return tiles.assemble(tiles_, 2)[..., 0]

@@ -24,14 +24,29 @@ def premultiply(rgba: np.ndarray) -> np.ndarray:
     return ((rgb * alpha + 127) // 255).astype(np.uint8)
 
 
+def _grey8(image: Image.Image) -> np.ndarray:
+    """A 16-bit grey image's pixels scaled to uint8 [H, W] (Pillow's convert would clip them)."""
+    grey = np.asarray(image, dtype=np.int64).clip(0, 65535)
+    return ((grey * 255 + 32767) // 65535).astype(np.uint8)
+
+
+def to_rgba(image: Image.Image) -> np.ndarray:
+    """Pixels of an opened image as uint8 [H, W, 4], alpha kept as the image has it (opaque
+    without one), 16-bit grey scaled to 8 bits: the rule ``to_rgb`` applies, before alpha is
+    multiplied in."""
+    if image.mode in SIXTEEN_BIT:
+        grey = _grey8(image)
+        return np.dstack([grey, grey, grey, np.full_like(grey, 255)])
+    return np.asarray(image if image.mode == "RGBA" else image.convert("RGBA"))
+
+
 def to_rgb(image: Image.Image) -> np.ndarray:
-    """Pixels of an opened image as uint8 [H, W, 3]: alpha multiplied in, 16-bit grey scaled."""
-    if image.mode in SIXTEEN_BIT:  # Pillow's convert("RGB") would clip these instead of scaling
-        grey = np.asarray(image, dtype=np.int64).clip(0, 65535)
-        grey = ((grey * 255 + 32767) // 65535).astype(np.uint8)
-        return np.repeat(grey[..., None], 3, axis=-1)
+    """Pixels of an opened image as uint8 [H, W, 3]: alpha multiplied in, 16-bit grey scaled.
+    Serving, the client and training's data sets all read images through this rule."""
+    if image.mode in SIXTEEN_BIT:
+        return np.repeat(_grey8(image)[..., None], 3, axis=-1)
     if image.mode in _ALPHA_MODES or "transparency" in image.info:
-        return premultiply(np.asarray(image.convert("RGBA")))
+        return premultiply(to_rgba(image))
     return np.asarray(image if image.mode == "RGB" else image.convert("RGB"))
 
 

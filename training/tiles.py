@@ -1,8 +1,9 @@
 """Cutting sprite sheets into 32x32 RGB tiles, the way the seed's data set was made.
 
-A sheet is read as RGBA, its colours are multiplied by alpha (transparent -> black), and it is
-cut on a grid of ``tile_size`` squares from the top-left corner; a partial row or column at the
-right or bottom edge is ignored. Tiles of another size are resized to 32x32 with nearest
+A sheet is read by the rule serving and the client apply (``tiles.to_rgba``: 16-bit grey
+scaled to 8 bits, not clipped), its colours are multiplied by alpha (transparent -> black), and
+it is cut on a grid of ``tile_size`` squares from the top-left corner; a partial row or column at
+the right or bottom edge is ignored. Tiles of another size are resized to 32x32 with nearest
 neighbour.
 """
 
@@ -13,18 +14,19 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from tiles import TILE, cut, premultiply
+from tiles import TILE, cut, premultiply, to_rgba
 from training.errors import DataError
 
 IMAGE_SUFFIXES = (".png", ".gif", ".bmp", ".jpg", ".jpeg", ".webp", ".tga")
 
 
 def load_rgba(path: Path) -> np.ndarray:
-    """Read an image file as uint8 RGBA, shape (H, W, 4); the first frame of an animation."""
+    """Read an image file as uint8 RGBA, shape (H, W, 4), by ``tiles.to_rgba``; the first frame
+    of an animation."""
     try:
         with Image.open(path) as image:
             image.seek(0)
-            return np.asarray(image.convert("RGBA"), dtype=np.uint8).copy()
+            return np.array(to_rgba(image), dtype=np.uint8)  # a copy: the file closes
     except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
         raise DataError(f"cannot read image {path}: {exc}; fix or remove the file") from exc
 
