@@ -12,7 +12,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from service import pipeline
 from service.codecs import IMAGE_TYPES, JSON, NPY, PNG
-from service.dependencies import KEY, ModelName, State, known_query
+from service.dependencies import KEY, ModelName, PipelineRoute, State, known_query
 from service.errors import error_body
 from service.schemas import (
     DecodeJSONRequest,
@@ -25,6 +25,7 @@ from service.schemas import (
 )
 
 router = APIRouter()
+pipeline_routes = APIRouter(route_class=PipelineRoute)  # /v1/encode and /v1/decode, before the others
 DOCS_ASSETS = "docs-assets"  # relative, so the page works behind a proxy's path prefix
 
 
@@ -71,7 +72,7 @@ DECODE_BODY = {
 # -- routes ----------------------------------------------------------------------------------
 
 
-@router.post(
+@pipeline_routes.post(
     "/v1/encode",
     summary="Encode tiles to latents",
     dependencies=[*KEY, known_query("model")],
@@ -94,7 +95,7 @@ async def encode(request: Request, state: State, model: ModelName = None) -> Res
     return await pipeline.encode(request, state, model)
 
 
-@router.post(
+@pipeline_routes.post(
     "/v1/decode",
     summary="Decode latents to tiles",
     dependencies=[*KEY, known_query("model", "columns")],
@@ -120,6 +121,9 @@ async def decode(
 ) -> Response:
     """Decode latents ``[N, *latent_shape]`` (npy or JSON) back to 32x32 RGB tiles."""
     return await pipeline.decode(request, state, model, columns)
+
+
+router.include_router(pipeline_routes)
 
 
 @router.get(

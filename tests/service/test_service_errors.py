@@ -183,3 +183,19 @@ def test_bad_query_parameters_are_422(client):
     body = check(client.post(f"{DECODE}?modle=tiny", content=latents, headers={"Content-Type": NPY}), 422, "unknown_parameter")
     assert "modle" in body["detail"] and "columns" in body["detail"]  # names the typo and what is known
     check(client.post(f"{ENCODE}?columns=2", content=npy(random_tiles(1)), headers={"Content-Type": NPY}), 422, "unknown_parameter")
+
+
+def test_query_values_the_fast_path_does_not_judge_get_fastapis_answer(client):
+    """/v1/encode and /v1/decode check plain query values themselves (service.dependencies.
+    PipelineRoute) and leave the rest to FastAPI: the answers are FastAPI's either way."""
+    latents = npy(np.zeros((1, 64, 1, 1), np.float32))
+    for query in ("columns=%2B3", "columns=%203", "columns=3.0", f"model={'x' * 201}"):
+        r = client.post(f"{DECODE}?{query}", content=latents, headers={"Content-Type": NPY})
+        assert r.status_code in (200, 422), (query, r.text)
+        if r.status_code == 422:
+            assert r.json()["code"] == "invalid_request" and "see /docs" in r.json()["detail"], (query, r.text)
+    r = client.post(f"{DECODE}?columns=1&model=&columns=4", content=npy(np.zeros((8, 64, 1, 1), np.float32)),
+                    headers={"Content-Type": NPY})
+    assert r.status_code == 200 and r.headers["X-Tessera-Grid"] == "2,4"  # the last value of a repeated parameter
+    check(client.post(f"{ENCODE}?model={'x' * 201}", content=npy(random_tiles(1)), headers={"Content-Type": NPY}),
+          422, "invalid_request")
