@@ -8,7 +8,7 @@ TORCH  ?= torch==2.13.0
 HOST   ?= 127.0.0.1
 PORT   ?= 8000
 
-.PHONY: venv test serve bench soak reliability data gpu-check clean
+.PHONY: venv vendor test serve bench soak reliability data gpu-check clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -17,7 +17,13 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q -e '.[dev,diffusers,train,export]'
 	touch $@
 
-venv: $(VENV)/.installed
+venv: $(VENV)/.installed vendor
+
+# onnxruntime-web for the demo page (/demo): the pinned npm package's wasm-only build, copied into
+# service/static/vendor/ (gitignored, in the wheel); a no-op once there. Without npm the page
+# decodes on the server (POST /v1/decode)
+vendor:
+	$(PYTHON) scripts/vendor_onnxruntime_web.py
 
 test: venv
 	$(PY) -m pytest $(PYTEST_ARGS)
@@ -51,4 +57,4 @@ gpu-check: $(if $(filter $(PY),$(GPU_PY)),venv)
 	$(GPU_PY) -m bench.gpu_check $(if $(filter-out 0,$(DRY)),--dry-run)
 
 clean:
-	rm -rf $(VENV) .pytest_cache build *.egg-info
+	rm -rf $(VENV) .pytest_cache build *.egg-info service/static/vendor

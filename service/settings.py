@@ -90,6 +90,9 @@ class Settings(BaseSettings):
     openapi_public: bool = Field(
         default=False, description="whether /openapi.json and /docs are readable without an API key (they name the models and limits)"
     )
+    demo: bool = Field(
+        default=True, description="serve the try-it page at /demo and its decoder ONNX files (service.demo); false: 404"
+    )
 
     # `tessera serve` only
     host: str = Field(default="127.0.0.1", description="address `tessera serve` listens on")
