@@ -32,6 +32,18 @@ def thread_cpu_s(pid: int) -> dict[str, float] | None:
     return {"main": main, "others": others}
 
 
+def process_cpu_s(pid: int) -> float | None:
+    """CPU seconds (user + system) a process has used, every thread it ever had included, from
+    /proc/<pid>/stat; None where it is unavailable. Unlike wall time, hypervisor steal does not
+    inflate it."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        fields = stat[stat.rindex(")") + 2 :].split()  # after "pid (comm) "
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 def machine_busy_s() -> float | None:
     """CPU seconds all processes together have used since boot (user, nice, system, irq,
     softirq, steal), from /proc/stat; None where it is unavailable."""

@@ -23,6 +23,7 @@ PLOT = ROOT / "docs" / "img" / "bench-throughput.png"
 NOTES = ROOT / "bench" / "notes.md"
 
 TARGETS = {"concurrent": 0.9, "sheet": 0.95, "batching": 5.0, "cache": 20.0}
+CEILINGS = {"rest_over_floor", "server_over_model"}  # targets a ratio must stay under (bench.cpu)
 
 
 def fmt(value: float | None, digits: int = 0) -> str:
@@ -77,7 +78,8 @@ def _runs(values: list[float]) -> str:
     return f"{fmt(middle)} (runs: {', '.join(fmt(v) for v in values)})"
 
 
-def ratios(raw: dict | None, service: dict | None, cache: dict | None, repeat: dict | None = None) -> list[dict]:
+def ratios(raw: dict | None, service: dict | None, cache: dict | None, repeat: dict | None = None,
+           cpu: dict | None = None) -> list[dict]:
     """The four targets of the suite: what was measured against what (median of all runs of each)."""
     out = []
     if service is not None:
@@ -116,6 +118,27 @@ def ratios(raw: dict | None, service: dict | None, cache: dict | None, repeat: d
     for r in out:
         r["target"] = TARGETS[r["key"]]
         r["met"] = r["ratio"] >= r["target"]
+    return out + cpu_ratios(cpu)
+
+
+def cpu_ratios(cpu: dict | None) -> list[dict]:
+    """The two CPU targets of ``bench.cpu``: the service's own CPU against the bare framework's,
+    and the server's against its model's at the served batch size (ceilings, not floors)."""
+    if not cpu:
+        return []
+    targets, out = cpu["targets"], []
+    for p in cpu["points"]:
+        if p["rest_over_floor"] is not None:
+            out.append({"key": "rest_over_floor", "what": f"{p['connections']} single-tile connections: server CPU beyond "
+                        f"the model vs a bare FastAPI app, per request", "target": targets["rest_over_floor"],
+                        "measured": f"{fmt(p['server_us'] - p['model_us'])} vs {fmt(p['floor_us'])} us",
+                        "ratio": p["rest_over_floor"]})
+        if p["connections"] == targets["connections"] and p["server_over_model"] is not None:
+            out.append({"key": "server_over_model", "what": f"{p['connections']} single-tile connections: server CPU per tile "
+                        f"vs the raw model at batch {p['model']['batch']} (the served batch)", "target": targets["server_over_model"],
+                        "measured": f"{fmt(p['server_us'])} vs {fmt(p['model_us'])} us", "ratio": p["server_over_model"]})
+    for r in out:
+        r["met"] = r["ratio"] <= r["target"]
     return out
 
 
@@ -130,7 +153,8 @@ def machine_section(machine: dict) -> list[str]:
 
 
 def summary_section(found: list[dict], repeat: dict | None) -> list[str]:
-    rows = [[r["what"], r["measured"], f"**{r['ratio']:.2f}x**", f">= {r['target']:g}x", "yes" if r["met"] else "**no**"] for r in found]
+    rows = [[r["what"], r["measured"], f"**{r['ratio']:.2f}x**", f"{'<=' if r['key'] in CEILINGS else '>='} {r['target']:g}x",
+             "yes" if r["met"] else "**no**"] for r in found]
     note = []
     if repeat:
         note = ["", f"Throughputs are the median of {1 + repeat['repeats']} runs, each in fresh processes, for the raw model and "
@@ -296,6 +320,31 @@ def cache_section(cache: dict) -> list[str]:
                     "tiles answered from cache"], rows), ""]
 
 
+def cpu_request_section(cpu: dict) -> list[str]:
+    """Floor, model and the rest of one single-tile request's CPU (``bench.cpu``)."""
+    rows = []
+    for p in cpu["points"]:
+        server = p["server"]
+        rows.append([str(p["connections"]), fmt(p["floor_us"]), fmt(p["model_us"]), str(p["model"]["batch"]), fmt(p["rest_us"]),
+                     fmt(p["server_us"]), fmt(p["rest_over_floor"], 2), fmt(p["server_over_model"], 2),
+                     fmt(server["server"]["mean_batch_tiles"], 1), f"{server['errors']} / {p['floor']['errors']}",
+                     fmt(max(server["other_cores"] or 0, p["floor"]["other_cores"] or 0), 2)])
+    plan = cpu["plan"]
+    return ["## CPU per request: floor, model and the rest", "",
+            f"Single-tile npy encodes of `{cpu['model']}` from {cpu['generator']} at each number of connections, every tile "
+            f"distinct, {fmt(plan['warmup_s'], 1)} s warm-up, then {fmt(plan['duration_s'], 1)} s measured (`bench/cpu.py`). "
+            f"Microseconds of CPU per request (= per tile), from the processes' own CPU time (`/proc/<pid>/stat`, every "
+            f"thread; hypervisor steal does not inflate it as it does wall time). *floor*: a bare FastAPI + uvicorn app that "
+            f"reads the same body and answers a fixed npy latent (`bench/floor_app.py`). *model*: the server's traced model "
+            f"call on its own, {plan['threads']} torch thread(s), at the server's mean batch for those connections. *rest*: "
+            f"server - model - floor, what the service itself spends (routing, admission, decoding, hashing, cache, "
+            f"batching, hand-offs, metrics, answer). Targets: (server - model) <= {cpu['targets']['rest_over_floor']:g}x "
+            f"floor; at {cpu['targets']['connections']} connections server <= {cpu['targets']['server_over_model']:g}x "
+            f"model. *others*: cores' worth of CPU every other process used meanwhile (well above 0: a shared machine).", "",
+            *table(["connections", "floor us", "model us", "at batch", "rest us", "server us", "(server - model) / floor",
+                    "server / model", "mean batch", "errors (server / floor)", "others (cores)"], rows), ""]
+
+
 def profile_section(profile: dict) -> list[str]:
     point = profile["load"]
     rows = [[g["group"], fmt(100 * g["share"], 1) + " %", fmt(g["us_per_tile"], 1)] for g in profile["groups"]]
@@ -331,10 +380,10 @@ def gpu_section(raw: dict | None) -> list[str]:
 
 def render(folder: Path, doc: Path = DOC, plot: Path = PLOT) -> str:
     """The page for ``doc``; draws ``plot`` on the way."""
-    raw, service, cache, path, profile, repeat, run = (
-        results.load(folder, s) for s in ("raw", "service", "cache", "path", "profile", "repeat", "run")
+    raw, service, cache, path, profile, repeat, run, cpu = (
+        results.load(folder, s) for s in ("raw", "service", "cache", "path", "profile", "repeat", "run", "cpu")
     )
-    machine = next((d["machine"] for d in (service, raw, cache, path) if d), None)
+    machine = next((d["machine"] for d in (service, raw, cache, path, cpu) if d), None)
     if machine is None:
         raise FileNotFoundError(f"no results in {folder}; run `make bench` (or python -m bench.run_all) first")
     lines = ["# Benchmarks", "",
@@ -345,7 +394,7 @@ def render(folder: Path, doc: Path = DOC, plot: Path = PLOT) -> str:
         stages = ", ".join(f"{k} {v:.0f} s" for k, v in run["stage_seconds"].items() if k != "total")
         lines += [f"The whole run took {run['stage_seconds']['total'] / 60:.1f} minutes ({stages}); 1-minute load average "
                   f"before it: {run['load_avg_1m_before']:.2f}." + (" **Quick run: the numbers mean nothing.**" if run["quick"] else ""), ""]
-    lines += summary_section(ratios(raw, service, cache, repeat), repeat)
+    lines += summary_section(ratios(raw, service, cache, repeat, cpu), repeat)
     if service:
         lines += config_section(service)
     if raw:
@@ -356,6 +405,8 @@ def render(folder: Path, doc: Path = DOC, plot: Path = PLOT) -> str:
         lines += sheet_section(service, raw)
         lines += threads_section(service, raw)
         lines += cpu_section(service)
+    if cpu:
+        lines += cpu_request_section(cpu)
     if cache:
         lines += cache_section(cache)
     if profile:

@@ -43,6 +43,7 @@ def stage_commands(args: argparse.Namespace, checkpoint: Path) -> dict[str, list
                    *(["--quick", "--repeats", "1"] if args.quick else [])],
         "profile": ["bench.profile", "--checkpoint", str(checkpoint), "--threads", threads, "--out", str(out / "profile.json"),
                     *(["--seconds", "2", "--clients", "8"] if args.quick else [])],
+        "cpu": ["bench.cpu", "--checkpoint", str(checkpoint), "--threads", threads, "--out", str(out / "cpu.json"), *quick],
     }
 
 
@@ -51,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--checkpoints", type=Path, default=Path("checkpoints"), help="folder of the bundled checkpoints")
     parser.add_argument("--model", default="dcae-s48", help="the model the service stages serve")
     parser.add_argument("--threads", type=int, default=1, help="TESSERA_TORCH_THREADS of the server (and the raw reference)")
-    parser.add_argument("--stages", default="raw,path,service,repeat,cache,profile", help="which stages to run, comma-separated")
+    parser.add_argument("--stages", default="raw,path,service,repeat,cache,profile,cpu", help="which stages to run, comma-separated")
     parser.add_argument("--quick", action="store_true", help="seconds per stage; the numbers mean nothing")
     parser.add_argument("--results", type=Path, default=results.RESULTS)
     parser.add_argument("--doc", type=Path, default=report.DOC)
