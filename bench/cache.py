@@ -8,7 +8,6 @@ those sheets again and again (every tile a hit). The speed-up is the ratio of me
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import dataclasses
 import logging
@@ -17,7 +16,7 @@ from pathlib import Path
 
 from bench import load, results
 from bench.bodies import Sheets
-from bench.console import setup_logging
+from bench.console import served_stage
 from bench.machine import describe
 from tests.support.redis_server import redis_server
 from tests.support.serve import TesseraServer, tessera_server
@@ -71,17 +70,7 @@ def run(checkpoint: Path, plan: CachePlan, logs: Path) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.cache", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--checkpoint", type=Path, default=Path("checkpoints/dcae-s48.safetensors"), help="the model to serve")
-    parser.add_argument("--threads", type=int, default=CachePlan.threads, help="TESSERA_TORCH_THREADS of the server")
-    parser.add_argument("--quick", action="store_true", help="a few seconds, to check the harness")
-    parser.add_argument("--out", type=Path, default=results.RESULTS / "cache.json")
-    parser.add_argument("--logs", type=Path, default=Path("bench/logs"), help="server logs go here")
-    args = parser.parse_args(argv)
-    setup_logging()
-    plan = dataclasses.replace(QUICK if args.quick else CachePlan(), threads=args.threads)
-    results.save(args.out, run(args.checkpoint, plan, args.logs))
-    return 0
+    return served_stage(argv, "python -m bench.cache", __doc__, results.RESULTS / "cache.json", CachePlan(), QUICK, run)
 
 
 if __name__ == "__main__":

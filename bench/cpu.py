@@ -22,7 +22,6 @@ CPU per tile at most 1.3x the model's at the served batch size.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import logging
 import resource
@@ -32,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench import load, results, scrape
-from bench.console import setup_logging
+from bench.console import served_stage
 from bench.machine import describe
 from bench.procs import machine_busy_s, process_cpu_s
 from bench.service import SingleTiles
@@ -174,17 +173,7 @@ def run(checkpoint: Path, plan: Plan, logs: Path) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.cpu", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--checkpoint", type=Path, default=Path("checkpoints/dcae-s48.safetensors"), help="the model to serve")
-    parser.add_argument("--threads", type=int, default=Plan.threads, help="TESSERA_TORCH_THREADS of the server and the raw model")
-    parser.add_argument("--quick", action="store_true", help="a few seconds per point, to check the harness")
-    parser.add_argument("--out", type=Path, default=results.RESULTS / "cpu.json")
-    parser.add_argument("--logs", type=Path, default=Path("bench/logs"), help="server logs go here")
-    args = parser.parse_args(argv)
-    setup_logging()
-    plan = dataclasses.replace(QUICK if args.quick else Plan(), threads=args.threads)
-    results.save(args.out, run(args.checkpoint, plan, args.logs))
-    return 0
+    return served_stage(argv, "python -m bench.cpu", __doc__, results.RESULTS / "cpu.json", Plan(), QUICK, run)
 
 
 if __name__ == "__main__":

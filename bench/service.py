@@ -14,7 +14,6 @@ Every tile is distinct, so the latent cache (on, as by default) only adds its lo
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import inspect
 import logging
@@ -26,7 +25,7 @@ from pathlib import Path
 
 from bench import load, results, scrape, wrk
 from bench.bodies import NpyTiles, Sheets
-from bench.console import setup_logging
+from bench.console import served_stage
 from bench.machine import describe
 from bench.procs import machine_busy_s, thread_cpu_s
 from tests.support.serve import TesseraServer, tessera_server
@@ -165,17 +164,7 @@ def run(checkpoint: Path, plan: Plan, logs: Path) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.service", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--checkpoint", type=Path, default=Path("checkpoints/dcae-s48.safetensors"), help="the model to serve")
-    parser.add_argument("--threads", type=int, default=Plan.threads, help="TESSERA_TORCH_THREADS of the server")
-    parser.add_argument("--quick", action="store_true", help="a few seconds per stage, to check the harness")
-    parser.add_argument("--out", type=Path, default=results.RESULTS / "service.json")
-    parser.add_argument("--logs", type=Path, default=Path("bench/logs"), help="server logs go here")
-    args = parser.parse_args(argv)
-    setup_logging()
-    plan = dataclasses.replace(QUICK if args.quick else Plan(), threads=args.threads)
-    results.save(args.out, run(args.checkpoint, plan, args.logs))
-    return 0
+    return served_stage(argv, "python -m bench.service", __doc__, results.RESULTS / "service.json", Plan(), QUICK, run)
 
 
 if __name__ == "__main__":
