@@ -355,8 +355,10 @@ PRESETS: dict[str, str] = {
     "dcae-s48-f16c16": _small(16, [16, 32, 64, 64, 128], [0, 1, 2, 1, 2], [0, 1, 3, 1, 2]),
     "dcae-s48-f8c4": _small(4, [16, 32, 64, 128], [0, 1, 2, 2], [0, 1, 3, 2]),
     "dcae-s12-f8c16": _small(16, [16, 32, 64, 128], [0, 1, 2, 2], [0, 1, 3, 2]),
-    # about the baseline's 5M parameters at ratio 48, for the seed's question at matched size
+    # about the baseline's 5M parameters at ratio 48, for the seed's question at matched size: the
+    # small layouts with a wider last stage (the high-resolution stages, where the time goes, as they are)
     "dcae-m48-f16c16": _small(16, [16, 32, 64, 128, 256], [0, 1, 2, 1, 1], [0, 1, 3, 1, 1]),
+    "dcae-m48-f8c4": _small(4, [16, 32, 64, 256], [0, 1, 2, 2], [0, 1, 3, 2]),
     # Tiny, for tests: every block kind (EViTS5_GLU included), bn2d and trms2d, ratio 48.
     "dcae-t48": (
         "latent_channels=64 "

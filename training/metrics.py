@@ -33,14 +33,15 @@ def metrics_from_sums(l1_sum: float, se_sum: float, count: float, ssim_sum: floa
 @torch.no_grad()
 def reconstruction_sums(
     model: nn.Module, tiles: torch.Tensor, batch_size: int = 256, device: torch.device | str = "cpu",
-    autocast: Callable | None = None,
+    autocast: Callable | None = None, compare: Callable | None = None,
 ) -> torch.Tensor:
     """Sums of |x_hat - x|, (x_hat - x)^2, the number of values, the tiles' SSIM and the number of
     tiles, as a float64 tensor (5,).
 
     tiles: uint8 (N, 3, 32, 32). Sums (rather than means) let processes of a distributed run
     and the sources of a corpus add their shares. ``autocast`` is a context-manager factory for
-    mixed precision.
+    mixed precision; ``compare(x, x_hat)`` turns input and output into what is compared (for
+    RGBA models: their colours multiplied by alpha).
     """
     was_training = model.training
     model.eval()
@@ -54,6 +55,8 @@ def reconstruction_sums(
             else:
                 x_hat = model(x)
             x_hat = x_hat.float()
+            if compare is not None:
+                x, x_hat = compare(x, x_hat)
             diff = x_hat - x
             sums[0] += diff.abs().sum(dtype=torch.float64)
             sums[1] += diff.square().sum(dtype=torch.float64)

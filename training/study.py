@@ -46,6 +46,7 @@ class Row:
     settings: dict = field(default_factory=dict)  # tessera train options
     run: str = ""  # report this other row's run instead of training one
     ema: bool = False  # report the run's EMA copy rather than its trained weights
+    stopped: str = ""  # why the row was stopped before the end of the budget (it is then compared at equal inputs)
 
 
 def lr_rows() -> list[Row]:
@@ -64,9 +65,9 @@ def recipe_rows(best_lr: Row) -> list[Row]:
         Row("ema", best_lr.name, f"the EMA of the weights (decay {EMA})", run=best_lr.name, ema=True),
         Row("augment", best_lr.name, "random flips and quarter turns", {**base, "augment": True}),
         Row("batch-32", best_lr.name, "batch 32 (twice the steps)", {**base, "batch_size": 32}),
-        Row("batch-128", best_lr.name, "batch 128 (half the steps)", {**base, "batch_size": 128}),
+        Row("batch-128", best_lr.name, "batch 128 (half the steps)", {**base, "batch_size": 128},
+            stopped="stopped at 116,992 inputs to give its core to the later rows; behind its base at every validation"),
         Row("l1+grad", best_lr.name, "L1 + 0.5 x image-gradient L1", {**base, "loss": "l1+grad"}),
-        Row("l1+ssim", best_lr.name, "L1 + 0.2 x (1 - SSIM)", {**base, "loss": "l1+ssim"}),
     ]
 
 
@@ -83,8 +84,8 @@ def layout_rows(best_lr: Row) -> list[Row]:
             run=best_lr.name),
         Row("layout-f16c16", "layout-f32c64", "16x2x2, dcae-s48-f16c16", using("dcae-s48-f16c16")),
         Row("layout-f8c4", "layout-f32c64", "4x4x4, dcae-s48-f8c4", using("dcae-s48-f8c4")),
-        Row("matched-dcae-m48", "", "DC-AE at ratio 48 with ~5M parameters (16x2x2), dcae-m48-f16c16",
-            using("dcae-m48-f16c16")),
+        Row("matched-dcae-m48", "", "DC-AE at ratio 48 with ~5M parameters (4x4x4, 5.42M), dcae-m48-f8c4",
+            using("dcae-m48-f8c4")),
         Row("matched-baseline", "matched-dcae-m48", "the baseline at ratio 24 (5.05M), same recipe",
             using("baseline")),
     ]
@@ -125,7 +126,7 @@ def finished(run: Path) -> bool:
 
 def run_rows(rows: list[Row], out: Path, data: str, jobs: int) -> None:
     """Train every row that has not finished, ``jobs`` at a time."""
-    todo = [r for r in rows if not r.run and not finished(out / r.name)]
+    todo = [r for r in rows if not r.run and not r.stopped and not finished(out / r.name)]
     running: list[tuple[Row, subprocess.Popen]] = []
     while todo or running:
         while todo and len(running) < jobs:
@@ -163,10 +164,21 @@ def row_result(row: Row, out: Path) -> dict | None:
     run = json.loads((run_dir / "run.json").read_text())
     with open(run_dir / "train.csv", newline="") as handle:
         train = list(csv.DictReader(handle))
-    return {"name": row.name, "base": row.base, "change": row.change, "inputs": int(last["inputs"]),
-            "run": run_dir.name, "finished": finished(run_dir), "model": run["spec"],
-            "settings": {k: run.get(k) for k in ("lr", "warmup", "batch_size", "augment", "loss")},
-            "train_s": float(train[-1]["elapsed_s"]) if train else None, "metrics": metrics}
+    found = {"name": row.name, "base": row.base, "change": row.change, "stopped": row.stopped, "inputs": int(last["inputs"]),
+             "run": run_dir.name, "finished": finished(run_dir), "model": run["spec"],
+             "settings": {k: run.get(k) for k in ("lr", "warmup", "batch_size", "augment", "loss")},
+             "train_s": float(train[-1]["elapsed_s"]) if train else None, "metrics": metrics}
+    if row.stopped and row.base:  # a row stopped early: both at the last validation they share
+        with open(run_dir / "val.csv", newline="") as handle:
+            mine = {int(r["inputs"]): r for r in csv.DictReader(handle)}
+        with open(out / row.base / "val.csv", newline="") as handle:
+            theirs = {int(r["inputs"]): r for r in csv.DictReader(handle)}
+        shared = max(set(mine) & set(theirs), default=None)
+        if shared is not None:
+            found["inputs"] = shared
+            found["metrics"] = {k[4:]: float(v) for k, v in mine[shared].items() if k.startswith("raw_")}
+            found["base_at_same_inputs"] = {k[4:]: float(v) for k, v in theirs[shared].items() if k.startswith("raw_")}
+    return found
 
 
 def best(results: list[dict], names: list[str]) -> dict:
@@ -190,6 +202,8 @@ def markdown(results: list[dict]) -> str:
         cells = [f"{m[f'{s}_psnr']:.2f} / {m[f'{s}_ssim']:.3f}" for s in sources]
         against = f" ({r['base']})" if r["base"] else ""
         done = "" if r["finished"] else f" (at {r['inputs']:,})"
+        if r.get("base_at_same_inputs"):
+            done += f" [base at the same inputs: {r['base_at_same_inputs']['val_psnr']:.2f} dB]"
         lines.append(f"| {r['name']}{done} | {r['change']}{against} | {m['val_l1']:.4f} / {m['val_psnr']:.2f} / "
                      f"{m['val_ssim']:.3f} | " + " | ".join(cells) + f" | {r['train_s'] or 0:,.0f} |")
     return "\n".join(lines) + "\n"
@@ -210,7 +224,7 @@ def collect(out: Path, docs: Path) -> dict:
         report["best_lr"] = picked.name
         report["recipe"] = [row_result(r, out) for r in rows]
         report["layout"] = [row_result(r, out) for r in layout_rows(picked)]
-        if all(r and r["finished"] for r in report["recipe"]):
+        if all(result and (result["finished"] or row.stopped) for row, result in zip(rows, report["recipe"])):
             report["picked_recipe"] = pick_recipe(report["recipe"], rows)
     for name in {r["run"] for part in ("recipe", "layout") for r in report.get(part, []) if r}:
         src, dst = out / name, docs / "runs" / "study" / name
@@ -224,7 +238,7 @@ def pick_recipe(results: list[dict], rows: list[Row]) -> dict:
     """The best learning rate's settings plus every change that beat it on PSNR over all
     validation tiles (of the two batch sizes, the better one); the EMA when its copy beat the
     trained weights."""
-    by_name = {r["name"]: r for r in results if r}
+    by_name = {r["name"]: r for r in results if r and r["finished"]}  # a row stopped early takes no part
     base_row = next(r for r in rows if r.name == rows[-1].base)
     base = by_name[base_row.name]["metrics"]["val_psnr"]
     recipe = dict(base_row.settings)

@@ -20,7 +20,7 @@ import signal
 import subprocess
 import threading
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -31,18 +31,22 @@ from torch.utils.data import DataLoader, DistributedSampler, Sampler
 from tqdm import tqdm
 
 import model as models
+from model.config import parse_spec
 from training.atomic import atomic_write_text
 from training.config import FIELDS, RUN_KEYS, TrainConfig, default_lr, structure_weight
 from training.dataset import TileData, TileDataset, keep_batch
 from training.errors import TrainingError
 from training.logs import CsvLog, TensorBoardLog
-from training.losses import latent_regulariser, training_loss
-from training.metrics import SUMS, metrics_from_sums, reconstruction_sums
+from training.losses import latent_regulariser, rgba_loss, training_loss
+from training.metrics import RGBA_SUMS, SUMS, metrics_from_sums, reconstruction_sums, rgba_metrics_from_sums, rgba_sums
 from training.state import load_state, rng_state, save_state, set_rng_state
 
 TRAIN_FIELDS = ["step", "inputs", "loss", "lr", "inputs_per_s", "elapsed_s"]
 METRICS = ["val_l1", "val_mse", "val_psnr", "val_ssim"]
+RGBA_METRICS = ["val_alpha_iou", "val_covered_psnr"]  # RGBA models only
 SOURCE_METRICS = ["l1", "psnr", "ssim"]  # per validation source, as <source>_<metric>
+SOURCE_RGBA_METRICS = ["alpha_iou", "covered_psnr"]
+STATE = "last.state.pt"
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
@@ -176,22 +180,45 @@ def ema_of(module: nn.Module, decay: float) -> torch.optim.swa_utils.AveragedMod
     return torch.optim.swa_utils.AveragedModel(module, multi_avg_fn=update, use_buffers=True)
 
 
-def val_fields(sources: list[str], ema: bool) -> list[str]:
-    per_source = [f"{src}_{m}" for src in sources for m in SOURCE_METRICS] if len(sources) > 1 else []
-    raw = [f"raw_{m}" for m in METRICS + per_source] if ema else []
-    return ["step", "inputs", *METRICS, *per_source, *raw, "best"]
+def val_fields(sources: list[str], ema: bool, rgba: bool = False) -> list[str]:
+    overall = METRICS + (RGBA_METRICS if rgba else [])
+    per_source = [f"{src}_{m}" for src in sources for m in SOURCE_METRICS + (SOURCE_RGBA_METRICS if rgba else [])]
+    per_source = per_source if len(sources) > 1 else []
+    raw = [f"raw_{m}" for m in overall + per_source] if ema else []
+    return ["step", "inputs", *overall, *per_source, *raw, "best"]
 
 
-def validate(module: nn.Module, val_tiles: dict[str, torch.Tensor], procs: Processes, autocast) -> dict[str, float]:
-    """Metrics over all validation tiles (pooled), and per source when there are several."""
-    sums = torch.stack([reconstruction_sums(module, tiles, 256, procs.device, autocast) if len(tiles)
-                        else torch.zeros(SUMS, dtype=torch.float64, device=procs.device)
-                        for tiles in val_tiles.values()])
-    sums = all_sum(sums, procs)
-    metrics = metrics_from_sums(*sums.sum(0).tolist())
+def premultiplied(x: torch.Tensor, x_hat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """RGBA (B, 4, H, W) target and output as the RGB an image viewer shows on black."""
+    alpha, alpha_hat = x[:, 3:4], x_hat[:, 3:4].clamp(0, 1)
+    return x[:, :3] * alpha, x_hat[:, :3] * alpha_hat
+
+
+def validate(module: nn.Module, val_tiles: dict[str, torch.Tensor], procs: Processes, autocast,
+             rgba: bool = False) -> dict[str, float]:
+    """Metrics over all validation tiles (pooled), and per source when there are several. For
+    RGBA models the L1/MSE/PSNR/SSIM compare the colours multiplied by alpha, as RGB models do,
+    and alpha IoU and the colour PSNR over covered pixels are added."""
+    compare = premultiplied if rgba else None
+    rows = []
+    for tiles in val_tiles.values():
+        if not len(tiles):
+            rows.append(torch.zeros(SUMS + (RGBA_SUMS if rgba else 0), dtype=torch.float64, device=procs.device))
+            continue
+        sums = reconstruction_sums(module, tiles, 256, procs.device, autocast, compare)
+        rows.append(torch.cat([sums, rgba_sums(module, tiles, 256, procs.device, autocast)]) if rgba else sums)
+    sums = all_sum(torch.stack(rows), procs)
+
+    def named(row: list[float]) -> dict[str, float]:
+        found = metrics_from_sums(*row[:SUMS])
+        if rgba:
+            found.update({f"val_{k}": v for k, v in rgba_metrics_from_sums(*row[SUMS:]).items()})
+        return found
+
+    metrics = named(sums.sum(0).tolist())
     for src, row in zip(val_tiles, sums.tolist() if len(val_tiles) > 1 else []):
-        one = metrics_from_sums(*row)
-        metrics.update({f"{src}_{m}": one[f"val_{m}"] for m in SOURCE_METRICS})
+        one = named(row)
+        metrics.update({f"{src}_{m}": one[f"val_{m}"] for m in SOURCE_METRICS + (SOURCE_RGBA_METRICS if rgba else [])})
     return metrics
 
 
@@ -214,86 +241,118 @@ def train(config: TrainConfig, given: frozenset[str] | None = None) -> dict:
             dist.destroy_process_group()
 
 
-def _train(config: TrainConfig, given: frozenset[str] | None, procs: Processes) -> dict:
-    out = Path(config.out)
-    state_path = out / "last.state.pt"
-    cuda = procs.device.type == "cuda"
-    if config.threads:
-        torch.set_num_threads(config.threads)
+@dataclass
+class Run:
+    """Everything a run holds while it trains; ``step`` counts optimizer steps."""
 
-    # ---- resume: settings come from the run; ones given now replace them, except the ones
-    # that shape the weights (RUN_KEYS), which must not change
-    state, commands = None, [config.command]
-    if config.resume:
-        state = load_state(state_path)
-        saved = {k: v for k, v in state["config"].items() if k in FIELDS}
-        given = frozenset(FIELDS) if given is None else given
-        clash = [
-            f"--{k.replace('_', '-')} {getattr(config, k)!r} (run has {saved[k]!r})"
-            for k in RUN_KEYS
-            if k in given and getattr(config, k) is not None and getattr(config, k) != saved[k]
-        ]
-        if clash:
-            raise TrainingError(
-                f"cannot resume {out} with different settings: {'; '.join(clash)}; drop them or start a new --out"
-            )
-        now = {k: getattr(config, k) for k in given if k not in RUN_KEYS}
-        config = TrainConfig(**{**saved, **now, "resume": True, "out": config.out,
-                                "stop_after": config.stop_after, "command": config.command})
-        commands = [*state["commands"], config.command]
-    elif state_path.exists():
-        raise TrainingError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
+    config: TrainConfig
+    procs: Processes
+    out: Path
+    commands: list[str]
+    data: TileData
+    train_set: TileDataset
+    val_tiles: dict[str, torch.Tensor]  # this process's share, per source, uint8 (N, C, 32, 32)
+    rgba: bool  # a 4-channel model: RGBA tiles, coverage-weighted loss, alpha metrics
+    autoencoder: nn.Module
+    net: nn.Module  # what the step calls: WithLatent, DDP-wrapped when distributed
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    ema: torch.optim.swa_utils.AveragedModel | None
+    sampler: DistributedSampler
+    local_batch: int
+    total_steps: int
+    record: dict = field(default_factory=dict)  # what every checkpoint carries
+    step: int = 0
+    elapsed: float = 0.0
+    best: float | None = None
 
-    # ---- data
+    @property
+    def cuda(self) -> bool:
+        return self.procs.device.type == "cuda"
+
+    @property
+    def inputs(self) -> int:
+        return self.step * self.config.batch_size
+
+    @property
+    def shipped(self) -> nn.Module:
+        """The weights the checkpoints hold: the EMA copy when there is one."""
+        return self.ema.module if self.ema is not None else self.autoencoder
+
+    def autocast(self):
+        return torch.autocast("cuda", dtype=torch.bfloat16) if self.cuda else contextlib.nullcontext()
+
+
+def resume_settings(config: TrainConfig, given: frozenset[str] | None) -> tuple[TrainConfig, dict | None, list[str]]:
+    """On resume, the run's saved settings with the ones given now on top, except those that
+    shape the weights (RUN_KEYS), which must not change; the state and the commands so far."""
+    state_path = Path(config.out) / STATE
+    if not config.resume:
+        if state_path.exists():
+            raise TrainingError(f"{config.out} already holds a run; pass --resume to continue it or choose another --out")
+        return config, None, [config.command]
+    state = load_state(state_path)
+    saved = {k: v for k, v in state["config"].items() if k in FIELDS}
+    given = frozenset(FIELDS) if given is None else given
+    clash = [
+        f"--{k.replace('_', '-')} {getattr(config, k)!r} (run has {saved[k]!r})"
+        for k in RUN_KEYS
+        if k in given and getattr(config, k) is not None and getattr(config, k) != saved[k]
+    ]
+    if clash:
+        raise TrainingError(
+            f"cannot resume {config.out} with different settings: {'; '.join(clash)}; drop them or start a new --out"
+        )
+    now = {k: getattr(config, k) for k in given if k not in RUN_KEYS}
+    resumed = TrainConfig(**{**saved, **now, "resume": True, "out": config.out, "stop_after": config.stop_after,
+                             "command": config.command})
+    return resumed, state, [*state["commands"], config.command]
+
+
+def open_data(config: TrainConfig, procs: Processes, state: dict | None, rgba: bool):
+    """The training set, this process's validation tiles per source, and the data set."""
     data = TileData.open(config.data)
     if state is not None and state["data"]["manifest_sha256"] != data.manifest_sha256:
-        raise TrainingError(
-            f"cannot resume: {config.data} is not the data set this run was trained on (manifest differs)"
-        )
-    train_set = TileDataset(data.split("train"), augment=config.augment, seed=config.seed)
+        raise TrainingError(f"cannot resume: {config.data} is not the data set this run was trained on (manifest differs)")
+    if rgba and not data.has_rgba:
+        raise TrainingError(f"{config.data} holds no RGBA tiles for this 4-channel model; build it with `tessera data corpus`")
+    train_set = TileDataset(data.split("train/rgba" if rgba else "train"), augment=config.augment, seed=config.seed)
+    sources = data.val_sources_rgba() if rgba else data.val_sources()
     val_tiles = {src: torch.from_numpy(tiles).permute(0, 3, 1, 2)[procs.rank :: procs.world].contiguous()
-                 for src, tiles in data.val_sources().items()}
+                 for src, tiles in sources.items()}
     if config.batch_size % procs.world:
         raise TrainingError(f"--batch-size {config.batch_size} does not split evenly over {procs.world} processes")
-    local_batch = config.batch_size // procs.world
     if len(train_set) < config.batch_size:
-        raise TrainingError(
-            f"{config.data} has {len(train_set)} training tiles, fewer than one batch of {config.batch_size}"
-        )
-    sampler = DistributedSampler(train_set, num_replicas=procs.world, rank=procs.rank, shuffle=True, seed=config.seed)
-    steps_per_epoch = len(sampler) // local_batch
-    total_steps = math.ceil(config.max_inputs / config.batch_size)
+        raise TrainingError(f"{config.data} has {len(train_set)} training tiles, fewer than one batch of {config.batch_size}")
+    return data, train_set, val_tiles
 
-    # ---- model, optimizer, schedule
+
+def build_model(config: TrainConfig, procs: Processes, state: dict | None, total_steps: int):
+    """The network (seeded), its optimizer, schedule and EMA, restored from ``state`` on resume;
+    and the config with the learning rate filled in."""
+    cuda = procs.device.type == "cuda"
     torch.manual_seed(config.seed)
     try:
         autoencoder = models.build(config.model)
     except ValueError as exc:
         raise TrainingError(str(exc)) from exc
     config = replace(config, lr=config.lr if config.lr is not None else default_lr(autoencoder.arch))
-    settings = {k: getattr(config, k) for k in RUN_KEYS}
     autoencoder.to(procs.device)
     if cuda:
         autoencoder.to(memory_format=torch.channels_last)
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
         torch.backends.cudnn.benchmark = True
-    optimizer = torch.optim.AdamW(
-        autoencoder.parameters(), lr=config.lr, weight_decay=config.weight_decay, fused=cuda or None
-    )
+    optimizer = torch.optim.AdamW(autoencoder.parameters(), lr=config.lr, weight_decay=config.weight_decay,
+                                  fused=cuda or None)
     warmup_steps = math.ceil(config.warmup / config.batch_size)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule(total_steps, warmup_steps))
     ema = ema_of(autoencoder, config.ema) if config.ema else None
-    weight = structure_weight(config)
-    autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if cuda else contextlib.nullcontext
-
-    step, elapsed, best = 0, 0.0, None
     if state is not None:
         autoencoder.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         if ema is not None:
             ema.load_state_dict(state["ema"])
-        step, elapsed, best = state["step"], state["elapsed_s"], state["best_val_l1"]
         set_rng_state(state["rng"])
     else:
         torch.manual_seed(config.seed + procs.rank)
@@ -301,157 +360,232 @@ def _train(config: TrainConfig, given: frozenset[str] | None, procs: Processes) 
     if procs.world > 1:
         net = DistributedDataParallel(net, device_ids=[procs.device.index] if cuda else None)
     net.train()
+    return config, autoencoder, net, optimizer, scheduler, ema
 
-    # ---- logs and the record every checkpoint carries (main process only)
-    if procs.main:
-        out.mkdir(parents=True, exist_ok=True)
-        train_log = CsvLog(out / "train.csv", TRAIN_FIELDS, keep_until_step=step)
-        val_log = CsvLog(out / "val.csv", val_fields(list(val_tiles), ema is not None), keep_until_step=step)
-        board = None
-        if config.tensorboard:
-            board = TensorBoardLog(out / "tb", resume_step=step * config.batch_size if state else None)
-    record = {
-        "command": commands[0],
-        "resumed_with": commands[1:],
+
+def prepare(config: TrainConfig, procs: Processes, state: dict | None, commands: list[str]) -> Run:
+    """Data, model and record of a run, at step 0 or where ``state`` left it."""
+    try:
+        rgba = parse_spec(config.model)[1].in_channels == 4
+    except ValueError as exc:
+        raise TrainingError(str(exc)) from exc
+    data, train_set, val_tiles = open_data(config, procs, state, rgba)
+    total_steps = math.ceil(config.max_inputs / config.batch_size)
+    config, autoencoder, net, optimizer, scheduler, ema = build_model(config, procs, state, total_steps)
+    sampler = DistributedSampler(train_set, num_replicas=procs.world, rank=procs.rank, shuffle=True, seed=config.seed)
+    run = Run(config, procs, Path(config.out), commands, data, train_set, val_tiles, rgba, autoencoder, net, optimizer,
+              scheduler, ema, sampler, config.batch_size // procs.world, total_steps)
+    if state is not None:
+        run.step, run.elapsed, run.best = state["step"], state["elapsed_s"], state["best_val_l1"]
+    run.record = describe_run(run)
+    if procs.main and state is None:
+        run.out.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(run.out / "run.json", json.dumps(run.record, indent=2) + "\n")
+    return run
+
+
+def describe_run(run: Run) -> dict:
+    config, weight = run.config, structure_weight(run.config)
+    warmup_steps = math.ceil(config.warmup / config.batch_size)
+    loss = "rgba (coverage-weighted L1 + alpha L1)" if run.rgba else config.loss
+    return {
+        "command": run.commands[0],
+        "resumed_with": run.commands[1:],
         **git_revision(),
-        "data": data.describe(),
-        **settings,
-        "spec": autoencoder.spec,
-        "loss": config.loss if config.loss == "l1" else f"{config.loss} (weight {weight:g})",
+        "data": run.data.describe(),
+        **{k: getattr(config, k) for k in RUN_KEYS},
+        "spec": run.autoencoder.spec,
+        "channels": "RGBA" if run.rgba else "RGB",
+        "loss": loss if loss in ("l1", "rgba (coverage-weighted L1 + alpha L1)") else f"{loss} (weight {weight:g})",
         "optimizer": "AdamW",
         "schedule": (f"linear warm-up over {warmup_steps} steps, then " if warmup_steps else "")
-        + f"cosine over {total_steps} steps",
-        "weights": f"EMA (decay {config.ema:g})" if ema is not None else "last step",
-        "world_size": procs.world,
-        "device": procs.device.type,
-        "precision": "bf16 autocast" if cuda else "fp32",
+        + f"cosine over {run.total_steps} steps",
+        "weights": f"EMA (decay {config.ema:g})" if run.ema is not None else "last step",
+        "world_size": run.procs.world,
+        "device": run.procs.device.type,
+        "precision": "bf16 autocast" if run.cuda else "fp32",
         "torch": torch.__version__,
     }
-    if procs.main and state is None:
-        atomic_write_text(out / "run.json", json.dumps(record, indent=2) + "\n")
 
-    def save(metrics: dict[str, float], is_best: bool) -> None:
-        training = {**record, "step": step, "inputs_seen": step * config.batch_size, "elapsed_s": round(elapsed, 1),
-                    "metrics": metrics}
-        dtype = DTYPES[config.checkpoint_dtype]
-        shipped = ema.module if ema is not None else autoencoder
-        if is_best:
-            models.save_checkpoint(shipped, out / "best.safetensors", {**training, "checkpoint": "best"}, dtype)
-        models.save_checkpoint(shipped, out / "last.safetensors", {**training, "checkpoint": "last"}, dtype)
-        save_state(state_path, {
-            "step": step, "inputs_seen": step * config.batch_size, "elapsed_s": elapsed, "best_val_l1": best,
-            "config": asdict(config), "commands": commands,
-            "data": {"manifest_sha256": data.manifest_sha256},
-            "model": {k: v.detach().to("cpu", copy=True).contiguous() for k, v in autoencoder.state_dict().items()},
-            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng_state(),
-            **({"ema": ema.state_dict()} if ema is not None else {}),
-        })
 
-    # ---- the loop
-    eval_steps = max(1, config.eval_every // config.batch_size)
-    stop_inputs = min(config.stop_after or math.inf, total_steps * config.batch_size)
-    bar = tqdm(total=total_steps * config.batch_size, initial=step * config.batch_size, unit=" inputs",
-               unit_scale=True, dynamic_ncols=True, disable=not (procs.main and config.progress), smoothing=0.05)
-    loss_sum = torch.zeros((), device=procs.device)
-    nonfinite = torch.zeros((), device=procs.device)
-    logged_step, logged_time, metrics, stopped = step, time.perf_counter(), None, None
+def batches(run: Run):
+    """The training batches from where the run stands, epoch after epoch, on the run's device."""
     loader_generator = torch.Generator()  # the loader's own seed draws leave the global generator alone
-    with StopRequest() as stop, contextlib.ExitStack() as closing:
-        closing.callback(bar.close)
-        if procs.main:
-            closing.callback(train_log.close)
-            closing.callback(val_log.close)
-            if board:
-                closing.callback(board.close)
-        while stopped is None:
-            epoch, offset = divmod(step, steps_per_epoch)
-            sampler.set_epoch(epoch)
-            train_set.set_epoch(epoch)
-            loader = DataLoader(
-                train_set, batch_size=local_batch, sampler=SkipSampler(sampler, offset * local_batch), drop_last=True,
-                collate_fn=keep_batch, num_workers=config.num_workers, pin_memory=cuda, generator=loader_generator,
-            )
-            for x in loader:
-                x = x.to(procs.device, non_blocking=True)
-                if cuda:
-                    x = x.contiguous(memory_format=torch.channels_last)
-                with autocast():
-                    x_hat, z = net(x)
-                loss = training_loss(x_hat.float(), x, config.loss, weight)
-                if config.latent_reg:
-                    loss = loss + config.latent_reg * latent_regulariser(z.float())
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                scheduler.step()
-                if ema is not None:
-                    ema.update_parameters(autoencoder)
-                step += 1
-                loss_sum += loss.detach()
-                nonfinite += (~torch.isfinite(loss.detach())).float()
-                bar.update(config.batch_size)
+    while True:
+        epoch, offset = divmod(run.step, len(run.sampler) // run.local_batch)
+        run.sampler.set_epoch(epoch)
+        run.train_set.set_epoch(epoch)
+        loader = DataLoader(
+            run.train_set, batch_size=run.local_batch, sampler=SkipSampler(run.sampler, offset * run.local_batch),
+            drop_last=True, collate_fn=keep_batch, num_workers=run.config.num_workers, pin_memory=run.cuda,
+            generator=loader_generator,
+        )
+        for x in loader:
+            x = x.to(run.procs.device, non_blocking=True)
+            yield x.contiguous(memory_format=torch.channels_last) if run.cuda else x
 
-                inputs = step * config.batch_size
-                eval_due = step % eval_steps == 0 or step >= total_steps or inputs >= stop_inputs
-                if step % config.log_every == 0 or eval_due or (stop.asked and procs.world == 1):
-                    # one all-reduce tells every process the mean loss, a non-finite loss and a stop request
-                    flags = torch.tensor([float(stop.asked), float(step - logged_step)], device=procs.device)
-                    shared = all_sum(torch.cat([torch.stack([loss_sum, nonfinite]), flags]), procs)
-                    mean_loss, bad, asked, steps = shared.tolist()
-                    if bad:
-                        kept = (f"the last good checkpoint {out / 'last.safetensors'} is kept" if state_path.exists()
-                                else "no checkpoint was written yet")
-                        raise TrainingError(
-                            f"loss is not finite (nan/inf) at step {step} ({inputs:,} inputs); stopped without saving: "
-                            f"{kept}; try a lower --lr"
-                        )
-                    now = time.perf_counter()
-                    elapsed += now - logged_time
-                    rate = (step - logged_step) * config.batch_size / max(now - logged_time, 1e-9)
-                    row = {"step": step, "inputs": inputs, "loss": mean_loss / steps, "lr": scheduler.get_last_lr()[0],
-                           "inputs_per_s": round(rate, 1), "elapsed_s": round(elapsed, 1)}
-                    if procs.main:
-                        train_log.write(row)
-                        if board:
-                            board.write(inputs, {"loss": row["loss"], "lr": row["lr"], "inputs_per_s": rate}, "train")
-                        bar.set_postfix(loss=f"{row['loss']:.4f}", lr=f"{row['lr']:.2e}", refresh=False)
-                    loss_sum.zero_()
-                    logged_step, logged_time = step, now
-                    if asked:
-                        stopped, eval_due = "signal", True
-                if step >= total_steps:
-                    stopped = "done"
-                elif inputs >= stop_inputs:
-                    stopped = "stop_after"
 
-                if eval_due:
-                    tock = time.perf_counter()
-                    val_autocast = autocast if cuda else None
-                    metrics = validate(ema.module if ema is not None else autoencoder, val_tiles, procs, val_autocast)
-                    if ema is not None:
-                        raw = validate(autoencoder, val_tiles, procs, val_autocast)
-                        metrics.update({f"raw_{k}": v for k, v in raw.items()})
-                    if not all(math.isfinite(v) for k, v in metrics.items() if k.endswith(("l1", "mse"))):
-                        raise TrainingError(
-                            f"validation metrics are not finite at step {step}; stopped without saving; "
-                            f"try a lower --lr"
-                        )
-                    is_best = best is None or metrics["val_l1"] < best
-                    best = metrics["val_l1"] if is_best else best
-                    if procs.main:
-                        val_log.write({"step": step, "inputs": inputs, **metrics, "best": int(is_best)})
-                        if board:
-                            board.write(inputs, metrics, "val")
-                        bar.write(f"step {step} ({inputs:,} inputs): val L1 {metrics['val_l1']:.5f} "
-                                  f"MSE {metrics['val_mse']:.6f} PSNR {metrics['val_psnr']:.2f} dB "
-                                  f"SSIM {metrics['val_ssim']:.4f}"
-                                  + (" (best)" if is_best else ""))
-                        save(metrics, is_best)
-                    logged_time += time.perf_counter() - tock  # validation time is not training time
-                if stopped:
-                    break
-    return {"out": str(out), "step": step, "inputs_seen": step * config.batch_size, "metrics": metrics,
-            "best_val_l1": best, "stopped": stopped}
+def train_step(run: Run, x: torch.Tensor) -> torch.Tensor:
+    """One optimizer step on batch ``x``; the loss, detached."""
+    config = run.config
+    with run.autocast():
+        x_hat, z = run.net(x)
+    loss = rgba_loss(x_hat.float(), x) if run.rgba else training_loss(x_hat.float(), x, config.loss,
+                                                                       structure_weight(config))
+    if config.latent_reg:
+        loss = loss + config.latent_reg * latent_regulariser(z.float())
+    run.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    run.optimizer.step()
+    run.scheduler.step()
+    if run.ema is not None:
+        run.ema.update_parameters(run.autoencoder)
+    run.step += 1
+    return loss.detach()
+
+
+def evaluate(run: Run) -> dict[str, float]:
+    """Validation metrics of the shipped weights (and of the trained ones, as raw_*, with an EMA)."""
+    autocast = run.autocast if run.cuda else None
+    metrics = validate(run.shipped, run.val_tiles, run.procs, autocast, run.rgba)
+    if run.ema is not None:
+        raw = validate(run.autoencoder, run.val_tiles, run.procs, autocast, run.rgba)
+        metrics.update({f"raw_{k}": v for k, v in raw.items()})
+    if not all(math.isfinite(v) for k, v in metrics.items() if k.endswith(("l1", "mse"))):
+        raise TrainingError(f"validation metrics are not finite at step {run.step}; stopped without saving; "
+                            f"try a lower --lr")
+    return metrics
+
+
+def save(run: Run, metrics: dict[str, float], is_best: bool) -> None:
+    """best.safetensors (when ``is_best``), last.safetensors and the resumable state, atomically."""
+    training = {**run.record, "step": run.step, "inputs_seen": run.inputs, "elapsed_s": round(run.elapsed, 1),
+                "metrics": metrics}
+    dtype = DTYPES[run.config.checkpoint_dtype]
+    if is_best:
+        models.save_checkpoint(run.shipped, run.out / "best.safetensors", {**training, "checkpoint": "best"}, dtype)
+    models.save_checkpoint(run.shipped, run.out / "last.safetensors", {**training, "checkpoint": "last"}, dtype)
+    save_state(run.out / STATE, {
+        "step": run.step, "inputs_seen": run.inputs, "elapsed_s": run.elapsed, "best_val_l1": run.best,
+        "config": asdict(run.config), "commands": run.commands, "data": {"manifest_sha256": run.data.manifest_sha256},
+        "model": {k: v.detach().to("cpu", copy=True).contiguous() for k, v in run.autoencoder.state_dict().items()},
+        "optimizer": run.optimizer.state_dict(), "scheduler": run.scheduler.state_dict(), "rng": rng_state(),
+        **({"ema": run.ema.state_dict()} if run.ema is not None else {}),
+    })
+
+
+class Logs:
+    """train.csv, val.csv, TensorBoard and the progress bar, on the main process only."""
+
+    def __init__(self, run: Run, resumed: bool) -> None:
+        main, config = run.procs.main, run.config
+        self.bar = tqdm(total=run.total_steps * config.batch_size, initial=run.inputs, unit=" inputs", unit_scale=True,
+                        dynamic_ncols=True, disable=not (main and config.progress), smoothing=0.05)
+        self.train = self.val = self.board = None
+        if main:
+            run.out.mkdir(parents=True, exist_ok=True)
+            self.train = CsvLog(run.out / "train.csv", TRAIN_FIELDS, keep_until_step=run.step)
+            self.val = CsvLog(run.out / "val.csv", val_fields(list(run.val_tiles), run.ema is not None, run.rgba),
+                              keep_until_step=run.step)
+            if config.tensorboard:
+                self.board = TensorBoardLog(run.out / "tb", resume_step=run.inputs if resumed else None)
+
+    def training(self, row: dict) -> None:
+        if self.train is not None:
+            self.train.write(row)
+            if self.board:
+                self.board.write(row["inputs"], {"loss": row["loss"], "lr": row["lr"], "inputs_per_s": row["inputs_per_s"]},
+                                 "train")
+        self.bar.set_postfix(loss=f"{row['loss']:.4f}", lr=f"{row['lr']:.2e}", refresh=False)
+
+    def validation(self, run: Run, metrics: dict[str, float], is_best: bool) -> None:
+        if self.val is None:
+            return
+        self.val.write({"step": run.step, "inputs": run.inputs, **metrics, "best": int(is_best)})
+        if self.board:
+            self.board.write(run.inputs, metrics, "val")
+        alpha = f" alpha IoU {metrics['val_alpha_iou']:.4f}" if run.rgba else ""
+        self.bar.write(f"step {run.step} ({run.inputs:,} inputs): val L1 {metrics['val_l1']:.5f} "
+                       f"MSE {metrics['val_mse']:.6f} PSNR {metrics['val_psnr']:.2f} dB SSIM {metrics['val_ssim']:.4f}"
+                       + alpha + (" (best)" if is_best else ""))
+
+    def close(self) -> None:
+        self.bar.close()
+        for log in (self.train, self.val, self.board):
+            if log is not None:
+                log.close()
+
+
+class Progress:
+    """The loss and step counts since the last log row, shared over processes at each row."""
+
+    def __init__(self, run: Run) -> None:
+        self.loss_sum = torch.zeros((), device=run.procs.device)
+        self.nonfinite = torch.zeros((), device=run.procs.device)
+        self.step, self.time = run.step, time.perf_counter()
+
+    def add(self, loss: torch.Tensor) -> None:
+        self.loss_sum += loss
+        self.nonfinite += (~torch.isfinite(loss)).float()
+
+    def row(self, run: Run, stop_asked: bool) -> tuple[dict, bool]:
+        """One all-reduce tells every process the mean loss, a non-finite loss and a stop
+        request; the train.csv row and whether any process was asked to stop."""
+        flags = torch.tensor([float(stop_asked), float(run.step - self.step)], device=run.procs.device)
+        shared = all_sum(torch.cat([torch.stack([self.loss_sum, self.nonfinite]), flags]), run.procs)
+        mean_loss, bad, asked, steps = shared.tolist()
+        if bad:
+            kept = (f"the last good checkpoint {run.out / 'last.safetensors'} is kept" if (run.out / STATE).exists()
+                    else "no checkpoint was written yet")
+            raise TrainingError(f"loss is not finite (nan/inf) at step {run.step} ({run.inputs:,} inputs); stopped "
+                                f"without saving: {kept}; try a lower --lr")
+        now = time.perf_counter()
+        run.elapsed += now - self.time
+        rate = (run.step - self.step) * run.config.batch_size / max(now - self.time, 1e-9)
+        row = {"step": run.step, "inputs": run.inputs, "loss": mean_loss / steps, "lr": run.scheduler.get_last_lr()[0],
+               "inputs_per_s": round(rate, 1), "elapsed_s": round(run.elapsed, 1)}
+        self.loss_sum.zero_()
+        self.step, self.time = run.step, now
+        return row, bool(asked)
+
+
+def _train(config: TrainConfig, given: frozenset[str] | None, procs: Processes) -> dict:
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    config, state, commands = resume_settings(config, given)
+    run = prepare(config, procs, state, commands)
+    config = run.config
+    eval_steps = max(1, config.eval_every // config.batch_size)
+    stop_inputs = min(config.stop_after or math.inf, run.total_steps * config.batch_size)
+    logs, progress = Logs(run, resumed=state is not None), Progress(run)
+    metrics, stopped = None, None
+    with StopRequest() as stop, contextlib.closing(logs):
+        for x in batches(run):
+            progress.add(train_step(run, x))
+            logs.bar.update(config.batch_size)
+            eval_due = run.step % eval_steps == 0 or run.step >= run.total_steps or run.inputs >= stop_inputs
+            if run.step % config.log_every == 0 or eval_due or (stop.asked and procs.world == 1):
+                row, asked = progress.row(run, stop.asked)
+                logs.training(row)
+                if asked:
+                    stopped, eval_due = "signal", True
+            if run.step >= run.total_steps:
+                stopped = "done"
+            elif run.inputs >= stop_inputs:
+                stopped = "stop_after"
+            if eval_due:
+                tock = time.perf_counter()
+                metrics = evaluate(run)
+                is_best = run.best is None or metrics["val_l1"] < run.best
+                run.best = metrics["val_l1"] if is_best else run.best
+                if procs.main:
+                    logs.validation(run, metrics, is_best)
+                    save(run, metrics, is_best)
+                progress.time += time.perf_counter() - tock  # validation time is not training time
+            if stopped:
+                break
+    return {"out": str(run.out), "step": run.step, "inputs_seen": run.inputs, "metrics": metrics,
+            "best_val_l1": run.best, "stopped": stopped}
 
 
 def main(argv: list[str] | None = None) -> int:
