@@ -7,7 +7,11 @@ from __future__ import annotations
 import json
 import re
 
+import pytest
+
 from bench import gpu_check, results
+
+pytestmark = pytest.mark.slow  # every stage, tiny, on the CPU: about a minute
 
 
 def test_the_dry_run_writes_every_stage(tmp_path):

@@ -147,6 +147,7 @@ def has_data(result: list[dict]) -> bool:
     return any(math.isfinite(float(series["value"][1])) for series in result)
 
 
+@pytest.mark.slow
 def test_every_dashboard_query_returns_data(api, prometheus, redis_server):
     url, _ = api
     queries = dashboard_queries()

@@ -144,6 +144,7 @@ def noise_sheet(rows: int, cols: int, seed: int) -> np.ndarray:
     return coarse.repeat(4, axis=0).repeat(4, axis=1)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("device,cuda_dtype", [
     pytest.param("cpu", "fp32", id="cpu"),
     pytest.param("cuda", "fp32", marks=GPU, id="cuda-fp32"),

@@ -81,6 +81,7 @@ def test_bad_checkpoint_refuses_to_start_with_one_line(case, named, good_bytes, 
     assert not marker.exists(), "the checkpoint was unpickled"
 
 
+@pytest.mark.slow
 def test_skip_bad_checkpoints_serves_the_rest_and_lists_them(good_bytes, tmp_path, measurements):
     folder = tmp_path / "checkpoints"
     save_checkpoint(folder / "good.safetensors")

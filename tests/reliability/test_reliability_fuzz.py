@@ -90,6 +90,7 @@ def explained(response) -> None:
     assert len(body["detail"]) >= 15 and body["code"].replace("_", "").isalpha(), body
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("operation, mode, cases", PLAN, ids=[f"{op} {mode.value}" for op, mode, _ in PLAN])
 def test_generated_requests_never_get_a_server_error(fuzz, measurements, operation, mode, cases):
     client, schema, statuses, marker = fuzz

@@ -17,6 +17,7 @@ import signal
 import time
 
 import httpx
+import pytest
 
 from reliability_load import CONNECT_ERROR, LOST, BackgroundLoad
 from tests.support.bodies import NPY, npy, random_tiles
@@ -27,8 +28,10 @@ from tests.support.waiting import wait_until
 CLIENTS = 16  # each sends 2 tiles at a time
 
 
+@pytest.mark.slow
 def test_sigterm_under_load_loses_no_request(checkpoint_dir, tmp_path, measurements):
-    window_ms, delay_s = ("250", "1") if measuring() else ("5000", "5")
+    # make test: the batch stays open 5 s, and the port 15 s after the signal, 10 s or more after the batch
+    window_ms, delay_s = ("250", "1") if measuring() else ("5000", "15")
     env = {"TESSERA_MAX_WAIT_MS": window_ms, "TESSERA_BATCH_CLOSE_EARLY": "false",  # the clients' tiles wait in one batch
            "TESSERA_MAX_BATCH_TILES": "64", "TESSERA_CACHE_MAX_BYTES": "0",
            "TESSERA_SHUTDOWN_DELAY_S": delay_s, "TESSERA_SHUTDOWN_GRACE_S": "60"}

@@ -24,6 +24,7 @@ def _load(name: str):
     return module.eval()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["dcae-s48", "baseline"])
 def test_traced_calls_match_eager_on_the_bundled_models(name):
     module = _load(name)
