@@ -21,7 +21,6 @@ import numpy as np
 import pytest
 
 from tests.support.bodies import npy, png_sheet
-from tests.support.checkpoints import save_checkpoint
 from tests.support.ports import free_port
 from tests.support.serve import local_server, stop_process
 from tests.support.waiting import wait_until
@@ -49,10 +48,9 @@ def dashboard_queries() -> list[tuple[str, str]]:
 
 
 @pytest.fixture
-def api(tmp_path, redis_server):
-    """``tessera serve`` on a tiny checkpoint, with Redis, a small queue and small batches."""
-    checkpoint = save_checkpoint(tmp_path / "ckpt" / "tiny.safetensors")
-    server = local_server(checkpoint.parent, tmp_path / "server.log", TESSERA_REDIS_URL=redis_server.url,
+def api(checkpoint_dir, tmp_path, redis_server):
+    """``tessera serve`` on the tiny checkpoint, with Redis, a small queue and small batches."""
+    server = local_server(checkpoint_dir, tmp_path / "server.log", TESSERA_REDIS_URL=redis_server.url,
                           TESSERA_CACHE_TIMEOUT_S="5", TESSERA_MAX_BATCH_TILES="8", TESSERA_MAX_QUEUE_TILES="64",
                           TESSERA_MAX_TILES_PER_REQUEST="64")
     try:

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 import httpx
 import numpy as np
 
+from tests.support.waiting import wait_until
+
 CONNECT_ERROR = -1  # never reached the server (refused): not a lost request
 LOST = 0  # sent, but no HTTP answer came back
 
@@ -93,11 +95,16 @@ class BackgroundLoad:
             raise AssertionError(f"load clients did not finish within {timeout_s} s (a request hangs)")
 
     def wait_for(self, condition: Callable[[list[Shot]], bool], timeout_s: float = 30.0) -> None:
-        deadline = time.monotonic() + timeout_s
-        while not condition(self.shots):
-            if time.monotonic() > deadline or not self._thread.is_alive():
-                raise AssertionError(f"load condition not met within {timeout_s} s")
-            time.sleep(0.02)
+        """Until ``condition(shots)`` (while the clients run), within ``timeout_s``."""
+
+        def met() -> bool:
+            if condition(self.shots):
+                return True
+            if not self._thread.is_alive():
+                raise AssertionError("the load clients stopped before the condition was met")
+            return False
+
+        wait_until(met, timeout_s, what=getattr(condition, "__name__", "load condition"), interval_s=0.02)
 
 
 async def _open_loop(url: str, make: Make, rate: float, duration_s: float, connections: int) -> list[Shot]:
