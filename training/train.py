@@ -550,9 +550,9 @@ class Progress:
 
 
 def _train(config: TrainConfig, given: frozenset[str] | None, procs: Processes) -> dict:
-    if config.threads:
-        torch.set_num_threads(config.threads)
     config, state, commands = resume_settings(config, given)
+    if config.threads:  # after the resume: a resumed run keeps its thread count
+        torch.set_num_threads(config.threads)
     run = prepare(config, procs, state, commands)
     config = run.config
     eval_steps = max(1, config.eval_every // config.batch_size)

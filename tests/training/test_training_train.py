@@ -13,6 +13,7 @@ from training_helpers import tiny_config
 
 import model
 import training.train as train_module
+from training.config import TrainConfig
 from training.dataset import TileData
 from training.errors import TrainingError
 from training.train import train
@@ -140,3 +141,15 @@ def test_baseline_gets_its_own_learning_rate_and_tensorboard_logs(tiny_data, tmp
     _, info = model.load_checkpoint(out / "best.safetensors")
     assert info["training"]["lr"] == 3e-4 and info["stored_dtype"] == "float16"
     assert any(p.name.startswith("events.out.tfevents") for p in (out / "tb").iterdir())
+
+
+def test_a_resumed_run_keeps_its_thread_count(full_run, tiny_data, tmp_path):
+    out = tmp_path / "threads"
+    train(tiny_config(tiny_data, out, stop_after=256, threads=1))
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        train(TrainConfig(model=None, out=str(out), resume=True, progress=False))  # no --threads given
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
