@@ -149,7 +149,7 @@ def test_a_resumed_run_keeps_its_thread_count(full_run, tiny_data, tmp_path):
     before = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
-        train(TrainConfig(model=None, out=str(out), resume=True, progress=False))  # no --threads given
+        train(TrainConfig(model=None, out=str(out), resume=True, progress=False), given=frozenset())  # nothing given
         assert torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(before)
