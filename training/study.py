@@ -37,7 +37,7 @@ WARMUP = 10_000  # inputs of warm-up for the higher learning rates (5% of the bu
 SEED_RECIPE = {"model": "dcae-s48", "lr": 9.375e-5}
 # dcae-m48-f8c4 trains at about half the speed of the small models; it was started last and
 # stopped before the end of its schedule, so it is compared with the baseline at equal inputs
-M48_STOPPED = "stopped before the end of its schedule for lack of time; compared at equal inputs"
+M48_STOPPED = "stopped at 142,912 inputs for lack of time; compared with the baseline at equal inputs"
 ROOT = Path(__file__).resolve().parents[1]
 
 
