@@ -176,12 +176,16 @@ def test_health_checks_stay_fast_while_slow_images_are_refused(checkpoint_dir, t
                 sender.join()
                 response, seconds = answer[0]
                 code = response.json().get("code") if response.status_code >= 400 else None
-                found.append({"image": name, "bytes": len(body), "answer": f"{response.status_code} {code}",
+                found.append({"image": name, "bytes": len(body), "answer": f"{response.status_code} {code}" if code else str(response.status_code),
                               "refused_after_s": round(seconds, 3), "healthz_ms": latency_ms_p99(polls)})
     finally:
         server.stop()
     measurements["slow_images"] = found
-    assert all(f["answer"].startswith("422") for f in found), found
+    # refused by structure, whatever the machine; the 90-scan JPEG is a valid image that decodes
+    # within the default 2 s budget on a fast enough machine, else it is refused for the budget
+    for f in found:
+        expected = ("200", "422 decode_timeout") if "90 scans" in f["image"] else ("422",)
+        assert f["answer"].startswith(expected), f
     assert all(f["healthz_ms"]["p99"] < 100 for f in found), found
 
 
