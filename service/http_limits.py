@@ -19,6 +19,7 @@ Idle keep-alive connections between requests are closed by uvicorn's own ``timeo
 from __future__ import annotations
 
 import asyncio
+import json
 from dataclasses import dataclass
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
@@ -75,7 +76,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             self.transport.close()
             return
         code = {408: "request_timeout", 431: "header_too_large"}[status]
-        body = ('{"detail": "%s", "code": "%s"}' % (detail, code)).encode()
+        body = json.dumps({"detail": detail, "code": code}).encode()
         head = (b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\nconnection: close\r\n\r\n"
                 % (status, REASONS[status], len(body)))
         if self.cycle is not None:

@@ -28,6 +28,7 @@ import hashlib
 import json
 import re
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -66,7 +67,7 @@ class Package:
     name: str  # Debian package
     license: str  # the licence of its art, from the package's copyright file
     marker: Path  # a folder the package installs, to tell whether it is installed
-    tilesets: callable  # unpacked root -> list[Tileset]
+    tilesets: Callable[[Path], list[Tileset]]  # unpacked root -> its tilesets
 
 
 def slug(name: str) -> str:

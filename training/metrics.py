@@ -8,6 +8,7 @@ clamped to [0, 1] as a served tile is.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Callable
 
@@ -30,33 +31,46 @@ def metrics_from_sums(l1_sum: float, se_sum: float, count: float, ssim_sum: floa
     }
 
 
+RGBA_SUMS = 4  # alpha >= 0.5 intersection and union, squared colour error over covered pixels, their count
+
+
+def premultiplied(x: torch.Tensor, x_hat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """RGBA (B, 4, H, W) target and output as the RGB an image viewer shows on black."""
+    return x[:, :3] * x[:, 3:4], x_hat[:, :3] * x_hat[:, 3:4].clamp(0, 1)
+
+
 @torch.no_grad()
 def reconstruction_sums(
     model: nn.Module, tiles: torch.Tensor, batch_size: int = 256, device: torch.device | str = "cpu",
-    autocast: Callable | None = None, compare: Callable | None = None,
+    autocast: Callable | None = None, rgba: bool = False,
 ) -> torch.Tensor:
     """Sums of |x_hat - x|, (x_hat - x)^2, the number of values, the tiles' SSIM and the number of
-    tiles, as a float64 tensor (5,).
+    tiles, as a float64 tensor (SUMS,); for an RGBA model (``rgba``, tiles (N, 4, 32, 32)) those
+    compare the colours multiplied by alpha, and RGBA_SUMS more follow: the alpha masks'
+    intersection and union (alpha >= 0.5) and the squared colour error over the pixels the target
+    covers, with the number of colour values there. One pass of the model either way.
 
-    tiles: uint8 (N, 3, 32, 32). Sums (rather than means) let processes of a distributed run
+    tiles: uint8 (N, C, 32, 32). Sums (rather than means) let processes of a distributed run
     and the sources of a corpus add their shares. ``autocast`` is a context-manager factory for
-    mixed precision; ``compare(x, x_hat)`` turns input and output into what is compared (for
-    RGBA models: their colours multiplied by alpha).
+    mixed precision.
     """
     was_training = model.training
     model.eval()
-    sums = torch.zeros(SUMS, dtype=torch.float64, device=device)
+    sums = torch.zeros(SUMS + (RGBA_SUMS if rgba else 0), dtype=torch.float64, device=device)
     try:
         for start in range(0, len(tiles), batch_size):
             x = tiles[start : start + batch_size].to(device).float().div_(255.0)
-            if autocast is not None:
-                with autocast():
-                    x_hat = model(x)
-            else:
+            with autocast() if autocast is not None else contextlib.nullcontext():
                 x_hat = model(x)
             x_hat = x_hat.float()
-            if compare is not None:
-                x, x_hat = compare(x, x_hat)
+            if rgba:
+                out = x_hat.clamp(0, 1)
+                covered, predicted = x[:, 3:4] >= 0.5, out[:, 3:4] >= 0.5
+                sums[SUMS] += (covered & predicted).sum()
+                sums[SUMS + 1] += (covered | predicted).sum()
+                sums[SUMS + 2] += ((out[:, :3] - x[:, :3]).square() * covered).sum(dtype=torch.float64)
+                sums[SUMS + 3] += covered.sum() * 3
+                x, x_hat = premultiplied(x, x_hat)
             diff = x_hat - x
             sums[0] += diff.abs().sum(dtype=torch.float64)
             sums[1] += diff.square().sum(dtype=torch.float64)
@@ -73,37 +87,6 @@ def evaluate_reconstruction(
 ) -> dict[str, float]:
     """val_l1, val_mse, val_psnr and val_ssim of ``model`` on uint8 tiles (N, 3, 32, 32)."""
     return metrics_from_sums(*reconstruction_sums(model, tiles, batch_size, device).tolist())
-
-
-RGBA_SUMS = 4  # alpha >= 0.5 intersection and union, squared colour error over covered pixels, their count
-
-
-@torch.no_grad()
-def rgba_sums(model: nn.Module, tiles: torch.Tensor, batch_size: int = 256, device: torch.device | str = "cpu",
-              autocast: Callable | None = None) -> torch.Tensor:
-    """For RGBA models: sums over uint8 RGBA ``tiles`` (N, 4, 32, 32) of the alpha masks'
-    intersection and union (alpha >= 0.5), and of the squared colour error over the pixels the
-    target covers (alpha >= 0.5), with the number of colour values there; float64 (4,)."""
-    was_training = model.training
-    model.eval()
-    sums = torch.zeros(RGBA_SUMS, dtype=torch.float64, device=device)
-    try:
-        for start in range(0, len(tiles), batch_size):
-            x = tiles[start : start + batch_size].to(device).float().div_(255.0)
-            if autocast is not None:
-                with autocast():
-                    x_hat = model(x)
-            else:
-                x_hat = model(x)
-            x_hat = x_hat.float().clamp(0, 1)
-            covered, predicted = x[:, 3:4] >= 0.5, x_hat[:, 3:4] >= 0.5
-            sums[0] += (covered & predicted).sum()
-            sums[1] += (covered | predicted).sum()
-            sums[2] += ((x_hat[:, :3] - x[:, :3]).square() * covered).sum(dtype=torch.float64)
-            sums[3] += covered.sum() * 3
-    finally:
-        model.train(was_training)
-    return sums
 
 
 def rgba_metrics_from_sums(intersection: float, union: float, se_sum: float, count: float) -> dict[str, float]:

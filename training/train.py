@@ -38,7 +38,7 @@ from training.dataset import TileData, TileDataset, keep_batch
 from training.errors import TrainingError
 from training.logs import CsvLog, TensorBoardLog
 from training.losses import latent_regulariser, rgba_loss, training_loss
-from training.metrics import RGBA_SUMS, SUMS, metrics_from_sums, reconstruction_sums, rgba_metrics_from_sums, rgba_sums
+from training.metrics import SUMS, metrics_from_sums, reconstruction_sums, rgba_metrics_from_sums
 from training.state import load_state, rng_state, save_state, set_rng_state
 
 TRAIN_FIELDS = ["step", "inputs", "loss", "lr", "inputs_per_s", "elapsed_s"]
@@ -188,25 +188,12 @@ def val_fields(sources: list[str], ema: bool, rgba: bool = False) -> list[str]:
     return ["step", "inputs", *overall, *per_source, *raw, "best"]
 
 
-def premultiplied(x: torch.Tensor, x_hat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """RGBA (B, 4, H, W) target and output as the RGB an image viewer shows on black."""
-    alpha, alpha_hat = x[:, 3:4], x_hat[:, 3:4].clamp(0, 1)
-    return x[:, :3] * alpha, x_hat[:, :3] * alpha_hat
-
-
 def validate(module: nn.Module, val_tiles: dict[str, torch.Tensor], procs: Processes, autocast,
              rgba: bool = False) -> dict[str, float]:
     """Metrics over all validation tiles (pooled), and per source when there are several. For
     RGBA models the L1/MSE/PSNR/SSIM compare the colours multiplied by alpha, as RGB models do,
     and alpha IoU and the colour PSNR over covered pixels are added."""
-    compare = premultiplied if rgba else None
-    rows = []
-    for tiles in val_tiles.values():
-        if not len(tiles):
-            rows.append(torch.zeros(SUMS + (RGBA_SUMS if rgba else 0), dtype=torch.float64, device=procs.device))
-            continue
-        sums = reconstruction_sums(module, tiles, 256, procs.device, autocast, compare)
-        rows.append(torch.cat([sums, rgba_sums(module, tiles, 256, procs.device, autocast)]) if rgba else sums)
+    rows = [reconstruction_sums(module, tiles, 256, procs.device, autocast, rgba) for tiles in val_tiles.values()]
     sums = all_sum(torch.stack(rows), procs)
 
     def named(row: list[float]) -> dict[str, float]:

@@ -53,7 +53,7 @@ def test_a_run_with_ema_ships_the_average_and_logs_both(tiny_data, tmp_path):
     assert record["weights"] == "EMA (decay 0.9)" and record["loss"] == "l1+grad (weight 0.5)"
     assert record["schedule"].startswith("linear warm-up over 4 steps")
     state = torch.load(out / "last.state.pt", weights_only=True)
-    raw = {k: v for k, v in state["model"].items()}
+    raw = state["model"]
     assert any(not torch.equal(v, raw[k]) for k, v in shipped.state_dict().items() if v.is_floating_point())
     with open(out / "val.csv", newline="") as handle:
         last = list(csv.DictReader(handle))[-1]
@@ -171,7 +171,7 @@ def test_rgba_loss_ignores_the_colour_of_invisible_pixels():
 
 
 def test_rgba_metrics_give_alpha_iou_and_colour_psnr_over_covered_pixels():
-    from training.metrics import rgba_metrics_from_sums, rgba_sums
+    from training.metrics import SUMS, reconstruction_sums, rgba_metrics_from_sums
 
     tiles = torch.zeros(1, 4, 32, 32, dtype=torch.uint8)
     tiles[:, 3, :16] = 255  # target covers the top half
@@ -185,7 +185,7 @@ def test_rgba_metrics_give_alpha_iou_and_colour_psnr_over_covered_pixels():
             out[:, :3] += 0.2
             return out
 
-    m = rgba_metrics_from_sums(*rgba_sums(Shifted(), tiles).tolist())
+    m = rgba_metrics_from_sums(*reconstruction_sums(Shifted(), tiles, rgba=True).tolist()[SUMS:])
     assert m["alpha_iou"] == pytest.approx(16 / 24)
     assert m["covered_psnr"] == pytest.approx(10 * math.log10(1 / 0.04), rel=1e-3)
 
