@@ -24,7 +24,7 @@ from PIL import Image
 
 from client import errors
 from client.results import EncodeResult, Health, Limits, Models
-from client.tiles import ImageSource, assemble_sheet, cut_sheet, image_to_rgb, load_image, tiles_from_array
+from client.tiles import ImageSource, assemble_sheet, cut_sheet, image_pixels, load_image, tiles_from_array, to_channels
 
 logger = logging.getLogger(__name__)
 
@@ -294,7 +294,8 @@ class AsyncClient:
 
 
 def _gather_tiles(x: EncodeInput, *, crop: bool) -> tuple[np.ndarray, list[tuple[int, int]], list[int]]:
-    """All inputs as one uint8 [N, 32, 32, 3], the grid of each image, the tile count of each input."""
+    """All inputs as one uint8 [N, 32, 32, 3] (or 4 when any has alpha), the grid of each image,
+    the tile count of each input."""
     items = list(x) if isinstance(x, (list, tuple)) else [x]
     if not items:
         raise errors.InputError("nothing to encode: the input list is empty")
@@ -304,7 +305,7 @@ def _gather_tiles(x: EncodeInput, *, crop: bool) -> tuple[np.ndarray, list[tuple
             tiles = tiles_from_array(item)
         elif isinstance(item, (Image.Image, str)) or hasattr(item, "__fspath__"):
             name = "image" if isinstance(item, Image.Image) else str(item)
-            tiles, grid = cut_sheet(image_to_rgb(load_image(item)), crop=crop, name=name)
+            tiles, grid = cut_sheet(image_pixels(load_image(item)), crop=crop, name=name)
             grids.append(grid)
         else:
             raise errors.InputError(
@@ -313,7 +314,8 @@ def _gather_tiles(x: EncodeInput, *, crop: bool) -> tuple[np.ndarray, list[tuple
             )
         parts.append(tiles)
         counts.append(len(tiles))
-    return np.concatenate(parts), grids, counts
+    channels = max(part.shape[-1] for part in parts)
+    return np.concatenate([to_channels(part, channels) for part in parts]), grids, counts
 
 
 def _latents_and_model(latents: DecodeInput, model: str | None) -> tuple[np.ndarray, str | None]:

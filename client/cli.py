@@ -24,7 +24,7 @@ import numpy as np
 from client import errors
 from client.results import EncodeResult, Models
 from client.sync_client import Client
-from client.tiles import TILE, assemble_sheet, cut_atlas, cut_sheet, image_to_rgb, load_image, read_tileset
+from client.tiles import TILE, assemble_sheet, cut_atlas, cut_sheet, image_pixels, load_image, read_tileset, to_channels
 from tiles.tsx import write_tsx
 
 DEFAULT_URL = "http://127.0.0.1:8000"
@@ -102,7 +102,7 @@ def _sheet_tiles(args: argparse.Namespace) -> tuple[np.ndarray, tuple[int, int],
                 raise errors.InputError(f"--{flag} {given} differs from the {getattr(tileset, flag)} in {args.sheet}")
         return tiles, grid, tileset.margin, tileset.spacing
     margin, spacing = args.margin or 0, args.spacing or 0
-    pixels = image_to_rgb(load_image(args.sheet))
+    pixels = image_pixels(load_image(args.sheet))
     if margin or spacing:
         tiles, grid = cut_atlas(pixels, margin, spacing, name=str(args.sheet))
     else:
@@ -149,14 +149,15 @@ def _decode(args: argparse.Namespace) -> int:
 
 
 def _roundtrip(args: argparse.Namespace) -> int:
-    tiles, (rows, cols) = cut_sheet(image_to_rgb(load_image(args.sheet)), crop=args.crop, name=str(args.sheet))
+    tiles, (rows, cols) = cut_sheet(image_pixels(load_image(args.sheet)), crop=args.crop, name=str(args.sheet))
     with _client(args) as tessera:
         info = tessera.models()
         with _progress("encode", args.quiet) as progress:
             encoded: EncodeResult = tessera.encode(tiles, args.model, progress=progress)
         with _progress("decode", args.quiet) as progress:
             decoded = tessera.decode(encoded, progress=progress)
-    original, recon = assemble_sheet(tiles, cols), assemble_sheet(decoded, cols)
+    channels = decoded.shape[-1]  # what the model keeps: RGB (alpha multiplied in) or RGBA
+    original, recon = assemble_sheet(to_channels(tiles, channels), cols), assemble_sheet(decoded, cols)
     diff = original.astype(np.float64) / 255 - recon.astype(np.float64) / 255
     l1, mse = float(np.abs(diff).mean()), float((diff**2).mean())
     psnr = 10 * np.log10(1 / mse) if mse > 0 else float("inf")
@@ -169,10 +170,12 @@ def _roundtrip(args: argparse.Namespace) -> int:
     count = len(tiles)
     print(f"{args.sheet}: {count} tiles ({rows}x{cols}), model {encoded.model}")
     print(f"L1 {l1:.4f}  PSNR {psnr:.2f} dB{reference}")
-    print(f"compression {3 * TILE * TILE / values:.0f}x: {3 * TILE * TILE} pixel values -> {values} latent values per tile; "
-          f"RGB {_size(count * 3 * TILE * TILE)} -> float32 latents {_size(count * values * 4)} "
-          f"({3 * TILE * TILE / (values * 4):.0f}x), float16 {_size(count * values * 2)} "
-          f"({3 * TILE * TILE / (values * 2):.0f}x); PNG file {_size(args.sheet.stat().st_size)}")
+    pixel_values = channels * TILE * TILE
+    kind = "RGBA" if channels == 4 else "RGB"
+    print(f"compression {pixel_values / values:.0f}x: {pixel_values} pixel values -> {values} latent values per tile; "
+          f"{kind} {_size(count * pixel_values)} -> float32 latents {_size(count * values * 4)} "
+          f"({pixel_values / (values * 4):.0f}x), float16 {_size(count * values * 2)} "
+          f"({pixel_values / (values * 2):.0f}x); PNG file {_size(args.sheet.stat().st_size)}")
     print(f"wrote {args.output} (left: original, right: reconstruction)")
     return EXIT_OK
 
@@ -236,7 +239,7 @@ def _side_by_side(left: np.ndarray, right: np.ndarray, gap: int = 8) -> Any:
     from PIL import Image
 
     height, width = left.shape[:2]
-    canvas = np.full((height, 2 * width + gap, 3), 255, dtype=np.uint8)  # white gutter between them
+    canvas = np.full((height, 2 * width + gap, left.shape[-1]), 255, dtype=np.uint8)  # white gutter between them
     canvas[:, :width], canvas[:, width + gap :] = left, right
     return Image.fromarray(canvas)
 

@@ -73,6 +73,8 @@ class ModelInfo:
     compression_ratio: float
     weights_sha256: str
     metrics: dict[str, float] = field(default_factory=dict)
+    channels: str = "RGB"  # "RGBA": the model keeps alpha
+    latent_stats: dict[str, Any] | None = None  # mean, std, scaling_factor, shift_factor, per-channel
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> ModelInfo:
@@ -86,6 +88,8 @@ class ModelInfo:
             compression_ratio=float(data.get("compression_ratio") or 0.0),
             weights_sha256=str(data.get("weights_sha256", "")),
             metrics=dict(data.get("metrics") or {}),
+            channels=str(data.get("channels") or "RGB"),
+            latent_stats=dict(data["latent_stats"]) if isinstance(data.get("latent_stats"), dict) else None,
         )
 
 

@@ -1,8 +1,9 @@
-"""Images <-> arrays of 32x32 RGB tiles, on the client's side of the wire.
+"""Images <-> arrays of 32x32 tiles, on the client's side of the wire.
 
 The client cuts sheets into tiles itself so that every request carries the same compact body:
-npy uint8 [N, 32, 32, 3]. Alpha is multiplied into the colours here (transparent -> black), the
-same rule the server applies to RGBA uploads, so a tile has one identity whichever way it is sent.
+npy uint8 [N, 32, 32, 3], or [N, 32, 32, 4] for images with transparency. The server gives each
+model the channels it takes (an RGB model multiplies alpha into the colours, an RGBA model keeps
+it), so a tile has one identity whichever way it is sent.
 """
 
 from __future__ import annotations
@@ -14,7 +15,18 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from client.errors import InputError
-from tiles import TILE, assemble, cut, default_columns, grid_of, premultiply, to_rgb  # noqa: F401 (re-exported)
+from tiles import (  # noqa: F401 (re-exported)
+    TILE,
+    assemble,
+    cut,
+    default_columns,
+    grid_of,
+    opaque_as_rgb,
+    premultiply,
+    to_channels,
+    to_pixels,
+    to_rgb,
+)
 from tiles.tsx import Tileset, TsxError, apply_colour_key, read_tsx
 
 ImageSource = Image.Image | str | os.PathLike
@@ -39,11 +51,12 @@ def load_image(source: ImageSource) -> Image.Image:
         raise InputError(f"{path}: cannot read the image: {exc}") from None
 
 
-image_to_rgb = to_rgb  # the server's and training's rule: alpha multiplied in, 16-bit grey scaled
+image_to_rgb = to_rgb  # the server's and training's rule for RGB models: alpha multiplied in, 16-bit grey scaled
+image_pixels = to_pixels  # what is sent: RGB, or RGBA with the alpha kept when the image has transparency
 
 
 def cut_sheet(pixels: np.ndarray, *, crop: bool = False, name: str = "image") -> tuple[np.ndarray, tuple[int, int]]:
-    """Cut uint8 [H, W, 3] into row-major tiles.
+    """Cut uint8 [H, W, 3 or 4] into row-major tiles.
 
     Args:
         pixels: the sheet.
@@ -51,7 +64,7 @@ def cut_sheet(pixels: np.ndarray, *, crop: bool = False, name: str = "image") ->
         name: how to call the sheet in error messages.
 
     Returns:
-        tiles uint8 [rows * cols, 32, 32, 3] and the grid (rows, cols).
+        tiles uint8 [rows * cols, 32, 32, 3 or 4] and the grid (rows, cols).
     """
     height, width = pixels.shape[:2]
     if crop:
@@ -82,7 +95,7 @@ def cut_atlas(pixels: np.ndarray, margin: int, spacing: int, *, name: str = "ima
 
 def read_tileset(path: str | os.PathLike) -> tuple[np.ndarray, tuple[int, int], Tileset]:
     """The tiles of a Tiled tileset (``.tsx``): its image cut by its margin, spacing and columns,
-    its ``trans`` colour key made transparent (then, as for any RGBA, multiplied into black)."""
+    its ``trans`` colour key made transparent (RGBA tiles when anything is transparent)."""
     try:
         tileset = read_tsx(path)
     except TsxError as exc:
@@ -91,8 +104,8 @@ def read_tileset(path: str | os.PathLike) -> tuple[np.ndarray, tuple[int, int], 
         raise InputError(f"{path}: its tiles are {tileset.tile_width}x{tileset.tile_height}; the models take "
                          f"{TILE}x{TILE} tiles (resize the tileset, e.g. with nearest neighbour)")
     rgba = np.asarray(load_image(tileset.image).convert("RGBA"))
-    rgb = premultiply(apply_colour_key(rgba, tileset.trans))
-    tiles, (rows, cols) = cut_atlas(rgb, tileset.margin, tileset.spacing, name=str(tileset.image), count=tileset.count)
+    pixels = opaque_as_rgb(apply_colour_key(rgba, tileset.trans))
+    tiles, (rows, cols) = cut_atlas(pixels, tileset.margin, tileset.spacing, name=str(tileset.image), count=tileset.count)
     if tileset.columns is not None and tileset.columns != cols:
         raise InputError(f"{path}: says {tileset.columns} columns, but its image holds {cols} with margin "
                          f"{tileset.margin} and spacing {tileset.spacing}")
@@ -100,7 +113,7 @@ def read_tileset(path: str | os.PathLike) -> tuple[np.ndarray, tuple[int, int], 
 
 
 def tiles_from_array(array: np.ndarray) -> np.ndarray:
-    """Check a uint8 [N, 32, 32, 3|4] array and return it as RGB tiles."""
+    """Check a uint8 [N, 32, 32, 3|4] array and return it as tiles (RGBA kept)."""
     if not isinstance(array, np.ndarray):
         raise InputError(f"expected a numpy array, got {type(array).__name__}")
     if array.dtype != np.uint8:
@@ -109,11 +122,11 @@ def tiles_from_array(array: np.ndarray) -> np.ndarray:
         raise InputError(f"tile arrays must be shaped [N, {TILE}, {TILE}, 3 or 4], got {list(array.shape)}")
     if array.shape[0] == 0:
         raise InputError("the tile array is empty")
-    return premultiply(array) if array.shape[3] == 4 else np.ascontiguousarray(array)
+    return np.ascontiguousarray(array)
 
 
 def assemble_sheet(tiles: np.ndarray, columns: int | None = None, margin: int = 0, spacing: int = 0) -> np.ndarray:
-    """uint8 [N, 32, 32, 3] -> one sheet, row-major, unused cells black; ``margin`` and
+    """uint8 [N, 32, 32, 3 or 4] -> one sheet, row-major, unused cells black (transparent with alpha); ``margin`` and
     ``spacing`` (Tiled's) lay it out as an atlas: [2*margin + rows*32 + (rows-1)*spacing, ...]."""
     columns = default_columns(len(tiles)) if columns is None else int(columns)
     if columns < 1:

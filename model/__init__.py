@@ -3,7 +3,8 @@
 from .autoencoder import TileAutoencoder
 from .build import build, build_from_config
 from .checkpoint import CheckpointError, load_checkpoint, read_header, save_checkpoint
-from .config import PRESETS, BaselineConfig, ConfigError, DCAEConfig, DecoderConfig, EncoderConfig
+from .config import BaselineConfig, ConfigError, DCAEConfig, DecoderConfig, EncoderConfig
+from .presets import PRESETS
 
 __all__ = [
     "PRESETS",

@@ -8,7 +8,8 @@ import torch
 
 from .autoencoder import TileAutoencoder
 from .baseline import BaselineAE
-from .config import PRESETS, BaselineConfig, DCAEConfig, ModelConfig, parse_spec
+from .config import BaselineConfig, DCAEConfig, ModelConfig
+from .presets import PRESETS, parse_spec
 from .dcae import DCAE
 
 

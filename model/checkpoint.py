@@ -27,7 +27,8 @@ from safetensors.torch import save as save_safetensors_bytes
 
 from .autoencoder import TileAutoencoder
 from .build import build_from_config
-from .config import PRESETS, ConfigError, config_from_dict, config_to_dict, parse_spec
+from .config import ConfigError, config_from_dict, config_to_dict
+from .presets import PRESETS, parse_spec
 
 FORMAT_VERSION = 1
 METADATA_KEY = "tessera"

@@ -1,19 +1,19 @@
-"""Configuration of the networks: frozen dataclasses, a dot-list parser and the named presets.
+"""Configuration of the networks: frozen dataclasses, checked on construction, and their JSON form.
 
 The DC-AE dataclasses mirror efficientvit's ``dc_ae.py`` (same field names, same defaults), so the
 seed's override strings such as ``"latent_channels=64 encoder.width_list=[64,128,256,256,512,512]"``
 apply unchanged. Unlike upstream, every name is checked: an unknown key, block type, norm or
-activation is an error that names the bad value and the known ones.
+activation is an error that names the bad value and the known ones. The dot-list parser is
+``model.dotlist``; the named presets and ``parse_spec`` are ``model.presets``.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import re
-import types
-import typing
 from dataclasses import dataclass, field
 from typing import Any
+
+from .dotlist import ConfigError, changed_fields, coerce_all, field_default, format_entry, split_entries  # noqa: F401 (ConfigError re-exported)
 
 BLOCK_TYPES = ("ResBlock", "EViT_GLU", "EViTS5_GLU")
 NORMS = ("bn2d", "trms2d")
@@ -27,10 +27,6 @@ ARCHS = ("dcae", "baseline")
 TILE_SIZE = 32  # every Tessera input is a 32x32 tile
 CHANNELS = (3, 4)  # RGB (alpha multiplied in), or RGBA (alpha kept, for alpha-aware models)
 HEAD_DIM = 32  # LiteMLA head dimension in the DC-AE blocks (heads = width // 32)
-
-
-class ConfigError(ValueError):
-    """A configuration value or dot-list entry that cannot describe a network."""
 
 
 def _check_name(what: str, value: Any, known: tuple[str, ...], optional: bool = False) -> None:
@@ -222,28 +218,28 @@ class DCAEConfig:
     @classmethod
     def from_dotlist(cls, text: str) -> DCAEConfig:
         """Parse a seed-style dot-list such as ``"latent_channels=64 encoder.depth_list=[0,4,8,2,2,2]"``."""
-        top, sub = _split_entries(text, cls, sections=("encoder", "decoder"))
-        top_values = _coerce_all(cls, top, prefix="")
-        shared = {k: top_values.get(k, _default(cls, k)) for k in ("in_channels", "latent_channels")}
+        top, sub = split_entries(text, cls, sections=("encoder", "decoder"))
+        top_values = coerce_all(cls, top, prefix="")
+        shared = {k: top_values.get(k, field_default(cls, k)) for k in ("in_channels", "latent_channels")}
         parts = {}
         for side, sub_cls in (("encoder", EncoderConfig), ("decoder", DecoderConfig)):
             entries = sub.get(side, {})
             for key in shared:
                 if key in entries:
                     raise ConfigError(f"{side}.{key} cannot be set on its own; set {key} at the top level")
-            parts[side] = sub_cls(**_coerce_all(sub_cls, entries, prefix=f"{side}."), **shared)
+            parts[side] = sub_cls(**coerce_all(sub_cls, entries, prefix=f"{side}."), **shared)
         return cls(**top_values, **parts)
 
     def to_dotlist(self) -> str:
         """The shortest dot-list that rebuilds this config (only values that differ from the defaults)."""
         items = [f"latent_channels={self.latent_channels}"]
-        items += [_format_entry(f.name, getattr(self, f.name)) for f in _changed_fields(self, DCAEConfig())
+        items += [format_entry(f.name, getattr(self, f.name)) for f in changed_fields(self, DCAEConfig())
                   if f.name != "latent_channels"]
         for side in ("encoder", "decoder"):
             default = getattr(DCAEConfig(), side)
-            for f in _changed_fields(getattr(self, side), default):
+            for f in changed_fields(getattr(self, side), default):
                 if f.name not in ("in_channels", "latent_channels"):
-                    items.append(_format_entry(f"{side}.{f.name}", getattr(getattr(self, side), f.name)))
+                    items.append(format_entry(f"{side}.{f.name}", getattr(getattr(self, side), f.name)))
         return " ".join(items)
 
     @property
@@ -284,11 +280,11 @@ class BaselineConfig:
 
     @classmethod
     def from_dotlist(cls, text: str) -> BaselineConfig:
-        top, _ = _split_entries(text, cls, sections=())
-        return cls(**_coerce_all(cls, top, prefix=""))
+        top, _ = split_entries(text, cls, sections=())
+        return cls(**coerce_all(cls, top, prefix=""))
 
     def to_dotlist(self) -> str:
-        items = [_format_entry(f.name, getattr(self, f.name)) for f in _changed_fields(self, BaselineConfig())]
+        items = [format_entry(f.name, getattr(self, f.name)) for f in changed_fields(self, BaselineConfig())]
         return " ".join(["arch=baseline", *items])
 
     @property
@@ -297,101 +293,6 @@ class BaselineConfig:
 
 
 ModelConfig = DCAEConfig | BaselineConfig
-
-
-# The seed's runs (seed.md), upstream's default f32c32, and two CPU-sized models of our own.
-_SEED_COMMON = (
-    "encoder.block_type=[ResBlock,ResBlock,ResBlock,EViT_GLU,EViT_GLU,EViT_GLU] "
-    "decoder.block_type=[ResBlock,ResBlock,ResBlock,EViT_GLU,EViT_GLU,EViT_GLU] "
-    "decoder.norm=[bn2d,bn2d,bn2d,trms2d,trms2d,trms2d] decoder.act=[relu,relu,relu,silu,silu,silu]"
-)
-_SEED_DEPTHS = "encoder.depth_list=[0,4,8,2,2,2] decoder.depth_list=[0,5,10,2,2,2]"
-
-
-def _seed(latent: int, widths: str, depths: str = _SEED_DEPTHS) -> str:
-    return (f"latent_channels={latent} encoder.width_list={widths} decoder.width_list={widths} "
-            f"{depths} {_SEED_COMMON}")
-
-
-def _small(latent: int, widths: list[int], encoder_depths: list[int], decoder_depths: list[int]) -> str:
-    """A CPU-sized DC-AE: ResBlocks in the first three stages, EViT_GLU after, bn2d/relu decoder
-    stages where the ResBlocks are."""
-    stages = len(widths)
-    blocks = ",".join(["ResBlock"] * 3 + ["EViT_GLU"] * (stages - 3))
-    norms = ",".join(["bn2d"] * 3 + ["trms2d"] * (stages - 3))
-    acts = ",".join(["relu"] * 3 + ["silu"] * (stages - 3))
-
-    def listed(values: list[int]) -> str:
-        return "[" + ",".join(map(str, values)) + "]"
-
-    return (f"latent_channels={latent} "
-            f"encoder.width_list={listed(widths)} encoder.depth_list={listed(encoder_depths)} "
-            f"encoder.block_type=[{blocks}] "
-            f"decoder.width_list={listed(widths)} decoder.depth_list={listed(decoder_depths)} "
-            f"decoder.block_type=[{blocks}] decoder.norm=[{norms}] decoder.act=[{acts}]")
-
-
-PRESETS: dict[str, str] = {
-    "baseline": "arch=baseline",
-    "dcae-03": _seed(32, "[64,128,256,256,512,512]"),
-    "dcae-04": _seed(64, "[64,128,256,256,512,512]"),
-    "dcae-05": _seed(64, "[128,256,256,512,512,512]"),
-    "dcae-06": _seed(64, "[64,128,256,256,512,1024]"),
-    "dcae-07": _seed(64, "[64,128,256,256,512,512]",
-                     "encoder.depth_list=[0,4,8,2,3,4] decoder.depth_list=[0,5,10,2,3,4]"),
-    "f32c32": _seed(32, "[128,256,512,512,1024,1024]"),  # upstream dc-ae-f32c32-in-1.0
-    # dcae-04's layout at CPU scale: ratio 48 (latent 64x1x1), the bundled checkpoint.
-    "dcae-s48": (
-        "latent_channels=64 "
-        "encoder.width_list=[16,32,64,64,128,128] encoder.depth_list=[0,1,2,1,1,1] "
-        "encoder.block_type=[ResBlock,ResBlock,ResBlock,EViT_GLU,EViT_GLU,EViT_GLU] "
-        "decoder.width_list=[16,32,64,64,128,128] decoder.depth_list=[0,1,3,1,1,1] "
-        "decoder.block_type=[ResBlock,ResBlock,ResBlock,EViT_GLU,EViT_GLU,EViT_GLU] "
-        "decoder.norm=[bn2d,bn2d,bn2d,trms2d,trms2d,trms2d] decoder.act=[relu,relu,relu,silu,silu,silu]"
-    ),
-    # Ratio-48 layouts at dcae-s48's scale, named <ratio>-f<down-sampling>c<latent channels>, and
-    # a ratio-12 model for pipelines that need tiles back nearly as they went in.
-    "dcae-s48-f32c64": _small(64, [16, 32, 64, 64, 128, 128], [0, 1, 2, 1, 1, 1], [0, 1, 3, 1, 1, 1]),
-    "dcae-s48-f16c16": _small(16, [16, 32, 64, 64, 128], [0, 1, 2, 1, 2], [0, 1, 3, 1, 2]),
-    "dcae-s48-f8c4": _small(4, [16, 32, 64, 128], [0, 1, 2, 2], [0, 1, 3, 2]),
-    "dcae-s12-f8c16": _small(16, [16, 32, 64, 128], [0, 1, 2, 2], [0, 1, 3, 2]),
-    # about the baseline's 5M parameters at ratio 48, for the seed's question at matched size: the
-    # small layouts with a wider last stage (the high-resolution stages, where the time goes, as they are)
-    "dcae-m48-f16c16": _small(16, [16, 32, 64, 128, 256], [0, 1, 2, 1, 1], [0, 1, 3, 1, 1]),
-    "dcae-m48-f8c4": _small(4, [16, 32, 64, 256], [0, 1, 2, 2], [0, 1, 3, 2]),
-    # Tiny, for tests: every block kind (EViTS5_GLU included), bn2d and trms2d, ratio 48.
-    "dcae-t48": (
-        "latent_channels=64 "
-        "encoder.width_list=[8,16,32,32,32,64] encoder.depth_list=[0,1,1,1,1,0] "
-        "encoder.block_type=[ResBlock,ResBlock,ResBlock,EViT_GLU,EViTS5_GLU,EViT_GLU] "
-        "decoder.width_list=[8,16,32,32,32,64] decoder.depth_list=[0,1,1,1,1,0] "
-        "decoder.block_type=[ResBlock,ResBlock,ResBlock,EViT_GLU,EViTS5_GLU,EViT_GLU] "
-        "decoder.norm=[bn2d,bn2d,bn2d,trms2d,trms2d,trms2d] decoder.act=[relu,relu,relu,silu,silu,silu]"
-    ),
-}
-
-
-def parse_spec(spec: str) -> tuple[str, ModelConfig]:
-    """A preset name or a dot-list, as ``(arch, config)``.
-
-    ``arch=baseline`` in a dot-list selects the baseline CNN; without ``arch`` it is a DC-AE.
-    """
-    if not isinstance(spec, str):
-        raise ConfigError(f"a model spec must be a string, got {type(spec).__name__}")
-    text = PRESETS.get(spec.strip(), spec)
-    if "=" not in text:
-        raise ConfigError(f"unknown preset {spec!r}; known: {sorted(PRESETS)} (or a dot-list such as "
-                          "'latent_channels=64 encoder.width_list=[...]')")
-    entries = _tokenize(text)
-    archs = [value for key, value in entries if key == "arch"]
-    if len(archs) > 1:
-        raise ConfigError("'arch' is given twice")
-    arch = archs[0] if archs else "dcae"
-    _check_name("arch", arch, ARCHS)
-    text = " ".join(f"{key}={value}" for key, value in entries if key != "arch")
-    if arch == "baseline":
-        return arch, BaselineConfig.from_dotlist(text)
-    return arch, DCAEConfig.from_dotlist(text)
 
 
 def config_to_dict(config: ModelConfig) -> dict[str, Any]:
@@ -413,127 +314,6 @@ def config_from_dict(arch: str, data: dict[str, Any]) -> ModelConfig:
                 raise ConfigError(f"{side} must be a JSON object")
             values[side] = sub_cls(**_known_keys(sub_cls, values[side], f"{side}."))
     return DCAEConfig(**values)
-
-
-# ----------------------------------------------------------------------------------------------
-# dot-list parsing
-
-_ENTRY = re.compile(r"\s*([A-Za-z_][\w.]*)\s*=\s*(\[[^\]]*\]|[^\s\[\]]+)\s*")
-
-
-def _tokenize(text: str) -> list[tuple[str, str]]:
-    """``"a=1 b.c=[x, y]"`` -> ``[("a", "1"), ("b.c", "[x, y]")]``; spaces inside brackets are allowed."""
-    entries, pos = [], 0
-    text = text.strip()
-    while pos < len(text):
-        match = _ENTRY.match(text, pos)
-        if match is None:
-            rest = text[pos:].split()[0] if text[pos:].split() else text[pos:]
-            raise ConfigError(f"cannot parse dot-list entry {rest!r}; expected key=value or key=[a,b,...]")
-        entries.append((match.group(1), match.group(2)))
-        pos = match.end()
-    return entries
-
-
-def _split_entries(text: str, cls: type, sections: tuple[str, ...]) -> tuple[dict[str, str], dict[str, dict]]:
-    top: dict[str, str] = {}
-    sub: dict[str, dict[str, str]] = {name: {} for name in sections}
-    top_known = [f.name for f in dataclasses.fields(cls) if f.name not in sections]
-    for key, raw in _tokenize(text):
-        section, _, name = key.rpartition(".")
-        if section:
-            if section not in sections:
-                raise ConfigError(f"unknown section {section!r} in {key!r}; known: {sorted(sections)}")
-            known = [f.name for f in dataclasses.fields(_resolve(cls, section))]
-            if name not in known:
-                raise ConfigError(f"unknown key {key!r}; known: {sorted(f'{section}.{k}' for k in known)}")
-            target = sub[section]
-        else:
-            if name in sections:
-                raise ConfigError(f"{key!r} is a section; set its fields, e.g. {key}.width_list=[...]")
-            if name not in top_known:
-                raise ConfigError(f"unknown key {key!r}; known: {sorted(top_known)}")
-            target = top
-        if name in target:
-            raise ConfigError(f"{key!r} is given twice")
-        target[name] = raw
-    return top, sub
-
-
-def _resolve(cls: type, name: str) -> type:
-    return typing.get_type_hints(cls)[name]
-
-
-def _coerce_all(cls: type, entries: dict[str, str], prefix: str) -> dict[str, Any]:
-    hints = typing.get_type_hints(cls)
-    return {name: _coerce(f"{prefix}{name}", raw, hints[name]) for name, raw in entries.items()}
-
-
-def _coerce(key: str, raw: str, hint: Any) -> Any:
-    """Convert one dot-list value to the field's type (``int``, ``bool``, names, tuples, ``None``)."""
-    options = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
-    errors = []
-    if raw in ("None", "null", "none") and type(None) in options:
-        return None
-    for option in options:
-        if option is type(None):
-            continue
-        try:
-            return _coerce_one(raw, option)
-        except ValueError as error:
-            errors.append(str(error))
-    raise ConfigError(f"{key}={raw}: {'; '.join(errors)}")
-
-
-def _coerce_one(raw: str, option: Any) -> Any:
-    origin = typing.get_origin(option)
-    if origin is tuple:
-        if not (raw.startswith("[") and raw.endswith("]")):
-            raise ValueError("expected a list such as [a,b,c]")
-        inner = typing.get_args(option)[0]
-        items = [item.strip() for item in raw[1:-1].split(",")]
-        if items == [""]:
-            items = []
-        return tuple(_coerce_one(item, inner) for item in items)
-    if raw.startswith("["):
-        raise ValueError(f"expected a single {option.__name__}, not a list")
-    if option is bool:
-        if raw.lower() in ("true", "1"):
-            return True
-        if raw.lower() in ("false", "0"):
-            return False
-        raise ValueError("expected true or false")
-    if option is int:
-        try:
-            return int(raw)
-        except ValueError:
-            raise ValueError("expected an integer") from None
-    if option is float:
-        try:
-            return float(raw)
-        except ValueError:
-            raise ValueError("expected a number") from None
-    if option is str:
-        return raw.strip("'\"")
-    raise ValueError(f"unsupported type {option}")
-
-
-def _default(cls: type, name: str) -> Any:
-    f = {f.name: f for f in dataclasses.fields(cls)}[name]
-    return f.default_factory() if f.default is dataclasses.MISSING else f.default
-
-
-def _changed_fields(config: Any, default: Any) -> list[dataclasses.Field]:
-    return [f for f in dataclasses.fields(config)
-            if f.name not in ("encoder", "decoder") and getattr(config, f.name) != getattr(default, f.name)]
-
-
-def _format_entry(key: str, value: Any) -> str:
-    if isinstance(value, tuple):
-        return f"{key}=[{','.join(str(v) for v in value)}]"
-    if isinstance(value, bool):
-        return f"{key}={str(value).lower()}"
-    return f"{key}={value}"
 
 
 def _jsonable(value: Any) -> Any:

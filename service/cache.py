@@ -2,7 +2,7 @@
 
 A cache entry maps (model weights, tile pixels) to the tile's latent. The key carries the
 model's weights hash, so a retrained checkpoint never reads latents of the old weights, and the
-sha256 of the tile's RGB bytes, so equal tiles share one entry whatever request they came in.
+sha256 of the tile's bytes (RGB, or RGBA for RGBA models), so equal tiles share one entry whatever request they came in.
 
 Two backends share one interface:
 
@@ -49,9 +49,9 @@ class CacheValueError(ValueError):
 
 
 def tile_hashes(tiles: np.ndarray) -> list[bytes]:
-    """sha256 digest of each tile's RGB bytes; tiles: uint8 [N, 32, 32, 3]."""
-    if tiles.dtype != np.uint8 or tiles.ndim != 4 or tiles.shape[-1] != 3:
-        raise ValueError(f"tile_hashes expects uint8 [N, H, W, 3] RGB tiles, got {tiles.dtype} {tiles.shape}")
+    """sha256 digest of each tile's bytes; tiles: uint8 [N, 32, 32, 3 or 4]."""
+    if tiles.dtype != np.uint8 or tiles.ndim != 4 or tiles.shape[-1] not in (3, 4):
+        raise ValueError(f"tile_hashes expects uint8 [N, H, W, 3 or 4] tiles, got {tiles.dtype} {tiles.shape}")
     data = memoryview(np.ascontiguousarray(tiles)).cast("B")  # the tiles' bytes, not copied
     size = tiles[0].nbytes if len(tiles) else 0
     sha256 = hashlib.sha256

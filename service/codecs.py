@@ -2,8 +2,10 @@
 
 Inputs are checked before heavy work: an image's declared size against the pixel and tile
 limits before its pixels are decoded, npy data never unpickled, JSON validated by pydantic.
-Tiles are uint8 ``[N, 32, 32, 3]`` RGB; RGBA is multiplied by alpha (transparent -> black)
-exactly as the training data was made.
+Tiles come out as they came in: uint8 ``[N, 32, 32, 3]`` RGB, or ``[N, 32, 32, 4]`` RGBA for
+images with transparency and 4-channel arrays; the pipeline then gives each model the channels
+it takes (``tiles.to_channels``: alpha multiplied in for RGB models, as their training data was
+made). Sheets may be laid out with Tiled's margin and spacing.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from pydantic import ValidationError
 
 from service.errors import BadRequest, InvalidInput, NotAcceptable, TooLarge
 from service.schemas import DecodeJSONRequest, EncodeJSONRequest
-from tiles import TILE, cut, premultiply, to_rgb
+from tiles import TILE, cut, grid_of, to_channels, to_pixels
 
 IMAGE_FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "BMP")  # Pillow decoders accepted from clients
 MAX_JPEG_SCANS = 100  # libjpeg's progressive script writes 10; mozjpeg's up to about 20
@@ -46,10 +48,26 @@ class Limits:
 
 
 @dataclass(frozen=True)
+class Layout:
+    """How tiles lie in a sheet, as Tiled's TSX ``tileset`` says: ``margin`` pixels before the
+    first tile, ``spacing`` pixels between tiles."""
+
+    margin: int = 0
+    spacing: int = 0
+
+    @property
+    def plain(self) -> bool:
+        return not self.margin and not self.spacing
+
+
+PLAIN = Layout()
+
+
+@dataclass(frozen=True)
 class TileBatch:
     """Decoded encode input: tiles in order and the [rows, cols] grid of every input image."""
 
-    tiles: np.ndarray  # uint8 [N, 32, 32, 3]
+    tiles: np.ndarray  # uint8 [N, 32, 32, 3] or [N, 32, 32, 4]
     grids: tuple[tuple[int, int], ...]
 
     @property
@@ -89,8 +107,30 @@ def check_structure(data: bytes, label: str) -> None:
             offset += 12 + length
 
 
-def decode_image(data: bytes, limits: Limits, label: str = "image") -> tuple[np.ndarray, tuple[int, int]]:
-    """One image (a 32x32 tile or a sheet with sides multiple of 32) -> its tiles and [rows, cols].
+def _grid(width: int, height: int, limits: Limits, label: str, layout: Layout) -> tuple[int, int]:
+    """[rows, cols] of a sheet: sides multiple of 32 when it is plain, else as many whole tiles
+    as fit (Tiled's rule); refused when it holds none or too many."""
+    if layout.plain:
+        if width == 0 or height == 0 or width % TILE or height % TILE:
+            raise InvalidInput(
+                f"{label} is {width}x{height}; both sides must be positive multiples of {TILE} "
+                f"(one tile or a sheet of whole tiles): crop or pad it, or give its margin and spacing",
+                code="bad_sheet_size",
+            )
+        rows, cols = height // TILE, width // TILE
+    else:
+        rows, cols = grid_of(height, width, TILE, layout.margin, layout.spacing)
+        if rows == 0 or cols == 0:
+            raise InvalidInput(f"{label} is {width}x{height}; it holds no whole {TILE}x{TILE} tile with margin "
+                               f"{layout.margin} and spacing {layout.spacing}", code="bad_sheet_size")
+    if rows * cols > limits.max_tiles:
+        raise TooLarge(f"{label} holds {rows * cols} tiles ({rows}x{cols}); the limit is {limits.max_tiles} per request")
+    return rows, cols
+
+
+def decode_image(data: bytes, limits: Limits, label: str = "image", layout: Layout = PLAIN) -> tuple[np.ndarray, tuple[int, int]]:
+    """One image (a 32x32 tile or a sheet of them, laid out by ``layout``) -> its tiles (RGB, or
+    RGBA when it has transparency) and [rows, cols].
 
     Slow to run on large images: call it off the event loop (service.offload)."""
     if not data:
@@ -113,32 +153,27 @@ def decode_image(data: bytes, limits: Limits, label: str = "image") -> tuple[np.
         width, height = image.size
         if width * height > limits.max_pixels:
             raise TooLarge(f"{label} is {width}x{height} = {width * height} pixels; the limit is {limits.max_pixels}")
-        if width == 0 or height == 0 or width % TILE or height % TILE:
-            raise InvalidInput(
-                f"{label} is {width}x{height}; both sides must be positive multiples of {TILE} "
-                f"(one tile or a sheet of whole tiles): crop or pad it",
-                code="bad_sheet_size",
-            )
-        rows, cols = height // TILE, width // TILE
-        if rows * cols > limits.max_tiles:
-            raise TooLarge(f"{label} holds {rows * cols} tiles ({rows}x{cols}); the limit is {limits.max_tiles} per request")
+        _grid(width, height, limits, label, layout)
         if getattr(image, "is_animated", False):  # n_frames would read every frame first
             raise InvalidInput(f"{label} is animated (it has several frames); send a single frame", code="animated_image")
         try:
             image.load()
-            rgb = to_rgb(image)
+            pixels = to_pixels(image)
         except (OSError, ValueError, SyntaxError, EOFError) as exc:
             raise BadRequest(f"{label} is truncated or corrupt ({type(exc).__name__}: {_clean(exc)}); send the whole file"
                              ) from None
-    return cut(rgb)
+    return cut(pixels, TILE, layout.margin, layout.spacing)
 
 
-def tiles_from_image(data: bytes, limits: Limits) -> TileBatch:
-    tiles, grid = decode_image(data, limits)
-    return TileBatch(tiles, (grid,))
+# The encode readers: (body, limits, layout, channels) -> TileBatch of tiles with the model's channels.
 
 
-def tiles_from_json(data: bytes, limits: Limits) -> TileBatch:
+def tiles_from_image(data: bytes, limits: Limits, layout: Layout = PLAIN, channels: int = 3) -> TileBatch:
+    tiles, grid = decode_image(data, limits, layout=layout)
+    return TileBatch(to_channels(tiles, channels), (grid,))
+
+
+def tiles_from_json(data: bytes, limits: Limits, layout: Layout = PLAIN, channels: int = 3) -> TileBatch:
     """``{"images": ["<base64 image>", ...]}`` -> tiles of every image, in order."""
     body = parse_json(EncodeJSONRequest, data)
     parts, grids, total = [], [], 0
@@ -150,9 +185,9 @@ def tiles_from_json(data: bytes, limits: Limits) -> TileBatch:
         room = Limits(max_tiles=limits.max_tiles - total, max_pixels=limits.max_pixels)
         if room.max_tiles <= 0:
             raise TooLarge(f"the images hold more than {limits.max_tiles} tiles; the limit is {limits.max_tiles} per request")
-        tiles, grid = decode_image(raw, room, label=f"images[{i}]")
+        tiles, grid = decode_image(raw, room, label=f"images[{i}]", layout=layout)
         total += len(tiles)
-        parts.append(tiles)
+        parts.append(to_channels(tiles, channels))
         grids.append(grid)
     return TileBatch(np.concatenate(parts), tuple(grids))
 
@@ -237,8 +272,11 @@ def read_npy(data: bytes) -> np.ndarray:
         raise InvalidInput(f".npy shape {list(shape)} cannot be read ({exc}); send tiles as [N, 32, 32, 3]", code="bad_shape") from None
 
 
-def tiles_from_npy(data: bytes, limits: Limits) -> TileBatch:
-    """uint8 ``[N, 32, 32, 3]`` or ``[N, 32, 32, 4]`` (premultiplied here) -> tiles."""
+def tiles_from_npy(data: bytes, limits: Limits, layout: Layout = PLAIN, channels: int = 3) -> TileBatch:
+    """uint8 ``[N, 32, 32, 3]`` or ``[N, 32, 32, 4]`` -> tiles."""
+    if not layout.plain:
+        raise InvalidInput("margin and spacing describe a sheet image; an npy body holds tiles already: leave them out",
+                           code="bad_layout")
     array = read_npy(data)
     if array.dtype != np.uint8:
         raise InvalidInput(f"tiles must be uint8, got {array.dtype}; convert with array.astype(numpy.uint8)", code="bad_dtype")
@@ -250,8 +288,7 @@ def tiles_from_npy(data: bytes, limits: Limits) -> TileBatch:
         raise InvalidInput("the array holds no tiles; send at least one", code="bad_shape")
     if len(array) > limits.max_tiles:
         raise TooLarge(f"{len(array)} tiles in one request; the limit is {limits.max_tiles}")
-    tiles = premultiply(array) if array.shape[3] == 4 else np.ascontiguousarray(array)
-    return TileBatch(tiles, ())
+    return TileBatch(to_channels(array, channels), ())
 
 
 def check_latents(array: np.ndarray, latent_shape: tuple[int, ...], max_tiles: int, model: str) -> np.ndarray:
@@ -342,9 +379,10 @@ def _npy_prefix(dtype: np.dtype, shape: tuple[int, ...]) -> bytes:
     return buffer.getvalue()
 
 
-def png_bytes(rgb: np.ndarray) -> bytes:
+def png_bytes(pixels: np.ndarray) -> bytes:
+    """uint8 [H, W, 3] as an RGB PNG, [H, W, 4] as an RGBA one."""
     buffer = io.BytesIO()
-    Image.fromarray(rgb, "RGB").save(buffer, format="PNG", compress_level=3)
+    Image.fromarray(pixels, "RGBA" if pixels.shape[-1] == 4 else "RGB").save(buffer, format="PNG", compress_level=3)
     return buffer.getvalue()
 
 

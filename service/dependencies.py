@@ -52,6 +52,9 @@ def known_query(*names: str):
 State = Annotated[ServiceState, Depends(get_state)]
 KEY = [Depends(require_key)]
 ModelName = Annotated[str | None, Query(description="model name (GET /v1/models); omitted: the default model", max_length=200)]
+MAX_LAYOUT_PIXELS = 1024
+Margin = Annotated[int, Query(ge=0, le=MAX_LAYOUT_PIXELS, description="pixels before the first tile of a sheet (Tiled's margin)")]
+Spacing = Annotated[int, Query(ge=0, le=MAX_LAYOUT_PIXELS, description="pixels between the tiles of a sheet (Tiled's spacing)")]
 
 
 # -- the pipeline's routes -------------------------------------------------------------------------
@@ -73,7 +76,13 @@ def _columns(value: str) -> int:
     return int(value)
 
 
-FAST_QUERY: dict[str, Callable[[str], Any]] = {"model": _model, "columns": _columns}
+def _pixels(value: str) -> int:
+    if not (value.isascii() and value.isdigit() and int(value) <= MAX_LAYOUT_PIXELS):  # Margin's and Spacing's bounds
+        raise Slow
+    return int(value)
+
+
+FAST_QUERY: dict[str, Callable[[str], Any]] = {"model": _model, "columns": _columns, "margin": _pixels, "spacing": _pixels}
 
 
 class PipelineRoute(APIRoute):

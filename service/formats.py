@@ -20,7 +20,7 @@ from fastapi import Request
 from fastapi.responses import Response
 
 from service import codecs
-from service.codecs import IMAGE_TYPES, JSON, NPY, PNG, TileBatch
+from service.codecs import IMAGE_TYPES, JSON, NPY, PNG, PLAIN, Layout, TileBatch
 from service.errors import UnsupportedMediaType
 from service.offload import INLINE_BYTES
 from tiles import assemble, default_columns
@@ -41,7 +41,7 @@ def _latents_npy(data: bytes, latent_shape: tuple[int, ...], max_tiles: int, mod
     return codecs.latents_from_npy(data, latent_shape, max_tiles, model), None
 
 
-# encode: (body, Limits) -> TileBatch; decode: (body, latent_shape, max_tiles, model) -> (latents, columns)
+# encode: (body, Limits, Layout, channels) -> TileBatch; decode: (body, latent_shape, max_tiles, model) -> (latents, columns)
 ENCODE_READERS: dict[str, Reader] = {
     **{kind: Reader(codecs.tiles_from_image) for kind in IMAGE_TYPES},
     NPY: Reader(codecs.tiles_from_npy, INLINE_BYTES),
@@ -116,15 +116,17 @@ class Decoded:
     """What ``/v1/decode`` answers."""
 
     model: str
-    tiles: np.ndarray  # uint8 [N, 32, 32, 3]
+    tiles: np.ndarray  # uint8 [N, 32, 32, 3] (RGB models) or [N, 32, 32, 4] (RGBA models)
     columns: int | None  # sheet width asked for (query, else body), None: the default
+    layout: Layout = PLAIN  # the PNG sheet's margin and spacing
 
 
 def _decode_png(result: Decoded) -> Response:
     width = result.columns or default_columns(len(result.tiles))
     rows = -(-len(result.tiles) // width)
     headers = {"X-Tessera-Model": result.model, "X-Tessera-Grid": f"{rows},{width}"}
-    return Response(codecs.png_bytes(assemble(result.tiles, width)), media_type=PNG, headers=headers)
+    sheet = assemble(result.tiles, width, result.layout.margin, result.layout.spacing)
+    return Response(codecs.png_bytes(sheet), media_type=PNG, headers=headers)
 
 
 def _decode_npy(result: Decoded) -> Response:

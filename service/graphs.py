@@ -2,8 +2,10 @@
 
 A call is a whole step from wire arrays to wire arrays, conversions included:
 
-- encode: uint8 tiles [N, 32, 32, 3] -> float32 latents [N, *latent_shape]
-- decode: latents [N, *latent_shape] -> uint8 tiles [N, 32, 32, 3] (NaN -> 0, clamped, rounded)
+- encode: uint8 tiles [N, 32, 32, C] -> float32 latents [N, *latent_shape]
+- decode: latents [N, *latent_shape] -> uint8 tiles [N, 32, 32, C] (NaN -> 0, clamped, rounded)
+
+C is the model's channel count: 3 (RGB) or 4 (RGBA).
 
 Why graphs: model calls run in a worker thread beside the event loop, and an eager call takes
 Python's GIL back after each of its few hundred small ops. While the event loop is busy, each
@@ -48,7 +50,7 @@ def calls(module, dtype) -> tuple[Any, Any]:
             self.model = module
 
         def forward(self, tiles: torch.Tensor) -> torch.Tensor:
-            # (N, 3, 32, 32) in [0, 1], laid out NCHW: the permuted view would run the network channels-last
+            # (N, C, 32, 32) in [0, 1], laid out NCHW: the permuted view would run the network channels-last
             x = tiles.permute(0, 3, 1, 2).to(dtype, memory_format=torch.contiguous_format).div(255)
             return self.model.encode(x).float()
 
@@ -58,9 +60,9 @@ def calls(module, dtype) -> tuple[Any, Any]:
             self.model = module
 
         def forward(self, latents: torch.Tensor) -> torch.Tensor:
-            x = self.model.decode(latents.to(dtype)).float()  # (N, 3, 32, 32), not clamped
+            x = self.model.decode(latents.to(dtype)).float()  # (N, C, 32, 32), not clamped
             x = torch.nan_to_num(x, nan=0.0).clamp(0, 1).mul(255).round().to(torch.uint8)
-            return x.permute(0, 2, 3, 1).contiguous()  # (N, 32, 32, 3)
+            return x.permute(0, 2, 3, 1).contiguous()  # (N, 32, 32, C)
 
     return Encode().eval(), Decode().eval()
 
@@ -84,6 +86,11 @@ def trace(call, example, checks: list, rtol: float, atol: float) -> Any:
 Call = Callable[[np.ndarray], np.ndarray]
 
 
+def channels_of(module) -> int:
+    """The channels a model's tiles have: 3 (RGB) or 4 (RGBA; ``config.in_channels`` says)."""
+    return int(getattr(getattr(module, "config", None), "in_channels", 3))
+
+
 def make_calls(module, device: str, dtype, graph: str = "trace", name: str = "model") -> tuple[Call, Call, str]:
     """numpy-in, numpy-out encode and decode calls of ``module``, and how they run: ``graph``
     ("trace" or "eager"), or "eager" when the graphs could not be traced or failed the check
@@ -103,9 +110,10 @@ def _traced_calls(module, device: str, dtype) -> tuple[Any, Any]:
     encode_call, decode_call = calls(module, dtype)
     rng = torch.Generator().manual_seed(0)
     latent_shape = tuple(int(d) for d in module.latent_shape)
+    channels = channels_of(module)
 
     def tiles(n: int) -> torch.Tensor:
-        return torch.randint(0, 256, (n, TILE, TILE, 3), dtype=torch.uint8, generator=rng).to(device)
+        return torch.randint(0, 256, (n, TILE, TILE, channels), dtype=torch.uint8, generator=rng).to(device)
 
     def latents(n: int) -> torch.Tensor:
         return torch.randn(n, *latent_shape, generator=rng).to(device)

@@ -24,14 +24,15 @@ from service.batcher import Batcher
 from service.batching import Ticket
 from service.cache import tile_hashes
 from service.errors import BadRequest, InferenceFailed, TooLarge
+from service.codecs import Layout
 from service.formats import DECODE_READERS, DECODE_WRITERS, ENCODE_READERS, ENCODE_WRITERS, Decoded, Encoded, Reader
 from service.offload import INLINE_TILES, in_pool, off_loop
 from service.registry import ServedModel
 from service.state import ServiceState
 
 
-async def encode(request: Request, state: ServiceState, model: str | None) -> Response:
-    """``POST /v1/encode``: tiles (an image, a sheet, npy or JSON) -> latents."""
+async def encode(request: Request, state: ServiceState, model: str | None, layout: Layout) -> Response:
+    """``POST /v1/encode``: tiles (an image, a sheet laid out by ``layout``, npy or JSON) -> latents."""
     with state.lifecycle.admit():
         deadline = state.clock.now() + state.settings.request_timeout_s
         served = state.registry.get(model)
@@ -39,13 +40,14 @@ async def encode(request: Request, state: ServiceState, model: str | None) -> Re
         write = formats.writer(request, ENCODE_WRITERS)
         with served.encoder.expect() as ticket:  # a batch waiting for company waits for this request
             body = await read_body(request, state.settings.max_body_bytes)
-            batch = await decode_body(read, body, state.settings.decode_timeout_s, state.limits)
+            batch = await decode_body(read, body, state.settings.decode_timeout_s, state.limits, layout, served.channels)
             latents, cached = await encode_tiles(state, served, batch.tiles, deadline, request.receive, ticket)
         return write(Encoded(served.name, served.latent_shape, latents, cached, batch))
 
 
-async def decode(request: Request, state: ServiceState, model: str | None, columns: int | None) -> Response:
-    """``POST /v1/decode``: latents (npy or JSON) -> tiles (a PNG sheet, npy or JSON)."""
+async def decode(request: Request, state: ServiceState, model: str | None, columns: int | None, layout: Layout) -> Response:
+    """``POST /v1/decode``: latents (npy or JSON) -> tiles (a PNG sheet laid out by ``layout``, npy
+    or JSON), RGBA for RGBA models."""
     with state.lifecycle.admit():
         deadline = state.clock.now() + state.settings.request_timeout_s
         served = state.registry.get(model)
@@ -57,7 +59,7 @@ async def decode(request: Request, state: ServiceState, model: str | None, colum
                 read, body, state.settings.decode_timeout_s, served.latent_shape, state.limits.max_tiles, served.name
             )
             tiles = await submit(served.decoder, latents, None, deadline, request.receive, ticket)
-        return write(Decoded(served.name, tiles, columns or body_columns))
+        return write(Decoded(served.name, tiles, columns or body_columns, layout))
 
 
 # -- steps -----------------------------------------------------------------------------------------
@@ -101,7 +103,7 @@ async def decode_body(reader: Reader, body: bytes, timeout_s: float, *args: Any)
 async def encode_tiles(
     state: ServiceState, served: ServedModel, tiles: np.ndarray, deadline: float, receive: Receive, ticket: Ticket
 ) -> tuple[np.ndarray, int]:
-    """Latents of uint8 RGB ``tiles`` [N, 32, 32, 3], from the cache where it has them, and how
+    """Latents of uint8 ``tiles`` [N, 32, 32, channels of the model], from the cache where it has them, and how
     many tiles it had."""
     cache = state.cache
     if cache is None:

@@ -22,7 +22,7 @@ from service.clock import MONOTONIC, Clock
 from service.codecs import TILE
 from service.errors import UnknownModel
 from service.events import EventSink
-from service.graphs import make_calls
+from service.graphs import channels_of, make_calls
 from service.lifecycle import Lifecycle
 from service.settings import DEFAULT_MODEL, Settings
 
@@ -128,6 +128,7 @@ class ServedModel:
     module: Any = field(repr=False)
     info: dict = field(repr=False)
     latent_shape: tuple[int, ...]
+    channels: int  # of the tiles it takes and gives: 3 (RGB, alpha multiplied in) or 4 (RGBA)
     device: str
     dtype: str
     encoder: Batcher = field(repr=False)
@@ -146,6 +147,16 @@ class ServedModel:
         return dict(metrics) if isinstance(metrics, dict) else {}
 
     @property
+    def latent_stats(self) -> dict | None:
+        """Mean and std of its latents over its training corpus (``tessera latent-stats``)."""
+        training = self.info.get("training") or {}
+        stats = training.get("latent_stats") if isinstance(training, dict) else None
+        if not isinstance(stats, dict):
+            return None
+        return {k: stats[k] for k in ("mean", "std", "scaling_factor", "shift_factor", "channel_mean", "channel_std", "tiles")
+                if k in stats}
+
+    @property
     def batchers(self) -> tuple[Batcher, Batcher]:
         return self.encoder, self.decoder
 
@@ -156,10 +167,12 @@ class ServedModel:
             "arch": self.info.get("arch", getattr(self.module, "arch", "unknown")),
             "spec": str(self.info.get("spec") or getattr(self.module, "spec", "")),
             "params": int(self.info.get("params") or sum(p.numel() for p in self.module.parameters())),
+            "channels": "RGBA" if self.channels == 4 else "RGB",
             "latent_shape": list(self.latent_shape),
             "compression_ratio": float(self.info.get("compression_ratio") or self.module.compression_ratio),
             "weights_sha256": self.key,
             "metrics": self.metrics,
+            "latent_stats": self.latent_stats,
             "device": self.device,
             "dtype": self.dtype,
             "graph": self.graph,
@@ -230,6 +243,7 @@ def serve_checkpoint(name: str, path: Path, settings: Settings, device: str, dty
     module, info = read_checkpoint(path, device, dtype)
     module.eval()
     latent_shape = tuple(int(d) for d in module.latent_shape)
+    channels = channels_of(module)
     encode, decode, graph = make_calls(module, device, dtype, settings.graph, name)
     warm = settings.max_batch_tiles  # one full batch: also proves it fits in memory
     common = {
@@ -240,14 +254,14 @@ def serve_checkpoint(name: str, path: Path, settings: Settings, device: str, dty
         "close_early": settings.batch_close_early,
         "clock": clock,
     }
-    encoder = Batcher(name, "encode", encode, warmup=np.zeros((warm, TILE, TILE, 3), np.uint8), **common)
+    encoder = Batcher(name, "encode", encode, warmup=np.zeros((warm, TILE, TILE, channels), np.uint8), **common)
     decoder = Batcher(name, "decode", decode, warmup=np.zeros((warm, *latent_shape), np.float32), **common)
     dtype_name = str(dtype).removeprefix("torch.")
     logger.info(
-        "loaded %s from %s (%s, latent %s, %s on %s, %s) in %.2f s",
-        name, path, info.get("arch"), latent_shape, dtype_name, device, graph, time.monotonic() - start,
+        "loaded %s from %s (%s, %s, latent %s, %s on %s, %s) in %.2f s",
+        name, path, info.get("arch"), "RGBA" if channels == 4 else "RGB", latent_shape, dtype_name, device, graph, time.monotonic() - start,
     )
-    return ServedModel(name, path, module, info, latent_shape, device, dtype_name, encoder, decoder, graph)
+    return ServedModel(name, path, module, info, latent_shape, channels, device, dtype_name, encoder, decoder, graph)
 
 
 def load_registry(settings: Settings, clock: Clock = MONOTONIC) -> Registry:

@@ -11,8 +11,8 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from service import pipeline
-from service.codecs import IMAGE_TYPES, JSON, NPY, PNG
-from service.dependencies import KEY, ModelName, PipelineRoute, State, known_query
+from service.codecs import IMAGE_TYPES, JSON, NPY, PNG, Layout
+from service.dependencies import KEY, Margin, ModelName, PipelineRoute, Spacing, State, known_query
 from service.errors import error_body
 from service.schemas import (
     DecodeJSONRequest,
@@ -53,7 +53,7 @@ ENCODE_BODY = {
         "required": True,
         "content": {
             **{kind: _binary("one 32x32 tile or a sheet with sides multiple of 32; one frame") for kind in IMAGE_TYPES},
-            NPY: _binary("uint8 [N, 32, 32, 3] or [N, 32, 32, 4]"),
+            NPY: _binary("uint8 [N, 32, 32, 3] or [N, 32, 32, 4] (RGBA)"),
             JSON: {"schema": EncodeJSONRequest.model_json_schema(), "example": EncodeJSONRequest.model_config["json_schema_extra"]["examples"][0]},
         },
     }
@@ -75,7 +75,7 @@ DECODE_BODY = {
 @pipeline_routes.post(
     "/v1/encode",
     summary="Encode tiles to latents",
-    dependencies=[*KEY, known_query("model")],
+    dependencies=[*KEY, known_query("model", "margin", "spacing")],
     response_model=EncodeResponse,
     responses={
         200: {
@@ -86,26 +86,30 @@ DECODE_BODY = {
     },
     openapi_extra=ENCODE_BODY,
 )
-async def encode(request: Request, state: State, model: ModelName = None) -> Response:
+async def encode(request: Request, state: State, model: ModelName = None, margin: Margin = 0, spacing: Spacing = 0) -> Response:
     """Encode a tile, a sprite sheet (cut row-major into 32x32 tiles) or many tiles.
 
     Body by Content-Type: an image, ``application/x-npy`` uint8 tiles, or JSON with base64
-    images. RGBA is multiplied by alpha. Answers JSON (default) or ``application/x-npy`` by Accept.
+    images. A sheet laid out with Tiled's ``margin`` and ``spacing`` is cut by them (whole tiles
+    that fit; without them both sides must be multiples of 32). Models whose ``channels`` are
+    RGBA (GET /v1/models) take alpha as it is; RGB models multiply it into the colours. Answers
+    JSON (default) or ``application/x-npy`` by Accept.
     """
-    return await pipeline.encode(request, state, model)
+    return await pipeline.encode(request, state, model, Layout(margin, spacing))
 
 
 @pipeline_routes.post(
     "/v1/decode",
     summary="Decode latents to tiles",
-    dependencies=[*KEY, known_query("model", "columns")],
+    dependencies=[*KEY, known_query("model", "columns", "margin", "spacing")],
     response_class=Response,
     responses={
         200: {
-            "description": "one PNG sheet (default), uint8 npy [N, 32, 32, 3], or JSON with base64 PNG tiles",
+            "description": "one PNG sheet (default), uint8 npy [N, 32, 32, 3] (or 4 for RGBA models), or JSON with base64 PNG tiles",
             "content": {
-                PNG: _binary("sheet `columns` tiles wide, row-major, unused cells black"),
-                NPY: _binary("uint8 [N, 32, 32, 3]"),
+                PNG: _binary("sheet `columns` tiles wide, row-major, unused cells black (transparent for RGBA models), "
+                             "with `margin` and `spacing` when given"),
+                NPY: _binary("uint8 [N, 32, 32, 3], or [N, 32, 32, 4] for RGBA models"),
                 JSON: {"schema": DecodeResponse.model_json_schema()},
             },
         },
@@ -118,9 +122,12 @@ async def decode(
     state: State,
     model: ModelName = None,
     columns: Annotated[int | None, Query(ge=1, le=4096, description="sheet width in tiles; default N if N <= 16 else ceil(sqrt(N))")] = None,
+    margin: Margin = 0,
+    spacing: Spacing = 0,
 ) -> Response:
-    """Decode latents ``[N, *latent_shape]`` (npy or JSON) back to 32x32 RGB tiles."""
-    return await pipeline.decode(request, state, model, columns)
+    """Decode latents ``[N, *latent_shape]`` (npy or JSON) back to 32x32 tiles: RGB, or RGBA for
+    RGBA models. A PNG sheet is laid out with ``margin`` and ``spacing`` when given (Tiled's)."""
+    return await pipeline.decode(request, state, model, columns, Layout(margin, spacing))
 
 
 router.include_router(pipeline_routes)

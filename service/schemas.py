@@ -48,7 +48,19 @@ class EncodeResponse(BaseModel):
 class DecodeResponse(BaseModel):
     model: str
     count: int
-    tiles: list[str] = Field(description="base64 32x32 RGB PNG tiles, in order")
+    tiles: list[str] = Field(description="base64 32x32 PNG tiles, in order: RGB, or RGBA for RGBA models")
+
+
+class LatentStats(BaseModel):
+    """``z_diffusion = (z - shift_factor) * scaling_factor`` gives latents of about unit variance."""
+
+    mean: float
+    std: float
+    scaling_factor: float = Field(description="1 / std, as diffusers' AutoencoderDC config calls it")
+    shift_factor: float = Field(description="the mean")
+    channel_mean: list[float] = Field(description="per latent channel")
+    channel_std: list[float] = Field(description="per latent channel")
+    tiles: int = Field(description="training tiles the statistics were computed over")
 
 
 class ModelInfo(BaseModel):
@@ -57,10 +69,14 @@ class ModelInfo(BaseModel):
     arch: str
     spec: str
     params: int
+    channels: Literal["RGB", "RGBA"] = Field(
+        description="RGB: alpha is multiplied into the colours (transparent -> black); RGBA: alpha goes in and comes back")
     latent_shape: list[int]
     compression_ratio: float
     weights_sha256: str
     metrics: dict[str, Any] = Field(description="validation metrics from training (val_l1, val_mse, val_psnr), {} when none")
+    latent_stats: LatentStats | None = Field(
+        description="the latents' statistics over the training corpus, for latent diffusion; null when not computed")
     device: str = Field(description="where the model runs: cpu or cuda[:N]")
     dtype: str = Field(description="inference dtype: float32, float16 or bfloat16")
     graph: Literal["trace", "eager"] = Field(description="trace: model calls run as TorchScript graphs (TESSERA_GRAPH); eager: plain PyTorch")

@@ -1,8 +1,9 @@
-"""The tile format every part of Tessera agrees on: 32x32 RGB uint8, cut row-major from sheets.
+"""The tile format every part of Tessera agrees on: 32x32 uint8 RGB or RGBA, cut row-major from sheets.
 
-Pure numpy and Pillow (no torch), so the client can share it. RGBA is multiplied by alpha
-(transparent -> black, as the training data was made) and 16-bit grey is scaled down, so a tile
-has one identity whether it arrives as a PNG, a sheet or an array.
+Pure numpy and Pillow (no torch), so the client can share it. An RGB model takes RGBA with
+alpha multiplied in (transparent -> black, as its training data was made); an RGBA model takes
+RGB as opaque. 16-bit grey is scaled down. So a tile has one identity whether it arrives as a
+PNG, a sheet or an array.
 """
 
 from __future__ import annotations
@@ -45,9 +46,42 @@ def to_rgb(image: Image.Image) -> np.ndarray:
     Serving, the client and training's data sets all read images through this rule."""
     if image.mode in SIXTEEN_BIT:
         return np.repeat(_grey8(image)[..., None], 3, axis=-1)
-    if image.mode in _ALPHA_MODES or "transparency" in image.info:
+    if has_alpha(image):
         return premultiply(to_rgba(image))
     return np.asarray(image if image.mode == "RGB" else image.convert("RGB"))
+
+
+def has_alpha(image: Image.Image) -> bool:
+    """Whether an opened image has transparency (an alpha band or a transparent colour)."""
+    return image.mode in _ALPHA_MODES or "transparency" in image.info
+
+
+def to_pixels(image: Image.Image) -> np.ndarray:
+    """Pixels of an opened image as uint8 [H, W, 4] when it has transparency (alpha kept),
+    else [H, W, 3] (an RGBA image that is opaque everywhere included): what a client sends, so that an RGBA model gets the alpha and an RGB model
+    multiplies it in by ``to_channels``, as ``to_rgb`` would."""
+    if not has_alpha(image):
+        return to_rgb(image)
+    return opaque_as_rgb(to_rgba(image))
+
+
+def opaque_as_rgb(rgba: np.ndarray) -> np.ndarray:
+    """uint8 [..., 4] as [..., 3] when every alpha is 255 (the same tiles to any model, in 3/4 of
+    the bytes), else unchanged."""
+    return rgba[..., :3] if (rgba[..., 3] == 255).all() else rgba
+
+
+def to_channels(tiles: np.ndarray, channels: int) -> np.ndarray:
+    """uint8 [..., 3 or 4] as a model with ``channels`` (3 or 4) takes it: RGBA for an RGB model
+    with alpha multiplied in, RGB for an RGBA model made opaque; unchanged when it matches."""
+    have = tiles.shape[-1]
+    if have == channels:
+        return tiles
+    if have == 4 and channels == 3:
+        return premultiply(tiles)
+    if have == 3 and channels == 4:
+        return np.concatenate([tiles, np.full((*tiles.shape[:-1], 1), 255, np.uint8)], axis=-1)
+    raise ValueError(f"cannot turn {have}-channel tiles into {channels} channels")
 
 
 def grid_of(height: int, width: int, size: int = TILE, margin: int = 0, spacing: int = 0) -> tuple[int, int]:

@@ -1,5 +1,7 @@
 """Compare checkpoints on a data set's validation split: size, ratio, L1/MSE/PSNR/SSIM per
-validation source and over all of them, and speed.
+validation source and over all of them, and speed. RGBA checkpoints are measured on the tiles
+with alpha: L1/PSNR/SSIM of the colours multiplied by alpha (the RGB models' target, so the
+rows compare), alpha IoU (alpha >= 0.5) and PSNR of the colour over covered pixels.
 
     report = evaluate_checkpoints(["checkpoints/baseline.safetensors"], "data/dcss")
     print(write_report(report, "docs/evaluation"))  # writes .md and .json
@@ -16,7 +18,8 @@ import torch
 import model as models
 from training.atomic import atomic_write_text
 from training.dataset import TileData
-from training.metrics import metrics_from_sums, reconstruction_sums
+from training.errors import DataError
+from training.metrics import SUMS, metrics_from_sums, reconstruction_sums, rgba_metrics_from_sums
 from training.plots import display_name
 
 MIN_TIMING_S = 1.0  # time each direction for at least this long (and at least 3 batches)
@@ -34,13 +37,26 @@ def tiles_per_second(fn, x: torch.Tensor) -> float:
     return runs * len(x) / (time.perf_counter() - start)
 
 
+def _metrics(sums: torch.Tensor, rgba: bool) -> dict[str, float]:
+    metrics = metrics_from_sums(*sums[:SUMS].tolist())
+    if rgba:
+        metrics.update({f"val_{k}": v for k, v in rgba_metrics_from_sums(*sums[SUMS:].tolist()).items()})
+    return metrics
+
+
 def evaluate_checkpoint(path: str | Path, val: dict[str, torch.Tensor], batch_size: int = 256,
-                        device: str = "cpu") -> dict:
-    """One row of the table for checkpoint ``path``; ``val``: uint8 (N, 3, 32, 32) tiles per source."""
+                        device: str = "cpu", val_rgba: dict[str, torch.Tensor] | None = None) -> dict:
+    """One row of the table for checkpoint ``path``; ``val``: uint8 (N, 3, 32, 32) tiles per
+    source, ``val_rgba`` the same tiles with alpha (N, 4, 32, 32), which RGBA models need."""
     module, info = models.load_checkpoint(path, device=device)
-    sums = {src: reconstruction_sums(module, tiles, batch_size, device) for src, tiles in val.items()}
-    metrics = metrics_from_sums(*torch.stack(list(sums.values())).sum(0).tolist())
-    per_source = {src: metrics_from_sums(*s.tolist()) for src, s in sums.items()}
+    rgba = module.config.in_channels == 4
+    if rgba:
+        if val_rgba is None:
+            raise DataError(f"{path} is an RGBA model; evaluate it on a data set with alpha (`tessera data corpus`)")
+        val = val_rgba
+    sums = {src: reconstruction_sums(module, tiles, batch_size, device, rgba=rgba) for src, tiles in val.items()}
+    metrics = _metrics(torch.stack(list(sums.values())).sum(0), rgba)
+    per_source = {src: _metrics(s, rgba) for src, s in sums.items()}
     every = torch.cat(list(val.values()))
     x = every[:batch_size].to(device).float().div(255.0)
     if len(x) < batch_size:  # a small validation split: repeat it to fill the timing batch
@@ -55,6 +71,7 @@ def evaluate_checkpoint(path: str | Path, val: dict[str, torch.Tensor], batch_si
         "params": info["params"],
         "compression_ratio": info["compression_ratio"],
         "latent_shape": info["latent_shape"],
+        "channels": "RGBA" if rgba else "RGB",
         "stored_dtype": info.get("stored_dtype"),
         "inputs_seen": training.get("inputs_seen"),
         **metrics,
@@ -67,8 +84,12 @@ def evaluate_checkpoint(path: str | Path, val: dict[str, torch.Tensor], batch_si
 def evaluate_checkpoints(paths: list[str], data: str | Path, batch_size: int = 256, device: str = "cpu") -> dict:
     """Rows for every checkpoint plus what they were measured on."""
     tiles = TileData.open(data)
-    val = {src: torch.from_numpy(t).permute(0, 3, 1, 2).contiguous() for src, t in tiles.val_sources().items()}
-    rows = [evaluate_checkpoint(p, val, batch_size, device) for p in paths]
+    def channels_first(sources: dict) -> dict[str, torch.Tensor]:
+        return {src: torch.from_numpy(t).permute(0, 3, 1, 2).contiguous() for src, t in sources.items()}
+
+    val = channels_first(tiles.val_sources())
+    val_rgba = channels_first(tiles.val_sources_rgba()) if tiles.has_rgba else None
+    rows = [evaluate_checkpoint(p, val, batch_size, device, val_rgba) for p in paths]
     return {
         "data": {**tiles.describe(), "source_counts": {src: len(t) for src, t in val.items()}},
         "device": device,
@@ -101,6 +122,14 @@ def markdown_table(report: dict) -> str:
             f"| {r['val_l1']:.5f} | {r['val_psnr']:.2f} | {r['val_ssim']:.3f} |{cells} {r['encode_tiles_per_s']:,.0f} "
             f"| {r['decode_tiles_per_s']:,.0f} | {seen} |"
         )
+    alpha = [r for r in rows if r.get("channels") == "RGBA"]
+    if alpha:
+        lines += ["", "RGBA models: L1/PSNR/SSIM above compare colours multiplied by alpha (the RGB models' target).", "",
+                  "| model | alpha IoU (>= 0.5) | covered-colour PSNR (dB) |" + "".join(f" {s} IoU / PSNR |" for s in sources),
+                  "|---|---:|---:|" + "---:|" * len(sources)]
+        for r in alpha:
+            cells = "".join(f" {r['sources'][s]['alpha_iou']:.4f} / {r['sources'][s]['covered_psnr']:.2f} |" for s in sources)
+            lines.append(f"| {r['name']} | {r['val_alpha_iou']:.4f} | {r['val_covered_psnr']:.2f} |{cells}")
     data = report["data"]
     counts = data.get("source_counts") or {}
     described = ", ".join(f"{s} {counts[s]}" for s in counts) if several else f"{data['counts']['val']} tiles"

@@ -103,32 +103,46 @@ def grid_image(original: np.ndarray, reconstructed: np.ndarray, columns: int = C
     return image
 
 
-def validation_sample(data: TileData, count: int) -> np.ndarray:
+def on_checkerboard(rgba: np.ndarray, square: int = 4) -> np.ndarray:
+    """uint8 (N, H, W, 4) composited over a light grey checkerboard of ``square``-pixel squares
+    (as image editors show transparency) -> uint8 (N, H, W, 3)."""
+    height, width = rgba.shape[1:3]
+    ys, xs = np.indices((height, width)) // square
+    board = np.where((ys + xs) % 2 == 0, 204, 153).astype(np.float64)[None, :, :, None]
+    alpha = rgba[..., 3:4].astype(np.float64) / 255.0
+    return np.round(rgba[..., :3] * alpha + board * (1.0 - alpha)).astype(np.uint8)
+
+
+def validation_sample(data: TileData, count: int, rgba: bool = False) -> np.ndarray:
     """The first validation tiles of each source, in equal shares (rows of the grid alternate
-    sources when there are several), ``count`` in all."""
-    sources = list(data.val_sources().values())
+    sources when there are several), ``count`` in all; with alpha when ``rgba``."""
+    sources = list((data.val_sources_rgba() if rgba else data.val_sources()).values())
     share = max(1, -(-count // len(sources)))
     return np.concatenate([tiles[:share] for tiles in sources])[:count]
 
 
 @torch.inference_mode()
 def plot_reconstructions(runs: list[str | Path], data: str | Path, out: str | Path, count: int = 32) -> Path:
-    """Validation tiles (original row above reconstruction row) for each model, side by side."""
+    """Validation tiles (original row above reconstruction row) for each model, side by side;
+    an RGBA model's tiles with alpha, over a checkerboard."""
     if count < 1:
         raise ValueError(f"--tiles must be at least 1, got {count}")
-    val = validation_sample(TileData.open(data), count)
+    tiles = TileData.open(data)
     plt = _pyplot()
-    fig, axes = plt.subplots(1, len(runs), figsize=(5.5 * len(runs), 5.5 * math.ceil(len(val) / COLUMNS) / 4 + 0.8),
-                             dpi=120, squeeze=False)
-    x = torch.from_numpy(val).permute(0, 3, 1, 2).float().div(255.0)
+    rows = math.ceil(min(count, sum(len(v) for v in tiles.val_sources().values())) / COLUMNS)
+    fig, axes = plt.subplots(1, len(runs), figsize=(5.5 * len(runs), 5.5 * rows / 4 + 0.8), dpi=120, squeeze=False)
     for ax, run in zip(axes[0], runs):
         path = checkpoint_of(run)
         module, info = models.load_checkpoint(path)
+        rgba = module.config.in_channels == 4
+        val = validation_sample(tiles, count, rgba)
+        x = torch.from_numpy(val).permute(0, 3, 1, 2).float().div(255.0)
         x_hat = module(x).clamp(0, 1)
         recon = (x_hat * 255.0).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
         l1 = (x_hat - x).abs().mean().item()
         name = Path(run).name if Path(run).is_dir() else display_name(path)
-        ax.imshow(grid_image(val, recon), interpolation="nearest")
+        shown = (on_checkerboard(val), on_checkerboard(recon)) if rgba else (val, recon)
+        ax.imshow(grid_image(*shown), interpolation="nearest")
         ax.set_title(f"{name}\nratio {info['compression_ratio']:g}, L1 {l1:.4f} on these tiles", fontsize=10)
         ax.axis("off")
     return _save(fig, out)

@@ -31,7 +31,7 @@ from torch.utils.data import DataLoader, DistributedSampler, Sampler
 from tqdm import tqdm
 
 import model as models
-from model.config import parse_spec
+from model.presets import parse_spec
 from training.atomic import atomic_write_text
 from training.config import FIELDS, RUN_KEYS, TrainConfig, default_lr, structure_weight
 from training.dataset import TileData, TileDataset, keep_batch

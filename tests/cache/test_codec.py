@@ -29,8 +29,13 @@ def test_tile_hashes_follow_pixels():
     tiles[1, 0, 0, 0] = 1
     a, b, c = tile_hashes(tiles)
     assert a == c != b and len(a) == 32
-    with pytest.raises(ValueError, match="RGB"):
-        tile_hashes(np.zeros((1, 32, 32, 4), dtype=np.uint8))
+    rgba = np.zeros((2, 32, 32, 4), dtype=np.uint8)
+    rgba[1, ..., 3] = 255  # the same colours, another alpha: another tile
+    d, e = tile_hashes(rgba)
+    assert d != e and a not in (d, e)
+    for bad in (np.zeros((1, 32, 32, 2), np.uint8), np.zeros((1, 32, 32, 3), np.float32)):
+        with pytest.raises(ValueError, match="3 or 4"):
+            tile_hashes(bad)
 
 
 def test_key_carries_prefix_weights_hash_and_tile_hash():

@@ -7,7 +7,16 @@ import pytest
 from PIL import Image
 
 from client.errors import InputError
-from client.tiles import assemble_sheet, cut_sheet, default_columns, image_to_rgb, load_image, tiles_from_array
+from client.tiles import (
+    assemble_sheet,
+    cut_sheet,
+    default_columns,
+    image_pixels,
+    image_to_rgb,
+    load_image,
+    tiles_from_array,
+    to_channels,
+)
 
 
 def _sheet(rows: int, cols: int) -> np.ndarray:
@@ -39,7 +48,19 @@ def test_alpha_is_multiplied_in():
     rgba[0, 0, 3] = 0
     rgb = image_to_rgb(Image.fromarray(rgba, "RGBA"))
     assert rgb.shape == (32, 32, 3) and rgb[0, 0].tolist() == [0, 0, 0] and rgb[1, 1].tolist() == [100, 100, 100]
-    np.testing.assert_array_equal(tiles_from_array(rgba[None]), rgb[None])
+    np.testing.assert_array_equal(to_channels(tiles_from_array(rgba[None]), 3), rgb[None])
+
+
+def test_what_is_sent_keeps_alpha_only_where_there_is_transparency():
+    rgba = np.full((32, 32, 4), 200, dtype=np.uint8)
+    rgba[..., 3] = 255
+    assert image_pixels(Image.fromarray(rgba, "RGBA")).shape == (32, 32, 3)  # opaque: RGB, the same tile
+    rgba[0, 0, 3] = 0
+    sent = image_pixels(Image.fromarray(rgba, "RGBA"))
+    assert sent.shape == (32, 32, 4) and sent[0, 0, 3] == 0 and sent[0, 0, 0] == 200  # colour kept under alpha 0
+    np.testing.assert_array_equal(tiles_from_array(rgba[None]), rgba[None])  # arrays are sent as they are
+    opaque = to_channels(sent[None, ..., :3], 4)
+    assert opaque.shape == (1, 32, 32, 4) and (opaque[..., 3] == 255).all()
 
 
 def test_unused_cells_of_a_sheet_are_black():

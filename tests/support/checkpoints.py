@@ -7,14 +7,24 @@ from pathlib import Path
 TINY = "dcae-t48"  # every block kind, ~390k parameters: milliseconds per call at 32x32
 
 
-def save_checkpoint(path: Path, preset: str = TINY, seed: int = 0, metrics: dict | None = None) -> Path:
-    """A checkpoint of ``preset`` with random weights (torch seed ``seed``) at ``path``; its
-    training metadata holds ``metrics`` when given (``/v1/models`` lists them)."""
+def tiny_rgba() -> str:
+    """``TINY`` with 4 channels in and out: an RGBA model."""
+    import model
+
+    return model.PRESETS[TINY].replace("latent_channels=64", "in_channels=4 latent_channels=64")
+
+
+def save_checkpoint(path: Path, preset: str = TINY, seed: int = 0, metrics: dict | None = None,
+                    training: dict | None = None) -> Path:
+    """A checkpoint of ``preset`` (a name or a dot-list) with random weights (torch seed
+    ``seed``) at ``path``; its training record holds ``metrics`` when given (``/v1/models``
+    lists them) and the entries of ``training``."""
     import torch
 
     import model
 
     torch.manual_seed(seed)
     path.parent.mkdir(parents=True, exist_ok=True)
-    model.save_checkpoint(model.build(preset), path, metadata={"metrics": metrics} if metrics is not None else None)
+    record = {**({"metrics": metrics} if metrics is not None else {}), **(training or {})}
+    model.save_checkpoint(model.build(preset), path, metadata=record or None)
     return path

@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import math
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -207,6 +208,28 @@ def test_an_rgba_model_trains_on_the_rgba_tiles_with_alpha_metrics(sheet_folder,
     assert 0 <= record["metrics"]["val_alpha_iou"] <= 1 and "val_covered_psnr" in record["metrics"]
     with open(out / "val.csv", newline="") as handle:
         assert {"val_alpha_iou", "val_covered_psnr"} <= set(next(csv.DictReader(handle)))
+
+    from training.evaluate import evaluate_checkpoints, markdown_table
+    from training.plots import plot_reconstructions
+
+    report = evaluate_checkpoints([str(out / "last.safetensors")], tmp_path / "corpus")
+    (row,) = report["rows"]
+    assert row["channels"] == "RGBA" and 0 <= row["sources"]["art"]["alpha_iou"] <= 1
+    assert row["val_alpha_iou"] == pytest.approx(record["metrics"]["val_alpha_iou"], abs=1e-6)
+    assert "alpha IoU" in markdown_table(report)
+    assert plot_reconstructions([out], tmp_path / "corpus", tmp_path / "grid.png", count=8).stat().st_size > 0
+
+
+def test_transparent_pixels_show_the_checkerboard():
+    from training.plots import on_checkerboard
+
+    rgba = np.zeros((1, 8, 8, 4), np.uint8)
+    rgba[0, :, 4:] = (255, 0, 0, 255)  # right half opaque red
+    rgba[0, :, :4, :3] = 255  # left half transparent white: never shown
+    shown = on_checkerboard(rgba)
+    assert shown.shape == (1, 8, 8, 3)
+    assert (shown[0, :, 4:] == (255, 0, 0)).all()
+    assert {tuple(shown[0, y, x]) for y in range(8) for x in range(4)} == {(204, 204, 204), (153, 153, 153)}
 
 
 def test_an_rgba_model_needs_rgba_tiles(tiny_data, tmp_path):
