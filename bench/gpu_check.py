@@ -56,7 +56,7 @@ from bench import results
 from bench.console import setup_logging
 from bench.machine import ROOT, describe, describe_cuda
 from bench.procs import run_group
-from tests.support.serve import tessera_command
+from tests.support.serve import TesseraServer, tessera_command
 
 logger = logging.getLogger(__name__)
 
@@ -292,26 +292,32 @@ def run_raw(stage: Stage) -> None:
 
 def run_service(stage: Stage) -> None:
     """A real `tessera serve` on the big model, loaded by bench.service's machinery."""
-    import httpx
-
-    from bench import load, raw, wrk
-    from bench.bodies import Sheets
-    from tests.support.serve import tessera_server
-    from bench.service import measured
-
     plan = stage.plan
+    runs = service_runs(plan)
     path = big_checkpoint(stage)
     name = path.stem
-    env = {
-        "TESSERA_CHECKPOINTS": str(path.parent), "TESSERA_DEVICE": plan.device, "TESSERA_CUDA_DTYPE": plan.serve_dtype,
-        "TESSERA_MAX_BATCH_TILES": str(plan.max_batch_tiles),
-        "TESSERA_MAX_REQUESTS_IN_FLIGHT": str(max(256, 2 * plan.wrk_connections)),
-        **({"TESSERA_TORCH_THREADS": str(plan.threads)} if plan.threads else {}),
-    }
+    env = service_env(plan, path)
     parts: dict[str, dict] = {}
     stage.data.update(model=name, server_env=env, parts=parts)
+    serve_parts(stage, env, name, runs, parts)
+    done = {k: p for k, p in parts.items() if p.get("ok")}
+    add_server_cpu(done)
+    stage.save()
+    compare_with_raw(stage, name, path, done)
+    bad = [f"{k}: {_part_problem(p)}" for k, p in parts.items() if _part_problem(p)]
+    stage.data["passed"] = bool(done) and not bad
+    if bad:
+        stage.data["problem"] = "; ".join(bad)
+
+
+def service_runs(plan: Plan) -> dict[str, tuple[str, Callable]]:
+    """The service stage's parts: what each one sends, and its load as a function of the server's
+    URL (None for wrk's, which ``measure_wrk`` runs)."""
+    from bench import load
+    from bench.bodies import Sheets
+
     sheet_tiles, client_tiles = plan.sheet_grid[0] * plan.sheet_grid[1], plan.client_grid[0] * plan.client_grid[1]
-    runs: dict[str, tuple[str, Callable]] = {
+    return {
         "sheet": (f"{sheet_tiles:,}-tile sheets, one request at a time", lambda url: load.closed_loop(
             url, Sheets(*plan.sheet_grid, count=plan.sheet_requests + 1, seed=1000), concurrency=1,
             requests=plan.sheet_requests, warmup_requests=1)),
@@ -320,6 +326,28 @@ def run_service(stage: Stage) -> None:
             concurrency=plan.clients, requests=plan.clients * plan.client_requests, warmup_requests=plan.clients)),
         "wrk": (f"{plan.wrk_connections} wrk connections sending single tiles", None),
     }
+
+
+def service_env(plan: Plan, path: Path) -> dict[str, str]:
+    """The server's environment: ``path``'s folder of checkpoints on the plan's device."""
+    return {
+        "TESSERA_CHECKPOINTS": str(path.parent), "TESSERA_DEVICE": plan.device, "TESSERA_CUDA_DTYPE": plan.serve_dtype,
+        "TESSERA_MAX_BATCH_TILES": str(plan.max_batch_tiles),
+        "TESSERA_MAX_REQUESTS_IN_FLIGHT": str(max(256, 2 * plan.wrk_connections)),
+        **({"TESSERA_TORCH_THREADS": str(plan.threads)} if plan.threads else {}),
+    }
+
+
+def serve_parts(
+    stage: Stage, env: dict[str, str], name: str, runs: dict[str, tuple[str, Callable]], parts: dict[str, dict]
+) -> None:
+    """Start the server with ``env`` and measure each of ``runs`` against it into ``parts``; a part
+    that fails is recorded and the next one runs."""
+    import httpx
+
+    from bench.service import measured
+    from tests.support.serve import tessera_server
+
     begun = time.monotonic()
     with tessera_server(env, stage.work / "service-serve.log", ready_timeout_s=max(10.0, stage.left_s() - 20)) as server:
         stage.data["ready_s"] = round(time.monotonic() - begun, 2)  # load, trace, warm-up at every batch size
@@ -330,54 +358,68 @@ def run_service(stage: Stage) -> None:
                 part["skipped"] = "the stage's time budget was spent"
                 continue
             try:
-                if key == "wrk":
-                    if not wrk.available():
-                        part["skipped"] = "wrk not found (Debian package wrk): this part was not run"
-                        continue
-                    tiles = wrk.WrkTiles(seed=3)
-
-                    def single_tiles(url=server.url, tiles=tiles) -> dict:
-                        tiles.run(url, concurrency=plan.wrk_connections, duration_s=plan.wrk_warmup_s)
-                        return tiles.run(url, concurrency=plan.wrk_connections, duration_s=plan.wrk_duration_s)
-
-                    try:
-                        part.update(measured(server, name, single_tiles))
-                    finally:
-                        tiles.close()
-                else:
+                if key != "wrk":
                     part.update(measured(server, name, work(server.url)))
+                elif not measure_wrk(stage.plan, server, name, part):
+                    continue
             except Exception as exc:
                 logger.exception("service: %s failed", key)
                 part["error"] = f"{type(exc).__name__}: {exc}"[:500]
             stage.save()
 
-    done = {k: p for k, p in parts.items() if p.get("ok")}
+
+def measure_wrk(plan: Plan, server: TesseraServer, name: str, part: dict) -> bool:
+    """wrk's single-tile connections, a warm-up run and then the measured one, into ``part``; False
+    (and why in ``part``) when wrk is not installed."""
+    from bench import wrk
+    from bench.service import measured
+
+    if not wrk.available():
+        part["skipped"] = "wrk not found (Debian package wrk): this part was not run"
+        return False
+    tiles = wrk.WrkTiles(seed=3)
+
+    def single_tiles(url=server.url, tiles=tiles) -> dict:
+        tiles.run(url, concurrency=plan.wrk_connections, duration_s=plan.wrk_warmup_s)
+        return tiles.run(url, concurrency=plan.wrk_connections, duration_s=plan.wrk_duration_s)
+
+    try:
+        part.update(measured(server, name, single_tiles))
+    finally:
+        tiles.close()
+    return True
+
+
+def add_server_cpu(done: dict[str, dict]) -> None:
+    """The server's CPU per request and per tile of each measured part, where its threads were told apart."""
     for part in done.values():
         cpu = part["cpu_s"]
         if "server_loop" in cpu:  # from /proc/<pid>/task: the event loop, and every other thread
             server_s = cpu["server_loop"] + cpu["server_model"]
             part["server_cpu_ms_per_request"] = 1000 * server_s / part["ok"]
             part["server_cpu_us_per_tile"] = 1e6 * server_s / max(1, part["tiles"])
-    stage.save()
 
-    # the call the server makes (and plain eager), alone, at the batch sizes it formed
+
+def compare_with_raw(stage: Stage, name: str, path: Path, done: dict[str, dict]) -> None:
+    """The call the server makes (and plain eager), alone, at the batch sizes it formed: its rows in
+    ``stage.data["raw"]``, the best of them at each part's batch in the part, with the ratio."""
+    from bench import raw
+
+    plan = stage.plan
     formed = {k: max(1, round(p["server"]["mean_batch_tiles"] or 1)) for k, p in done.items()}
-    if formed and stage.left_s() > 5:
-        rows = raw.measure_model(
-            name, path, device=plan.device, dtype_name=stage.data["served"]["dtype"],
-            threads=plan.threads or _torch_threads(), batch_sizes=sorted(set(formed.values())),
-            min_run_time=plan.raw_min_run_time, ops=("encode",), graphs=("eager", "trace"), deadline=stage.deadline,
-        )
-        stage.data["raw"] = rows
-        for key, part in done.items():
-            best = max((r for r in rows if r["batch"] == formed[key]), key=lambda r: r["tiles_per_s"], default=None)
-            if best is not None:
-                part["raw"] = {"batch": best["batch"], "graph": best["graph"], "tiles_per_s": best["tiles_per_s"]}
-                part["vs_raw"] = part["tiles_per_s"] / best["tiles_per_s"]
-    bad = [f"{k}: {_part_problem(p)}" for k, p in parts.items() if _part_problem(p)]
-    stage.data["passed"] = bool(done) and not bad
-    if bad:
-        stage.data["problem"] = "; ".join(bad)
+    if not formed or stage.left_s() <= 5:
+        return
+    rows = raw.measure_model(
+        name, path, device=plan.device, dtype_name=stage.data["served"]["dtype"],
+        threads=plan.threads or _torch_threads(), batch_sizes=sorted(set(formed.values())),
+        min_run_time=plan.raw_min_run_time, ops=("encode",), graphs=("eager", "trace"), deadline=stage.deadline,
+    )
+    stage.data["raw"] = rows
+    for key, part in done.items():
+        best = max((r for r in rows if r["batch"] == formed[key]), key=lambda r: r["tiles_per_s"], default=None)
+        if best is not None:
+            part["raw"] = {"batch": best["batch"], "graph": best["graph"], "tiles_per_s": best["tiles_per_s"]}
+            part["vs_raw"] = part["tiles_per_s"] / best["tiles_per_s"]
 
 
 def _part_problem(part: dict) -> str | None:

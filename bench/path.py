@@ -55,6 +55,7 @@ def measure(checkpoint: Path, threads: int, min_time_s: float) -> list[dict]:
     from service import codecs
     from service.cache import MemoryLatentCache, tile_hashes
     from service.graphs import make_calls
+    from service.npy import npy_bytes
 
     from service.malloc_tuning import keep_freed_memory
 
@@ -89,7 +90,7 @@ def measure(checkpoint: Path, threads: int, min_time_s: float) -> list[dict]:
             "cache lookup, all hit": lambda: drive(full.get_many(key, hashes)),
             "cache store": store,
             "model call (batches of 64)": lambda: [encode(tiles[i : i + 64]) for i in range(0, n, 64)],
-            "answer as npy": lambda: codecs.npy_bytes(latents),
+            "answer as npy": lambda: npy_bytes(latents),
             "answer as JSON": lambda: JSONResponse({"latents": latents.tolist()}).body,
         }
         for step, fn in steps.items():

@@ -62,71 +62,25 @@ def measure_model(
     import numpy as np
     import torch
 
-    import model
-    from service.graphs import make_calls
-
     dtype = getattr(torch, dtype_name)
     cuda = device.startswith("cuda")
-    module, _ = model.load_checkpoint(path, device=device, dtype=dtype)
-    module.eval()
     layout = torch.channels_last if channels_last else torch.contiguous_format
-    if channels_last:
-        module.to(memory_format=layout)
-    torch.set_num_threads(threads)  # before tracing: the graph's kernels are chosen for it
-    traced = make_calls(module, device, dtype, "trace", name) if "trace" in graphs and not channels_last else None
-    if traced is not None and traced[2] != "trace":
-        traced = None  # it runs eager in the server too (make_calls logged why): no trace rows
-    compiled = {}
-    if "compile" in graphs:  # static shapes (dynamic ones took dynamo 10x longer); each batch size compiles at its first call
-        compiled = {op: torch.compile(getattr(module, op), dynamic=False, backend=compile_backend) for op in ("encode", "decode")}
+    module, traced, compiled = _load_forms(name, path, device, dtype, channels_last, threads, graphs, compile_backend)
     sync = torch.cuda.synchronize if cuda else (lambda: None)
     rng = np.random.default_rng(0)
     rows = []
     for batch in batch_sizes:
-        x = torch.rand(batch, 3, 32, 32, device=device, dtype=dtype).contiguous(memory_format=layout)  # (B, 3, 32, 32)
-        with torch.inference_mode():
-            z = module.encode(x)  # (B, *latent_shape)
-        tiles = rng.integers(0, 256, (batch, 32, 32, 3), dtype=np.uint8)
-        latents = z.float().cpu().numpy()
-
-        def on_device(call, arg):
-            def run():
-                with torch.inference_mode():
-                    call(arg)
-                sync()
-            return run
-
-        calls = {("eager", "encode"): on_device(module.encode, x), ("eager", "decode"): on_device(module.decode, z)}
-        if traced is not None:  # numpy in, numpy out: the result is on the host, no sync needed
-            calls[("trace", "encode")] = lambda tiles=tiles: traced[0](tiles)
-            calls[("trace", "decode")] = lambda latents=latents: traced[1](latents)
-        if compiled:
-            calls[("compile", "encode")] = on_device(compiled["encode"], x)
-            calls[("compile", "decode")] = on_device(compiled["decode"], z)
+        calls = _batch_calls(module, traced, compiled, batch, device, dtype, layout, rng, sync)
         for (graph, op), fn in calls.items():
             if op not in ops or graph not in graphs:
                 continue
             if deadline is not None and time.monotonic() > deadline:
                 logger.warning("%s: out of time, %s %s at batch %d and after not measured", name, graph, op, batch)
                 return rows
-            if cuda:
-                sync()
-                torch.cuda.reset_peak_memory_stats(device)
-            first = time.perf_counter()
-            fn()
-            first = time.perf_counter() - first
-            busy, own, wall = machine_busy_s(), time.process_time(), time.perf_counter()
-            m = _timed(fn, threads, min_run_time)
-            busy_after, own, wall = machine_busy_s(), time.process_time() - own, time.perf_counter() - wall
             row = {
                 "model": name, "op": op, "graph": graph, "device": device, "dtype": dtype_name, "threads": threads,
                 "layout": "channels_last" if channels_last else "contiguous",
-                "batch": batch, "median_s": m.median, "iqr_s": m.iqr, "runs": len(m.times) * m.number_per_run,
-                "tiles_per_s": batch / m.median,
-                "first_call_s": first,  # for "compile", this batch size's compilation
-                "peak_mib": torch.cuda.max_memory_allocated(device) / 2**20 if cuda else None,
-                # cores' worth of CPU other processes used meanwhile: well above 0, the point is low
-                "other_cores": None if busy is None or busy_after is None else max(0.0, busy_after - busy - own) / wall,
+                "batch": batch, **_measure_point(fn, batch, device, threads, min_run_time, sync),
             }
             logger.info("%s %s %s %s/%s %s threads=%d batch=%d: %.0f tiles/s", name, op, graph, device, dtype_name,
                         row["layout"], threads, batch, row["tiles_per_s"])
@@ -134,6 +88,83 @@ def measure_model(
             if on_row is not None:
                 on_row(row)
     return rows
+
+
+def _load_forms(
+    name: str, path: Path, device: str, dtype, channels_last: bool, threads: int, graphs, compile_backend: str
+):
+    """The checkpoint's module (in channels-last memory format or not), the service's traced calls
+    (None when not asked for, in channels-last, or when the service runs eager) and the compiled
+    encode and decode ({} when not asked for)."""
+    import torch
+
+    import model
+    from service.graphs import make_calls
+
+    module, _ = model.load_checkpoint(path, device=device, dtype=dtype)
+    module.eval()
+    if channels_last:
+        module.to(memory_format=torch.channels_last)
+    torch.set_num_threads(threads)  # before tracing: the graph's kernels are chosen for it
+    traced = make_calls(module, device, dtype, "trace", name) if "trace" in graphs and not channels_last else None
+    if traced is not None and traced[2] != "trace":
+        traced = None  # it runs eager in the server too (make_calls logged why): no trace rows
+    compiled = {}
+    if "compile" in graphs:  # static shapes (dynamic ones took dynamo 10x longer); each batch size compiles at its first call
+        compiled = {op: torch.compile(getattr(module, op), dynamic=False, backend=compile_backend) for op in ("encode", "decode")}
+    return module, traced, compiled
+
+
+def _batch_calls(module, traced, compiled: dict, batch: int, device: str, dtype, layout, rng, sync) -> dict:
+    """One call per (graph, op) on inputs of ``batch`` tiles prepared in advance."""
+    import numpy as np
+    import torch
+
+    x = torch.rand(batch, 3, 32, 32, device=device, dtype=dtype).contiguous(memory_format=layout)  # (B, 3, 32, 32)
+    with torch.inference_mode():
+        z = module.encode(x)  # (B, *latent_shape)
+    tiles = rng.integers(0, 256, (batch, 32, 32, 3), dtype=np.uint8)
+    latents = z.float().cpu().numpy()
+
+    def on_device(call, arg):
+        def run():
+            with torch.inference_mode():
+                call(arg)
+            sync()
+        return run
+
+    calls = {("eager", "encode"): on_device(module.encode, x), ("eager", "decode"): on_device(module.decode, z)}
+    if traced is not None:  # numpy in, numpy out: the result is on the host, no sync needed
+        calls[("trace", "encode")] = lambda tiles=tiles: traced[0](tiles)
+        calls[("trace", "decode")] = lambda latents=latents: traced[1](latents)
+    if compiled:
+        calls[("compile", "encode")] = on_device(compiled["encode"], x)
+        calls[("compile", "decode")] = on_device(compiled["decode"], z)
+    return calls
+
+
+def _measure_point(fn, batch: int, device: str, threads: int, min_run_time: float, sync) -> dict:
+    """The first call of ``fn`` and then its timing; on CUDA, the GPU memory peak meanwhile."""
+    import torch
+
+    cuda = device.startswith("cuda")
+    if cuda:
+        sync()
+        torch.cuda.reset_peak_memory_stats(device)
+    first = time.perf_counter()
+    fn()
+    first = time.perf_counter() - first
+    busy, own, wall = machine_busy_s(), time.process_time(), time.perf_counter()
+    m = _timed(fn, threads, min_run_time)
+    busy_after, own, wall = machine_busy_s(), time.process_time() - own, time.perf_counter() - wall
+    return {
+        "median_s": m.median, "iqr_s": m.iqr, "runs": len(m.times) * m.number_per_run,
+        "tiles_per_s": batch / m.median,
+        "first_call_s": first,  # for "compile", this batch size's compilation
+        "peak_mib": torch.cuda.max_memory_allocated(device) / 2**20 if cuda else None,
+        # cores' worth of CPU other processes used meanwhile: well above 0, the point is low
+        "other_cores": None if busy is None or busy_after is None else max(0.0, busy_after - busy - own) / wall,
+    }
 
 
 def run(

@@ -22,6 +22,7 @@ from fastapi.responses import Response
 from service import codecs
 from service.codecs import IMAGE_TYPES, JSON, NPY, PNG, PLAIN, Layout, TileBatch
 from service.errors import UnsupportedMediaType
+from service.npy import npy_bytes
 from service.offload import INLINE_BYTES
 from tiles import assemble, default_columns
 
@@ -108,7 +109,7 @@ def _encode_json(result: Encoded) -> Response:
 
 
 def _encode_npy(result: Encoded) -> Response:
-    return Response(codecs.npy_bytes(result.latents), media_type=NPY, headers=result.headers())
+    return Response(npy_bytes(result.latents), media_type=NPY, headers=result.headers())
 
 
 @dataclass(frozen=True)
@@ -130,7 +131,7 @@ def _decode_png(result: Decoded) -> Response:
 
 
 def _decode_npy(result: Decoded) -> Response:
-    return Response(codecs.npy_bytes(result.tiles), media_type=NPY, headers={"X-Tessera-Model": result.model})
+    return Response(npy_bytes(result.tiles), media_type=NPY, headers={"X-Tessera-Model": result.model})
 
 
 def _decode_json(result: Decoded) -> Response:

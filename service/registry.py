@@ -88,7 +88,7 @@ def read_checkpoint(path: Path, device: str, dtype) -> tuple[Any, dict]:
         raise CheckpointError(path, PICKLE_PROBLEM)
     try:
         return load_checkpoint(path, device=device, dtype=dtype)
-    except CheckpointError as exc:
+    except CheckpointError:
         if _looks_pickled(path):
             raise CheckpointError(path, f"{PICKLE_PROBLEM} (despite its {path.suffix} name)") from None
         raise

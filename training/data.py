@@ -93,16 +93,46 @@ def build_dataset(
         raise DataError(f"--tile-size must be a positive number of pixels, got {tile_size}")
     if not sheets:
         raise DataError("no sheets to cut; pass a folder with images")
+    tiles, where = cut_sheets(sheets, tile_size)
+    constant = constant_mask(tiles)
+    keep = unique_tiles(tiles, constant)
+    if len(keep) < 2:
+        raise DataError(
+            f"only {len(keep)} unique non-constant {tile_size}x{tile_size} tiles in {len(sheets)} image(s); "
+            f"need at least 2 (one for training, one for validation); check --tile-size"
+        )
+    splits = split_tiles(keep, seed, val_every)
+    out = Path(out)
+    files = write_splits(out, tiles, splits)
+    manifest = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "name": name,
+        "source": source,
+        "tile_size": tile_size,
+        "pixels": "uint8 RGB multiplied by alpha, (N, 32, 32, 3)",
+        "split": {"seed": seed, "val_every": val_every},
+        "counts": tile_counts(sheets, tiles, constant, keep, splits),
+        "files": files,
+        "tile_fields": ["sheet", "x", "y"],
+        "tiles": {split: [list(where[i]) for i in index] for split, index in splits.items()},
+    }
+    atomic_write_text(out / "manifest.json", manifest_json(manifest))
+    return manifest
 
+
+def cut_sheets(sheets: list[Sheet], tile_size: int) -> tuple[np.ndarray, list[tuple[str, int, int]]]:
+    """Every tile of ``sheets`` in order, and the (sheet, x, y) it came from."""
     blocks, where = [], []  # tiles per sheet, (sheet, x, y) per tile
     for sheet in sheets:
         tiles, coords = sheet_tiles(sheet.path, tile_size)
         blocks.append(tiles)
         where.extend((sheet.name, x, y) for x, y in coords)
-    tiles = np.concatenate(blocks)
-    cut = len(tiles)
+    return np.concatenate(blocks), where
 
-    constant = constant_mask(tiles)
+
+def unique_tiles(tiles: np.ndarray, constant: np.ndarray) -> list[int]:
+    """Index of the first copy of each distinct non-constant tile, in order."""
     seen: set[bytes] = set()
     keep = []
     for i in np.flatnonzero(~constant):
@@ -110,18 +140,19 @@ def build_dataset(
         if key not in seen:
             seen.add(key)
             keep.append(i)
-    if len(keep) < 2:
-        raise DataError(
-            f"only {len(keep)} unique non-constant {tile_size}x{tile_size} tiles in {len(sheets)} image(s); "
-            f"need at least 2 (one for training, one for validation); check --tile-size"
-        )
+    return keep
 
+
+def split_tiles(keep: list[int], seed: int, val_every: int) -> dict[str, np.ndarray]:
+    """``keep`` shuffled with ``seed``; every ``val_every``-th of the shuffle goes to validation."""
     order = np.random.default_rng(seed).permutation(len(keep))
     picked = np.asarray(keep)[order]
     is_val = np.arange(len(picked)) % val_every == 0
-    splits = {"train": picked[~is_val], "val": picked[is_val]}
+    return {"train": picked[~is_val], "val": picked[is_val]}
 
-    out = Path(out)
+
+def write_splits(out: Path, tiles: np.ndarray, splits: dict[str, np.ndarray]) -> dict:
+    """``<split>.npy`` in ``out`` for each split; the manifest's ``files``."""
     files = {}
     for split, index in splits.items():
         data = npy_bytes(np.ascontiguousarray(tiles[index]))
@@ -131,30 +162,26 @@ def build_dataset(
             "shape": [len(index), TILE, TILE, 3],
             "sha256": hashlib.sha256(data).hexdigest(),
         }
+    return files
 
-    manifest = {
-        "format": FORMAT,
-        "format_version": FORMAT_VERSION,
-        "name": name,
-        "source": source,
-        "tile_size": tile_size,
-        "pixels": "uint8 RGB multiplied by alpha, (N, 32, 32, 3)",
-        "split": {"seed": seed, "val_every": val_every},
-        "counts": {
-            "sheets": len(sheets),
-            "cut": cut,
-            "constant": int(constant.sum()),
-            "duplicate": int((~constant).sum()) - len(keep),
-            "kept": len(keep),
-            "train": int(len(splits["train"])),
-            "val": int(len(splits["val"])),
-        },
-        "files": files,
-        "tile_fields": ["sheet", "x", "y"],
-        "tiles": {split: [list(where[i]) for i in index] for split, index in splits.items()},
+
+def tile_counts(
+    sheets: list[Sheet],
+    tiles: np.ndarray,
+    constant: np.ndarray,
+    keep: list[int],
+    splits: dict[str, np.ndarray],
+) -> dict:
+    """The manifest's ``counts``: sheets, tiles cut, dropped as constant or duplicate, kept and split."""
+    return {
+        "sheets": len(sheets),
+        "cut": len(tiles),
+        "constant": int(constant.sum()),
+        "duplicate": int((~constant).sum()) - len(keep),
+        "kept": len(keep),
+        "train": int(len(splits["train"])),
+        "val": int(len(splits["val"])),
     }
-    atomic_write_text(out / "manifest.json", manifest_json(manifest))
-    return manifest
 
 
 def sheet_hashes(sheets: list[Sheet]) -> list[dict]:

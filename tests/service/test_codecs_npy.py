@@ -7,7 +7,7 @@ import io
 import numpy as np
 import pytest
 
-from service import codecs
+from service import npy as npy_codec
 from service.errors import BadRequest, InvalidInput
 
 
@@ -29,7 +29,7 @@ def npy(array: np.ndarray, version: tuple[int, int] | None = None) -> bytes:
 def test_read_npy_matches_numpy_load(array, version):
     data = npy(array, version)
     for _ in range(2):  # the second read comes from the header cache
-        out = codecs.read_npy(data)
+        out = npy_codec.read_npy(data)
         expected = np.load(io.BytesIO(data), allow_pickle=False)
         assert out.dtype == expected.dtype and out.shape == expected.shape and np.array_equal(out, expected)
         assert out.flags.writeable
@@ -37,8 +37,8 @@ def test_read_npy_matches_numpy_load(array, version):
 
 def test_same_header_other_data_is_read_afresh():
     first, second = np.zeros((1, 32, 32, 3), np.uint8), np.full((1, 32, 32, 3), 7, np.uint8)
-    assert codecs.read_npy(npy(first)).max() == 0
-    assert codecs.read_npy(npy(second)).min() == 7
+    assert npy_codec.read_npy(npy(first)).max() == 0
+    assert npy_codec.read_npy(npy(second)).min() == 7
 
 
 @pytest.mark.parametrize("shape", [(0, 2**40, 2**40), (2**62, 0, 32, 3), (0, 2**62, 2**62, 3)])
@@ -48,14 +48,14 @@ def test_empty_array_with_impossible_dimensions_is_refused(shape):
     buffer = io.BytesIO()
     np.lib.format.write_array_header_1_0(buffer, {"descr": "|u1", "fortran_order": False, "shape": shape})
     with pytest.raises(InvalidInput, match="cannot be read"):
-        codecs.read_npy(buffer.getvalue())
+        npy_codec.read_npy(buffer.getvalue())
 
 
 def test_header_length_field_that_lies_is_400():
     data = bytearray(npy(np.zeros((1, 4), np.float32)))
     data[8] -= 16  # header length 16 bytes short: the header runs into the data
     with pytest.raises(BadRequest):
-        codecs.read_npy(bytes(data))
+        npy_codec.read_npy(bytes(data))
 
 
 @pytest.mark.parametrize(
@@ -71,4 +71,4 @@ def test_npy_bytes_is_what_numpy_save_writes(array):
     buffer = io.BytesIO()
     np.save(buffer, np.ascontiguousarray(array))
     for _ in range(2):  # the second answer's header comes from the cache
-        assert codecs.npy_bytes(array) == buffer.getvalue()
+        assert npy_codec.npy_bytes(array) == buffer.getvalue()

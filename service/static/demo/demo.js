@@ -129,11 +129,12 @@
   async function loadModels() {
     try {
       const body = await (await api('v1/models')).json();
-      state.models = body.models.map((m) => m.name);
+      const rgb = body.models.filter((m) => (m.channels || 'RGB') === 'RGB'); // the page shows RGB tiles
+      state.models = rgb.map((m) => m.name);
       state.limits = body.limits;
       const select = $('model');
-      select.replaceChildren(...body.models.map((m) => new Option(`${m.name} (${m.latent_shape.join('x')}, ratio ${m.compression_ratio})`, m.name)));
-      state.model = state.models.includes(state.model) ? state.model : body.default;
+      select.replaceChildren(...rgb.map((m) => new Option(`${m.name} (${m.latent_shape.join('x')}, ratio ${m.compression_ratio})`, m.name)));
+      state.model = state.models.includes(state.model) ? state.model : (state.models.includes(body.default) ? body.default : state.models[0]);
       select.value = state.model;
       select.disabled = false;
       setStatus(state.sheet ? 'ready' : 'ready: drop a sprite sheet');
