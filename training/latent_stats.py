@@ -18,11 +18,12 @@ import torch
 
 import model as models
 from training.dataset import TileData
+from training.errors import DataError
 
 
 @torch.no_grad()
 def latent_statistics(module: torch.nn.Module, tiles: torch.Tensor, batch_size: int = 256) -> dict:
-    """Mean and standard deviation of the latents of uint8 ``tiles`` (N, 3, 32, 32): over every
+    """Mean and standard deviation of the latents of uint8 ``tiles`` (N, C, 32, 32): over every
     value, and per latent channel; plus ``scaling_factor = 1 / std`` and ``shift_factor = mean``."""
     module.eval()
     count, total, squares = 0, None, None
@@ -46,10 +47,14 @@ def latent_statistics(module: torch.nn.Module, tiles: torch.Tensor, batch_size: 
 
 def add_latent_stats(checkpoint: str | Path, data: str | Path, out: str | Path | None = None) -> dict:
     """Compute the latents' statistics over ``data``'s training split and write them into the
-    checkpoint's training record (the weights, their dtype and their sha256 stay as they are)."""
+    checkpoint's training record (the weights, their dtype and their sha256 stay as they are).
+    An RGBA model is measured on the tiles with alpha."""
     module, info = models.load_checkpoint(checkpoint)
     tiles = TileData.open(data)
-    train = torch.from_numpy(tiles.split("train")).permute(0, 3, 1, 2).contiguous()
+    rgba = module.config.in_channels == 4
+    if rgba and not tiles.has_rgba:
+        raise DataError(f"{checkpoint} is an RGBA model; {data} holds no RGBA tiles (build it with `tessera data corpus`)")
+    train = torch.from_numpy(tiles.split("train/rgba" if rgba else "train")).permute(0, 3, 1, 2).contiguous()
     stats = {**latent_statistics(module, train), "data": tiles.describe()["name"],
              "manifest_sha256": tiles.manifest_sha256}
     dtype = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}.get(info["stored_dtype"])

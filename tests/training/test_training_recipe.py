@@ -219,6 +219,11 @@ def test_an_rgba_model_trains_on_the_rgba_tiles_with_alpha_metrics(sheet_folder,
     assert "alpha IoU" in markdown_table(report)
     assert plot_reconstructions([out], tmp_path / "corpus", tmp_path / "grid.png", count=8).stat().st_size > 0
 
+    from training.latent_stats import add_latent_stats
+
+    stats = add_latent_stats(out / "last.safetensors", tmp_path / "corpus")  # over the RGBA training tiles
+    assert len(stats["channel_std"]) == 64 and stats["std"] > 0
+
 
 def test_transparent_pixels_show_the_checkerboard():
     from training.plots import on_checkerboard
