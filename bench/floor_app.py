@@ -20,15 +20,16 @@ NPY = "application/x-npy"
 
 
 def answer() -> bytes:
-    """What the server answers a single-tile encode of dcae-s48 with: float32 [1, 64, 1, 1] as npy."""
+    """What the server answers a single-tile encode of the default dcae-s48-f8c4 with: float32
+    [1, 4, 4, 4] as npy."""
     buffer = io.BytesIO()
-    np.save(buffer, np.zeros((1, 64, 1, 1), np.float32))
+    np.save(buffer, np.zeros((1, 4, 4, 4), np.float32))
     return buffer.getvalue()
 
 
 def create_app() -> FastAPI:
     body = answer()
-    headers = {"X-Tessera-Model": "floor", "X-Tessera-Cached": "0", "X-Tessera-Latent-Shape": "64,1,1"}
+    headers = {"X-Tessera-Model": "floor", "X-Tessera-Cached": "0", "X-Tessera-Latent-Shape": "4,4,4"}
     app = FastAPI(openapi_url=None, docs_url=None, redoc_url=None)
 
     @app.post("/v1/encode")

@@ -120,10 +120,11 @@ def _batch_calls(module, traced, compiled: dict, batch: int, device: str, dtype,
     import numpy as np
     import torch
 
-    x = torch.rand(batch, 3, 32, 32, device=device, dtype=dtype).contiguous(memory_format=layout)  # (B, 3, 32, 32)
+    channels = module.config.in_channels  # 3, or 4 for RGBA models
+    x = torch.rand(batch, channels, 32, 32, device=device, dtype=dtype).contiguous(memory_format=layout)  # (B, C, 32, 32)
     with torch.inference_mode():
         z = module.encode(x)  # (B, *latent_shape)
-    tiles = rng.integers(0, 256, (batch, 32, 32, 3), dtype=np.uint8)
+    tiles = rng.integers(0, 256, (batch, 32, 32, channels), dtype=np.uint8)
     latents = z.float().cpu().numpy()
 
     def on_device(call, arg):

@@ -193,8 +193,10 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 def _plot(args: argparse.Namespace) -> int:
     from training.plots import plot_curves, plot_reconstructions
 
-    curves = plot_curves(args.runs, args.curves, metric=args.metric)
-    print(f"wrote {curves}")
+    folders = all(Path(run).is_dir() for run in args.runs)
+    if args.curves is not None or folders:  # checkpoint files alone: the grid only
+        curves = plot_curves(args.runs, args.curves or "curves.png", metric=args.metric)
+        print(f"wrote {curves}")
     if args.data:
         recon = plot_reconstructions(args.runs, args.data, args.recon, count=args.tiles)
         print(f"wrote {recon}")
@@ -204,7 +206,8 @@ def _plot(args: argparse.Namespace) -> int:
 def _add_plot(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser("plot", help="validation curves of runs and a reconstruction grid")
     parser.add_argument("runs", nargs="+", metavar="RUN", help="run folders (for curves) or checkpoints (grid only)")
-    parser.add_argument("--curves", default="curves.png", help="PNG of validation curves (default: %(default)s)")
+    parser.add_argument("--curves", help="PNG of validation curves (default: curves.png when every RUN is a run "
+                                         "folder; checkpoint files alone draw only the grid)")
     parser.add_argument("--metric", default="val_l1", choices=("val_l1", "val_mse", "val_psnr"))
     parser.add_argument("--data", help="data set folder: also draw reconstructions of its validation tiles")
     parser.add_argument("--recon", default="reconstructions.png", help="PNG of the grid (default: %(default)s)")

@@ -80,3 +80,11 @@ def test_plot_and_evaluate(capsys, full_run, tiny_data, tmp_path):
 def test_plot_needs_a_run_folder_for_curves(capsys, full_run, tmp_path):
     code, _, err = run(capsys, "plot", str(full_run / "best.safetensors"), "--curves", str(tmp_path / "c.png"))
     assert code == 1 and "is a run folder with a val.csv" in err
+
+
+def test_plot_of_checkpoint_files_alone_draws_only_the_grid(capsys, full_run, tiny_data, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code, out, err = run(capsys, "plot", str(full_run / "best.safetensors"), "--data", str(tiny_data),
+                         "--recon", "grid.png")
+    assert code == 0, err
+    assert (tmp_path / "grid.png").is_file() and not (tmp_path / "curves.png").exists() and "curves" not in out
