@@ -21,7 +21,7 @@ from fastapi.responses import Response
 
 from service import codecs
 from service.codecs import IMAGE_TYPES, JSON, NPY, PNG, PLAIN, Layout, TileBatch
-from service.errors import UnsupportedMediaType
+from service.errors import TooLarge, UnsupportedMediaType
 from service.npy import npy_bytes
 from service.offload import INLINE_BYTES
 from tiles import assemble, default_columns
@@ -120,6 +120,19 @@ class Decoded:
     tiles: np.ndarray  # uint8 [N, 32, 32, 3] (RGB models) or [N, 32, 32, 4] (RGBA models)
     columns: int | None  # sheet width asked for (query, else body), None: the default
     layout: Layout = PLAIN  # the PNG sheet's margin and spacing
+
+
+def check_sheet(count: int, columns: int | None, layout: Layout, max_pixels: int) -> None:
+    """413 when the PNG sheet of ``count`` tiles, ``columns`` wide and laid out by ``layout``,
+    would exceed ``max_pixels`` (the limit images sent to the service have too)."""
+    width = columns or default_columns(count)
+    rows = -(-count // width)
+    step = 32 + layout.spacing
+    pixels = (2 * layout.margin + width * step - layout.spacing) * (2 * layout.margin + rows * step - layout.spacing)
+    if pixels > max_pixels:
+        raise TooLarge(f"a sheet of {count} tiles, {width} columns, margin {layout.margin} and spacing {layout.spacing} "
+                       f"would be {pixels} pixels; the limit is {max_pixels}: use fewer columns, less margin or "
+                       f"spacing, or ask for npy (Accept: application/x-npy)")
 
 
 def _decode_png(result: Decoded) -> Response:

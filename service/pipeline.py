@@ -24,7 +24,7 @@ from service.batcher import Batcher
 from service.batching import Ticket
 from service.cache import tile_hashes
 from service.errors import BadRequest, InferenceFailed, TooLarge
-from service.codecs import Layout
+from service.codecs import PNG, Layout
 from service.formats import DECODE_READERS, DECODE_WRITERS, ENCODE_READERS, ENCODE_WRITERS, Decoded, Encoded, Reader
 from service.offload import INLINE_TILES, in_pool, off_loop
 from service.registry import ServedModel
@@ -58,6 +58,8 @@ async def decode(request: Request, state: ServiceState, model: str | None, colum
             latents, body_columns = await decode_body(
                 read, body, state.settings.decode_timeout_s, served.latent_shape, state.limits.max_tiles, served.name
             )
+            if write is DECODE_WRITERS[PNG]:
+                formats.check_sheet(len(latents), columns or body_columns, layout, state.limits.max_pixels)
             tiles = await submit(served.decoder, latents, None, deadline, request.receive, ticket)
         return write(Decoded(served.name, tiles, columns or body_columns, layout))
 

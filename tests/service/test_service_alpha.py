@@ -136,3 +136,13 @@ def test_bad_layouts_are_refused_with_a_reason(client, params, content_type, cod
     response = client.post("/v1/encode", params=params, content=body, headers={"Content-Type": content_type})
     assert response.status_code == 422, response.text
     assert response.json()["code"] == code, response.json()
+
+
+def test_a_png_sheet_larger_than_the_image_limit_is_refused_before_decoding(client):
+    latents = encode(client, npy(random_tiles(2, seed=6)), NPY)
+    response = client.post("/v1/decode", params={"columns": 4096, "margin": 1024, "spacing": 1024}, content=npy(latents),
+                           headers={"Content-Type": NPY})
+    assert response.status_code == 413 and "pixels" in response.json()["detail"], response.text
+    as_npy = client.post("/v1/decode", params={"columns": 4096, "margin": 1024, "spacing": 1024}, content=npy(latents),
+                         headers={"Content-Type": NPY, "Accept": NPY})
+    assert as_npy.status_code == 200 and load_npy(as_npy.content).shape == (2, 32, 32, 3)  # no sheet: no limit to meet
