@@ -118,7 +118,7 @@ def run(checkpoint: Path, py_spy: str, clients: int, seconds: float, sheet: bool
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.profile", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--checkpoint", type=Path, default=Path("checkpoints/dcae-s48.safetensors"))
+    parser.add_argument("--checkpoint", type=Path, default=Path("checkpoints/dcae-s48-f8c4.safetensors"))
     parser.add_argument("--clients", type=int, default=64)
     parser.add_argument("--seconds", type=float, default=8.0)
     parser.add_argument("--sheet", action="store_true", help="profile 1,024-tile sheets (one client) instead")

@@ -50,7 +50,7 @@ def stage_commands(args: argparse.Namespace, checkpoint: Path) -> dict[str, list
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.run_all", description=__doc__.split("\n\n")[0])
     parser.add_argument("--checkpoints", type=Path, default=Path("checkpoints"), help="folder of the bundled checkpoints")
-    parser.add_argument("--model", default="dcae-s48", help="the model the service stages serve")
+    parser.add_argument("--model", default="dcae-s48-f8c4", help="the model the service stages serve")
     parser.add_argument("--threads", type=int, default=1, help="TESSERA_TORCH_THREADS of the server (and the raw reference)")
     parser.add_argument("--stages", default="raw,path,service,repeat,cache,profile,cpu", help="which stages to run, comma-separated")
     parser.add_argument("--quick", action="store_true", help="seconds per stage; the numbers mean nothing")

@@ -177,7 +177,7 @@ def run(args: argparse.Namespace) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.soak", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--checkpoint", type=Path, default=ROOT / "checkpoints" / "dcae-s48.safetensors", help="the model to serve")
+    parser.add_argument("--checkpoint", type=Path, default=ROOT / "checkpoints" / "dcae-s48-f8c4.safetensors", help="the model to serve")
     parser.add_argument("--duration", type=float, default=300.0, help="seconds of load (default 300)")
     parser.add_argument("--clients", type=int, default=8, help="closed-loop clients (default 8)")
     parser.add_argument("--sample", type=float, default=None, help="seconds between memory samples (default duration/60, at least 1)")

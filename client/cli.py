@@ -158,9 +158,14 @@ def _roundtrip(args: argparse.Namespace) -> int:
             decoded = tessera.decode(encoded, progress=progress)
     channels = decoded.shape[-1]  # what the model keeps: RGB (alpha multiplied in) or RGBA
     original, recon = assemble_sheet(to_channels(tiles, channels), cols), assemble_sheet(decoded, cols)
-    diff = original.astype(np.float64) / 255 - recon.astype(np.float64) / 255
+    # colours multiplied by alpha, as the models' validation measures them (hidden colours do not count)
+    diff = to_channels(original, 3).astype(np.float64) / 255 - to_channels(recon, 3).astype(np.float64) / 255
     l1, mse = float(np.abs(diff).mean()), float((diff**2).mean())
     psnr = 10 * np.log10(1 / mse) if mse > 0 else float("inf")
+    alpha = ""
+    if channels == 4:
+        covered, kept = original[..., 3] >= 128, recon[..., 3] >= 128
+        alpha = f"  alpha IoU {(covered & kept).sum() / max(1, (covered | kept).sum()):.4f}"
     _write(args.output, _side_by_side(original, recon).save, format="PNG")
 
     model = next((m for m in info.models if m.name == encoded.model), None)
@@ -169,7 +174,7 @@ def _roundtrip(args: argparse.Namespace) -> int:
     values = int(np.prod(encoded.latent_shape))
     count = len(tiles)
     print(f"{args.sheet}: {count} tiles ({rows}x{cols}), model {encoded.model}")
-    print(f"L1 {l1:.4f}  PSNR {psnr:.2f} dB{reference}")
+    print(f"L1 {l1:.4f}  PSNR {psnr:.2f} dB{alpha}{reference}")
     pixel_values = channels * TILE * TILE
     kind = "RGBA" if channels == 4 else "RGB"
     print(f"compression {pixel_values / values:.0f}x: {pixel_values} pixel values -> {values} latent values per tile; "

@@ -12,7 +12,7 @@ from tests.support.bodies import NPY, load_npy, npy
 from tests.support.serve import ROOT
 
 DATA = ROOT / "data" / "dcss"
-BUNDLED = ROOT / "checkpoints" / "dcae-s48.safetensors"
+BUNDLED = ROOT / "checkpoints" / "dcae-s48-f8c4.safetensors"
 TILES = 256  # a fixed slice of the validation split keeps the test fast
 
 

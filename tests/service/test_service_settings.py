@@ -71,7 +71,7 @@ def test_find_checkpoints(tmp_path, checkpoint_dir):
 
 
 def test_default_model_choice():
-    assert choose_default(Settings(), ["baseline", "dcae-s48"]) == "dcae-s48"
+    assert choose_default(Settings(), ["baseline", "dcae-s12-f8c16", "dcae-s48-f8c4"]) == "dcae-s48-f8c4"
     assert choose_default(Settings(), ["b", "a"]) == "b"
     assert choose_default(Settings(default_model="a"), ["b", "a"]) == "a"
     with pytest.raises(RegistryError, match="TESSERA_DEFAULT_MODEL='x'"):
