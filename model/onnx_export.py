@@ -69,9 +69,11 @@ def export_part(model: TileAutoencoder, part: str, out: Path, metadata: dict[str
     batch = torch.export.Dim("batch", min=1, max=65536)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the exporter's notes about optional packages (torchvision)
+        # optimize=False: the exporter's graph optimiser drops LiteMLA's "+ eps" in the attention's
+        # normaliser, and a column that sums to zero (a black tile does it) then gives 0/0 = NaN
         program = torch.onnx.export(module, (example,), input_names=[input_name], output_names=[output_name],
                                     dynamic_shapes={input_name: {0: batch}}, opset_version=OPSET, dynamo=True,
-                                    verbose=False)
+                                    optimize=False, verbose=False)
     proto = program.model_proto
     for key, value in {**metadata, "tessera_part": part}.items():
         entry = proto.metadata_props.add()

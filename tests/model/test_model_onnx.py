@@ -44,6 +44,33 @@ def test_onnxruntime_matches_pytorch(exported, batch):
     assert got_tiles.min() >= 0 and got_tiles.max() <= 1
 
 
+def test_the_bundled_default_model_gives_finite_values_where_attention_sums_to_zero(tmp_path):
+    """A black tile makes a LiteMLA normaliser sum to zero; only its eps keeps the division finite
+    (some real tiles' latents do the same in the decoder)."""
+    from service.settings import DEFAULT_MODEL
+    from tests.support.serve import ROOT
+
+    checkpoint = ROOT / "checkpoints" / f"{DEFAULT_MODEL}.safetensors"
+    assert main(["export", "onnx", str(checkpoint), "--part", "both", "--out", str(tmp_path / "m")]) == 0
+    net, _ = model.load_checkpoint(checkpoint)
+    tiles = torch.cat([torch.zeros(1, 3, 32, 32), torch.ones(1, 3, 32, 32),
+                       torch.rand(30, 3, 32, 32, generator=torch.Generator().manual_seed(1))])
+    dcss = ROOT / "data" / "dcss" / "manifest.json"
+    if dcss.is_file():  # real tiles, some of whose latents zero a decoder normaliser
+        from training.dataset import TileData
+
+        tiles = torch.cat([tiles, torch.from_numpy(TileData.open(dcss.parent).split("val")).permute(0, 3, 1, 2) / 255])
+    with torch.no_grad():
+        latents = net.encode(tiles)
+        decoded = net.decode(latents).clamp(0, 1)
+    got_latents = session(tmp_path / "m.encoder.onnx").run(None, {"tiles": tiles.numpy()})[0]
+    assert np.isfinite(got_latents).all()
+    np.testing.assert_allclose(got_latents, latents.numpy(), rtol=0, atol=1e-4)
+    got_tiles = session(tmp_path / "m.decoder.onnx").run(None, {"latents": latents.numpy()})[0]
+    assert np.isfinite(got_tiles).all()
+    np.testing.assert_allclose(got_tiles, decoded.numpy(), rtol=0, atol=1e-4)
+
+
 def test_each_file_carries_its_metadata(exported):
     folder, (net, info) = exported
     for part in ("encoder", "decoder"):
