@@ -40,7 +40,7 @@ import model
 from tests.support.serve import tessera_server
 from client import Client
 from service.graphs import make_calls
-from tiles import cut
+from tiles import cut, to_channels
 
 ROOT = Path(__file__).resolve().parents[2]
 CHECKPOINTS = ROOT / "checkpoints"
@@ -77,7 +77,8 @@ def cpu_model(name: str):
 @functools.cache
 def reference(name: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """16 noise tiles, their latents and the decoded latents, from the CPU in fp32."""
-    x = torch.rand(16, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    channels = cpu_model(name).config.in_channels  # 3, or 4 for an RGBA model
+    x = torch.rand(16, channels, 32, 32, generator=torch.Generator().manual_seed(1))
     with torch.inference_mode():
         z = cpu_model(name).encode(x)
         return x, z, cpu_model(name).decode(z)
@@ -117,13 +118,14 @@ def check_traced(name: str, device: str, precision: str, batches=(1, 64, 300)) -
     assert graph == "trace", f"the service would run {name} eager on {device} in {precision} (the warning above says why)"
     eager_encode, eager_decode, _ = make_calls(net, device, dtype, "eager", name)
     rng = np.random.default_rng(2)
+    channels = net.config.in_channels
     for n in batches:
-        tiles = rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8)
+        tiles = rng.integers(0, 256, (n, 32, 32, channels), dtype=np.uint8)
         latents = traced_encode(tiles)
         assert latents.dtype == np.float32 and latents.shape == (n, *net.latent_shape)
         assert relative_error(latents, eager_encode(tiles)) <= TRACE_TOLERANCE[precision], f"encode, batch {n}"
         back, eager_back = traced_decode(latents), eager_decode(latents)
-        assert back.dtype == np.uint8 and back.shape == (n, 32, 32, 3)
+        assert back.dtype == np.uint8 and back.shape == (n, 32, 32, channels)
         if precision == "fp32":
             assert np.abs(back.astype(int) - eager_back.astype(int)).max() <= 1, f"decode, batch {n}"  # one rounding step
         else:
@@ -166,7 +168,8 @@ def test_tessera_serve_round_trips_a_sheet(tmp_path, device, cuda_dtype):
             result = client.encode(Image.fromarray(pixels, "RGB"), model=info["name"])
             assert result.grid == grid == (4, 6) and result.model == info["name"]
             eager_encode, eager_decode, _ = make_calls(cpu_model(info["name"]), "cpu", torch.float32, "eager", info["name"])
-            assert relative_error(result.latents, eager_encode(tiles)) <= TOLERANCE[precision], info["name"]
+            sent = to_channels(tiles, 4 if info["channels"] == "RGBA" else 3)  # an RGBA model takes RGB as opaque
+            assert relative_error(result.latents, eager_encode(sent)) <= TOLERANCE[precision], info["name"]
             back, _ = cut(np.asarray(client.decode_sheet(result)))
             expected = eager_decode(result.latents)  # the same latents decoded on the CPU
             if precision == "fp32":
