@@ -24,7 +24,17 @@ import numpy as np
 from client import errors
 from client.results import EncodeResult, Models
 from client.sync_client import Client
-from client.tiles import TILE, assemble_sheet, cut_atlas, cut_sheet, image_pixels, load_image, read_tileset, to_channels
+from client.tiles import (
+    TILE,
+    assemble_sheet,
+    cut_atlas,
+    cut_sheet,
+    grid_of,
+    image_pixels,
+    load_image,
+    read_tileset,
+    to_channels,
+)
 from tiles.tsx import write_tsx
 
 DEFAULT_URL = "http://127.0.0.1:8000"
@@ -141,7 +151,7 @@ def _decode(args: argparse.Namespace) -> int:
     height, width = pixels.shape[:2]
     print(f"{args.latents}: {len(latents)} tiles -> {output} ({width}x{height} pixels)")
     if args.tsx:
-        columns = columns or (width - 2 * margin + spacing) // (TILE + spacing)
+        columns = columns or grid_of(height, width, TILE, margin, spacing)[1]
         tsx = write_tsx(output.with_suffix(".tsx"), image=output.name, columns=columns, count=len(tiles),
                         size=(width, height), margin=margin, spacing=spacing)
         print(f"wrote {tsx} (Tiled tileset of {output.name})")

@@ -24,7 +24,7 @@ from service.codecs import IMAGE_TYPES, JSON, NPY, PNG, PLAIN, Layout, TileBatch
 from service.errors import TooLarge, UnsupportedMediaType
 from service.npy import npy_bytes
 from service.offload import INLINE_BYTES
-from tiles import assemble, default_columns
+from tiles import assemble, default_columns, sheet_shape
 
 
 @dataclass(frozen=True)
@@ -126,9 +126,8 @@ def check_sheet(count: int, columns: int | None, layout: Layout, max_pixels: int
     """413 when the PNG sheet of ``count`` tiles, ``columns`` wide and laid out by ``layout``,
     would exceed ``max_pixels`` (the limit images sent to the service have too)."""
     width = columns or default_columns(count)
-    rows = -(-count // width)
-    step = 32 + layout.spacing
-    pixels = (2 * layout.margin + width * step - layout.spacing) * (2 * layout.margin + rows * step - layout.spacing)
+    _, height_px, width_px = sheet_shape(count, width, layout.margin, layout.spacing)
+    pixels = height_px * width_px
     if pixels > max_pixels:
         raise TooLarge(f"a sheet of {count} tiles, {width} columns, margin {layout.margin} and spacing {layout.spacing} "
                        f"would be {pixels} pixels; the limit is {max_pixels}: use fewer columns, less margin or "
@@ -137,7 +136,7 @@ def check_sheet(count: int, columns: int | None, layout: Layout, max_pixels: int
 
 def _decode_png(result: Decoded) -> Response:
     width = result.columns or default_columns(len(result.tiles))
-    rows = -(-len(result.tiles) // width)
+    rows = sheet_shape(len(result.tiles), width)[0]
     headers = {"X-Tessera-Model": result.model, "X-Tessera-Grid": f"{rows},{width}"}
     sheet = assemble(result.tiles, width, result.layout.margin, result.layout.spacing)
     return Response(codecs.png_bytes(sheet), media_type=PNG, headers=headers)

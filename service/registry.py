@@ -148,13 +148,10 @@ class ServedModel:
 
     @property
     def latent_stats(self) -> dict | None:
-        """Mean and std of its latents over its training corpus (``tessera latent-stats``)."""
-        training = self.info.get("training") or {}
-        stats = training.get("latent_stats") if isinstance(training, dict) else None
-        if not isinstance(stats, dict):
-            return None
-        return {k: stats[k] for k in ("mean", "std", "scaling_factor", "shift_factor", "channel_mean", "channel_std", "tiles")
-                if k in stats}
+        """Mean and std of its latents over its training corpus (``tessera latent-stats``), as
+        ``model.load_checkpoint`` found them."""
+        stats = getattr(self.module, "latent_stats", None)
+        return stats if isinstance(stats, dict) else None
 
     @property
     def batchers(self) -> tuple[Batcher, Batcher]:

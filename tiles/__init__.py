@@ -118,18 +118,24 @@ def default_columns(count: int) -> int:
     return count if count <= 16 else math.ceil(math.sqrt(count))
 
 
+def sheet_shape(count: int, columns: int, margin: int = 0, spacing: int = 0) -> tuple[int, int, int]:
+    """(rows, height, width) of the sheet ``assemble`` lays ``count`` tiles out in, in pixels."""
+    rows = max(1, math.ceil(count / columns))
+    step = TILE + spacing
+    return rows, 2 * margin + rows * step - spacing, 2 * margin + columns * step - spacing
+
+
 def assemble(tiles: np.ndarray, columns: int, margin: int = 0, spacing: int = 0) -> np.ndarray:
     """uint8 [N, 32, 32, C] -> one sheet, row-major, ``columns`` wide; unused cells, the margin
     (on every side) and the spacing between tiles are zero (black, or transparent with alpha)."""
     count, channels = len(tiles), tiles.shape[-1]
-    rows = max(1, math.ceil(count / columns))
+    rows, height, width = sheet_shape(count, columns, margin, spacing)
     canvas = np.zeros((rows * columns, TILE, TILE, channels), dtype=np.uint8)
     canvas[:count] = tiles
     packed = canvas.reshape(rows, columns, TILE, TILE, channels).swapaxes(1, 2).reshape(rows * TILE, columns * TILE, channels)
     if not margin and not spacing:
         return packed
     step = TILE + spacing
-    height, width = 2 * margin + rows * step - spacing, 2 * margin + columns * step - spacing
     sheet = np.zeros((height, width, channels), dtype=np.uint8)
     for r in range(rows):
         y = margin + r * step

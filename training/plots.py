@@ -5,6 +5,7 @@ Matplotlib runs on the Agg backend (no display needed); PNGs are written atomica
 
 from __future__ import annotations
 
+import functools
 import math
 from pathlib import Path
 
@@ -128,14 +129,19 @@ def plot_reconstructions(runs: list[str | Path], data: str | Path, out: str | Pa
     if count < 1:
         raise ValueError(f"--tiles must be at least 1, got {count}")
     tiles = TileData.open(data)
+
+    @functools.cache
+    def sample(rgba: bool) -> np.ndarray:  # read once per kind, whatever the number of runs
+        return validation_sample(tiles, count, rgba)
+
     plt = _pyplot()
-    rows = math.ceil(min(count, sum(len(v) for v in tiles.val_sources().values())) / COLUMNS)
+    rows = math.ceil(len(sample(False)) / COLUMNS)
     fig, axes = plt.subplots(1, len(runs), figsize=(5.5 * len(runs), 5.5 * rows / 4 + 0.8), dpi=120, squeeze=False)
     for ax, run in zip(axes[0], runs):
         path = checkpoint_of(run)
         module, info = models.load_checkpoint(path)
         rgba = module.config.in_channels == 4
-        val = validation_sample(tiles, count, rgba)
+        val = sample(rgba)
         x = torch.from_numpy(val).permute(0, 3, 1, 2).float().div(255.0)
         x_hat = module(x).clamp(0, 1)
         recon = (x_hat * 255.0).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()

@@ -19,6 +19,8 @@ from training.metrics import evaluate_reconstruction, metrics_from_sums
 from training.errors import TrainingError
 from training.train import ema_of, schedule, train
 
+from tests.support.checkpoints import tiny_rgba
+
 
 def test_warm_up_rises_linearly_then_the_cosine_falls_to_zero():
     factor = schedule(total_steps=110, warmup_steps=10)
@@ -197,7 +199,7 @@ def test_an_rgba_model_trains_on_the_rgba_tiles_with_alpha_metrics(sheet_folder,
 
     sheets = tuple(SourceSheet(s.name, s.path, -1) for s in folder_sheets(sheet_folder))
     write_corpus(split_sources([Tileset("art", "test", "art", "CC0-1.0", sheets)]), tmp_path / "corpus", [])
-    spec = model.PRESETS["dcae-t48"].replace("latent_channels=64", "in_channels=4 latent_channels=64")
+    spec = tiny_rgba()
     out = tmp_path / "rgba"
     summary = train(tiny_config(tmp_path / "corpus", out, model=spec, max_inputs=128, eval_every=64))
     assert summary["stopped"] == "done"
@@ -238,6 +240,6 @@ def test_transparent_pixels_show_the_checkerboard():
 
 
 def test_an_rgba_model_needs_rgba_tiles(tiny_data, tmp_path):
-    spec = model.PRESETS["dcae-t48"].replace("latent_channels=64", "in_channels=4 latent_channels=64")
+    spec = tiny_rgba()
     with pytest.raises(TrainingError, match="holds no RGBA tiles"):
         train(tiny_config(tiny_data, tmp_path / "x", model=spec))
