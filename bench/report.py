@@ -170,9 +170,9 @@ def config_section(service: dict) -> list[str]:
         f"- Server: `tessera serve` in its own process (uvicorn, uvloop, httptools), access log off, serving "
         f"`{service['model']}` only; {env}; everything else default (batch window `TESSERA_MAX_WAIT_MS` 5 ms, in-process "
         f"latent cache on). Requests are npy in, npy out (`Accept: application/x-npy`).",
-        (f"- Load generator: single-tile sweeps by wrk (Debian package `wrk`, one thread, one keep-alive connection per "
-         f"client, `bench/wrk_tiles.lua`); the sheet, open-loop and cache cases by httpx (`httpx.AsyncHTTPTransport`) on "
-         f"uvloop. " if service.get("generator") == "wrk" else
+        ("- Load generator: single-tile sweeps by wrk (Debian package `wrk`, one thread, one keep-alive connection per "
+         "client, `bench/wrk_tiles.lua`); the sheet, open-loop and cache cases by httpx (`httpx.AsyncHTTPTransport`) on "
+         "uvloop. " if service.get("generator") == "wrk" else
          "- Load generator: httpx (`httpx.AsyncHTTPTransport`, one keep-alive connection per client) on uvloop (wrk was not "
          "installed: `apt-get install -y wrk`). ")
         + f"It runs in another process on the same {service['machine']['cores']} cores. Every tile is distinct, so neither the "

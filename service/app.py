@@ -28,7 +28,8 @@ from service.malloc_tuning import keep_freed_memory
 from service.metrics import Metrics, RequestMetricsMiddleware
 from service.openapi import install_openapi
 from service.registry import Registry, load_registry
-from service.routes import DOCS_ASSETS, router
+from service.fastpath import TesseraApp
+from service.routes import DECODE, DOCS_ASSETS, ENCODE, router
 from service.settings import Settings
 from service.state import ServiceState
 
@@ -94,7 +95,7 @@ def serving(settings: Settings, metrics: Metrics, events: EventSink, registry: R
     return lifespan
 
 
-def create_app(settings: Settings | None = None, registry: Registry | None = None, sinks: Sequence[EventSink] = ()) -> FastAPI:
+def create_app(settings: Settings | None = None, registry: Registry | None = None, sinks: Sequence[EventSink] = ()) -> TesseraApp:
     """A Tessera app; nothing is loaded until its lifespan starts.
 
     Raises ``ValueError`` when ``TESSERA_API_KEYS`` names an unreadable or empty key file.
@@ -110,7 +111,7 @@ def create_app(settings: Settings | None = None, registry: Registry | None = Non
     keys = KeyCheck(load_keys(settings.api_keys))  # a bad key file fails here, before serving
     metrics = Metrics()
     events: EventSink = Fanout(metrics, *sinks) if sinks else metrics
-    app = FastAPI(
+    app = TesseraApp(
         title="Tessera",
         version="0.1.0",
         summary="32x32 game tiles <-> DC-AE latents",
@@ -127,6 +128,7 @@ def create_app(settings: Settings | None = None, registry: Registry | None = Non
     app.state.tessera = None
     install_error_handlers(app)
     app.include_router(router)
+    app.serve_short(router, ENCODE, DECODE)  # the common request skips the framework's stack (service.fastpath)
     app.include_router(demo_router)  # /demo, the try-it page (TESSERA_DEMO)
     install_openapi(app)
     app.mount(f"/{DOCS_ASSETS}", StaticFiles(directory=swagger_ui_path), name="docs-assets")

@@ -24,10 +24,9 @@ deadlines, events, answers) stays on the event loop.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import threading
-from collections.abc import Callable, Hashable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Hashable, Sequence
 
 import numpy as np
 
@@ -42,6 +41,9 @@ from service.warmup import warm_up
 logger = logging.getLogger(__name__)
 
 Infer = Callable[[np.ndarray], np.ndarray]  # rows in -> rows out, same count; runs in the model thread
+
+
+WATCH_AFTER_S = 0.05  # a request still waiting after this starts watching for its client leaving
 
 
 class LoopGone(Exception):
@@ -148,15 +150,11 @@ class Batcher:
 
     # -- submitting ------------------------------------------------------------------------
 
-    @contextlib.contextmanager
-    def expect(self) -> Iterator[Ticket]:
-        """Count a request as on its way for as long as it reads and decodes its body; pass the
-        ticket to ``submit``, or give it back as soon as the request will not submit."""
-        ticket = Ticket(self._queue)
-        try:
-            yield ticket
-        finally:
-            ticket.give_back()
+    def expect(self) -> Ticket:
+        """Count a request as on its way for as long as it reads and decodes its body
+        (``with batcher.expect() as ticket:``); pass the ticket to ``submit``, or give it back as
+        soon as the request will not submit."""
+        return Ticket(self._queue)
 
     async def submit(
         self,
@@ -164,7 +162,7 @@ class Batcher:
         *,
         deadline: float,
         keys: Sequence[Hashable] | None = None,
-        gone: asyncio.Future | None = None,
+        gone: Callable[[], Awaitable[object]] | None = None,
         ticket: Ticket | None = None,
     ) -> np.ndarray:
         """Compute ``rows`` in batches with other requests; the results, in order.
@@ -173,7 +171,9 @@ class Batcher:
             rows: the request's inputs, one row per tile (at least one).
             deadline: on the batcher's clock, by when the answer must be there, else 504.
             keys: one per row; rows with equal keys are computed once. None: the rows' bytes.
-            gone: completes when the client disconnects; its tiles are then dropped.
+            gone: returns an awaitable that completes when the client disconnects; its tiles are
+                then dropped. It is started only once the request has waited ``WATCH_AFTER_S``:
+                most requests are answered sooner, and watching costs each one a task.
             ticket: from ``expect``; it stops counting once the rows are queued.
 
         Raises:
@@ -199,10 +199,8 @@ class Batcher:
         self._queue.put(Slice(job, 0, n), ticket is not None and ticket.redeem())
         self._depth_changed()
 
-        timer = loop.call_later(max(0.0, deadline - now), self._expire, job)
-        on_gone = None if gone is None else (lambda _: self._gone(job))
-        if gone is not None:
-            gone.add_done_callback(on_gone)
+        watch = _Watch(self, job, gone)
+        watch.arm(loop, deadline - now)
         try:
             return await job.future
         except asyncio.CancelledError:
@@ -210,9 +208,7 @@ class Batcher:
                 self._reject("cancelled", job.remaining)
             raise
         finally:
-            timer.cancel()
-            if gone is not None:
-                gone.remove_done_callback(on_gone)
+            watch.end()
 
     def _expire(self, job: Job) -> None:
         if not job.future.done():
@@ -350,3 +346,42 @@ class Batcher:
     def _fail_all(pieces: list[Slice], error: Exception) -> None:
         for piece in pieces:
             piece.job.fail(error)
+
+
+class _Watch:
+    """The timers of one waiting request: its deadline and, from ``WATCH_AFTER_S`` on, a watch
+    for its client leaving. One loop timer at a time: until the watch starts, the timer that
+    would start it also stands for the deadline."""
+
+    __slots__ = ("batcher", "job", "gone", "timer", "watcher")
+
+    def __init__(self, batcher: Batcher, job: Job, gone: Callable[[], Awaitable[object]] | None) -> None:
+        self.batcher, self.job, self.gone = batcher, job, gone
+        self.timer: asyncio.TimerHandle | None = None
+        self.watcher: asyncio.Future | None = None
+
+    def arm(self, loop: asyncio.AbstractEventLoop, left_s: float) -> None:
+        left_s = max(0.0, left_s)
+        if self.gone is None or left_s <= WATCH_AFTER_S:
+            self.timer = loop.call_later(left_s, self.batcher._expire, self.job)
+        else:
+            self.timer = loop.call_later(WATCH_AFTER_S, self._start, loop)
+
+    def _start(self, loop: asyncio.AbstractEventLoop) -> None:
+        job = self.job
+        if job.future.done():
+            return
+        self.watcher = asyncio.ensure_future(self.gone(), loop=loop)
+        self.watcher.add_done_callback(self._left)
+        self.timer = loop.call_later(max(0.0, job.deadline - self.batcher.clock.now()), self.batcher._expire, job)
+
+    def _left(self, watcher: asyncio.Future) -> None:
+        if not watcher.cancelled():
+            self.batcher._gone(self.job)
+
+    def end(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+        if self.watcher is not None:
+            self.watcher.remove_done_callback(self._left)
+            self.watcher.cancel()

@@ -96,7 +96,7 @@ class Slice:
 
 class Ticket:
     """A request counted as on its way to a batcher (``Batcher.expect``), until it submits or
-    gives the ticket back."""
+    gives the ticket back; leaving its ``with`` block gives it back."""
 
     __slots__ = ("_queue", "used")
 
@@ -104,6 +104,12 @@ class Ticket:
         self._queue = queue
         self.used = False
         queue.expect()
+
+    def __enter__(self) -> Ticket:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.give_back()
 
     def give_back(self) -> None:
         """The request will not submit after all (answered from the cache, refused, failed)."""

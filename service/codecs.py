@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import io
 import math
 import re
@@ -298,6 +299,7 @@ def media_type(content_type: str | None) -> str:
     return (content_type or "").split(";", 1)[0].strip().lower()
 
 
+@functools.lru_cache(maxsize=256)  # clients send the same few Accept headers again and again
 def negotiate(accept: str | None, offered: tuple[str, ...]) -> str:
     """The offered type the ``Accept`` header prefers; ``offered[0]`` when it has no preference."""
     if not accept or not accept.strip():

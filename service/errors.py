@@ -133,10 +133,14 @@ def error_body(detail: str, code: str) -> dict[str, str]:
     return {"detail": detail, "code": code}
 
 
-async def _tessera_error(request: Request, exc: TesseraError) -> JSONResponse:
+def tessera_error_response(request: Request, exc: TesseraError) -> JSONResponse:
     if exc.status >= 500 and exc.status != 503:
         logger.warning("%s %s -> %d %s: %s", request.method, request.url.path, exc.status, exc.code, exc.detail)
     return JSONResponse(error_body(exc.detail, exc.code), status_code=exc.status, headers=exc.headers)
+
+
+async def _tessera_error(request: Request, exc: TesseraError) -> JSONResponse:
+    return tessera_error_response(request, exc)
 
 
 async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -159,16 +163,34 @@ async def _validation_error(request: Request, exc: RequestValidationError) -> JS
     return JSONResponse(error_body(detail, "invalid_request"), status_code=422)
 
 
-async def _client_disconnect(request: Request, exc: ClientDisconnect) -> JSONResponse:
+def client_disconnect_response() -> JSONResponse:
     """The client left while sending its body; nobody reads this answer."""
     error = ClientDisconnected("the client disconnected while sending the request body")
     return JSONResponse(error_body(error.detail, error.code), status_code=error.status)
 
 
+async def _client_disconnect(request: Request, exc: ClientDisconnect) -> JSONResponse:
+    return client_disconnect_response()
+
+
+def internal_error_response(scope, exc: Exception, started: bool = False) -> JSONResponse | None:
+    """A 500 for an exception nothing else handled: one log line with a request id (not a
+    traceback) and ``Connection: close``, so that a keep-alive client's next request goes on a
+    fresh connection. None once the answer has ``started``: the connection ends there."""
+    request_id = uuid.uuid4().hex[:16]
+    where = traceback.extract_tb(exc.__traceback__)[-1]
+    logger.error("request %s %s %s failed: %s: %s (%s:%d)", request_id, scope.get("method"), scope.get("path"),
+                 type(exc).__name__, str(exc)[:200], where.filename, where.lineno)
+    if started:
+        return None
+    detail = f"internal error (request id {request_id}); this is a bug in the service, please report it"
+    return JSONResponse(error_body(detail, "internal_error"), status_code=500,
+                        headers={"Connection": "close", "X-Request-Id": request_id})
+
+
 class ErrorGuard:
-    """ASGI middleware: an exception nothing else handled becomes a 500 with a request id, one
-    log line (not tracebacks) and ``Connection: close``, so that a keep-alive client's next
-    request goes on a fresh connection.
+    """ASGI middleware: an exception nothing else handled becomes a 500
+    (``internal_error_response``).
 
     Starlette's own handler for ``Exception`` re-raises after answering, so uvicorn would log
     the traceback a second time; this one answers and stops there.
@@ -192,16 +214,9 @@ class ErrorGuard:
         try:
             await self.app(scope, receive, tracking_send)
         except Exception as exc:  # noqa: BLE001 - the last line of defence
-            request_id = uuid.uuid4().hex[:16]
-            where = traceback.extract_tb(exc.__traceback__)[-1]
-            logger.error("request %s %s %s failed: %s: %s (%s:%d)", request_id, scope.get("method"), scope.get("path"),
-                         type(exc).__name__, str(exc)[:200], where.filename, where.lineno)
-            if started:
-                return  # the answer has begun: the connection ends here
-            detail = f"internal error (request id {request_id}); this is a bug in the service, please report it"
-            response = JSONResponse(error_body(detail, "internal_error"), status_code=500,
-                                    headers={"Connection": "close", "X-Request-Id": request_id})
-            await response(scope, receive, send)
+            response = internal_error_response(scope, exc, started)
+            if response is not None:
+                await response(scope, receive, send)
 
 
 def install_error_handlers(app: FastAPI) -> None:

@@ -16,10 +16,8 @@ requests in flight; ``/readyz`` and the pipeline's admission read it.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import enum
 import time
-from collections.abc import Iterator
 
 from service.errors import Overloaded, ShuttingDown
 
@@ -97,9 +95,9 @@ class Lifecycle:
             return f"{self._warming[0]} is warming up"
         return "models are loading"
 
-    @contextlib.contextmanager
-    def admit(self) -> Iterator[None]:
-        """Count one request as in flight for its whole life; 503 while draining or at the limit."""
+    def admit(self) -> _Admitted:
+        """Count one request as in flight for its whole life (``with lifecycle.admit():``); 503
+        while draining or at the limit."""
         if not self.accepting:
             raise ShuttingDown("the server is shutting down; retry on another instance", retry_after_s=5)
         if self.max_in_flight is not None and self.in_flight >= self.max_in_flight:
@@ -108,12 +106,12 @@ class Lifecycle:
                 f"TESSERA_MAX_REQUESTS_IN_FLIGHT); retry later"
             )
         self.in_flight += 1
-        try:
-            yield
-        finally:
-            self.in_flight -= 1
-            if self.in_flight == 0 and self._idle is not None and not self._idle.done():
-                self._idle.set_result(None)
+        return _Admitted(self)
+
+    def _left(self) -> None:
+        self.in_flight -= 1
+        if self.in_flight == 0 and self._idle is not None and not self._idle.done():
+            self._idle.set_result(None)
 
     async def wait_idle(self, timeout_s: float) -> int:
         """Wait up to ``timeout_s`` for every admitted request to be answered; how many were not."""
@@ -126,3 +124,19 @@ class Lifecycle:
             finally:
                 self._idle = None
         return self.in_flight
+
+
+class _Admitted:
+    """One admitted request; leaving the ``with`` block ends it (a class, not a generator: it
+    runs for every request)."""
+
+    __slots__ = ("_lifecycle",)
+
+    def __init__(self, lifecycle: Lifecycle) -> None:
+        self._lifecycle = lifecycle
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc_info) -> None:
+        self._lifecycle._left()

@@ -100,6 +100,7 @@ class Metrics:
         )
         self._batching: dict[tuple[str, str], _Batching] = {}
         self._requests: dict[tuple[str, str], tuple[Counter, Histogram]] = {}
+        self._lookups: dict[str, tuple[Counter, Counter]] = {}
 
     def _series(self, model: str, op: str) -> _Batching:
         found = self._batching.get((model, op))
@@ -147,8 +148,13 @@ class Metrics:
         self.tiles.labels(model=model, op="encode", source="cache").inc(tiles)
 
     def cache_lookup(self, backend: str, hits: int, misses: int) -> None:
-        self.cache_hits.labels(backend).inc(hits)
-        self.cache_misses.labels(backend).inc(misses)
+        series = self._lookups.get(backend)
+        if series is None:
+            series = self._lookups[backend] = (self.cache_hits.labels(backend), self.cache_misses.labels(backend))
+        if hits:
+            series[0].inc(hits)
+        if misses:
+            series[1].inc(misses)
 
     def cache_error(self, backend: str, op: str) -> None:
         self.cache_errors.labels(backend, op).inc()

@@ -9,7 +9,6 @@ once by. Without a cache nothing is hashed and the batcher keys rows by their by
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Hashable, Sequence
 from typing import Any
 
@@ -139,12 +138,8 @@ def merge(keys: list[bytes], hits: dict[bytes, np.ndarray], missing: list[int], 
 async def submit(
     batcher: Batcher, rows: np.ndarray, keys: Sequence[Hashable] | None, deadline: float, receive: Receive, ticket: Ticket
 ) -> np.ndarray:
-    """``batcher.submit`` while watching for the client to leave (its tiles are then dropped)."""
-    gone = asyncio.ensure_future(_disconnected(receive))
-    try:
-        return await batcher.submit(rows, keys=keys, deadline=deadline, gone=gone, ticket=ticket)
-    finally:
-        gone.cancel()
+    """``batcher.submit``, which watches for the client to leave (its tiles are then dropped)."""
+    return await batcher.submit(rows, keys=keys, deadline=deadline, gone=lambda: _disconnected(receive), ticket=ticket)
 
 
 async def _disconnected(receive: Receive) -> None:

@@ -12,7 +12,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from service import pipeline
 from service.codecs import IMAGE_TYPES, JSON, NPY, PNG, Layout
-from service.dependencies import KEY, Margin, ModelName, PipelineRoute, Spacing, State, known_query
+from service.dependencies import KEY, Margin, ModelName, Spacing, State, known_query
 from service.errors import error_body
 from service.schemas import (
     DecodeJSONRequest,
@@ -25,7 +25,7 @@ from service.schemas import (
 )
 
 router = APIRouter()
-pipeline_routes = APIRouter(route_class=PipelineRoute)  # /v1/encode and /v1/decode, before the others
+ENCODE, DECODE = "/v1/encode", "/v1/decode"  # served the short way too (service.fastpath)
 DOCS_ASSETS = "docs-assets"  # relative, so the page works behind a proxy's path prefix
 
 
@@ -72,8 +72,8 @@ DECODE_BODY = {
 # -- routes ----------------------------------------------------------------------------------
 
 
-@pipeline_routes.post(
-    "/v1/encode",
+@router.post(
+    ENCODE,
     summary="Encode tiles to latents",
     dependencies=[*KEY, known_query("model", "margin", "spacing")],
     response_model=EncodeResponse,
@@ -98,8 +98,8 @@ async def encode(request: Request, state: State, model: ModelName = None, margin
     return await pipeline.encode(request, state, model, Layout(margin, spacing))
 
 
-@pipeline_routes.post(
-    "/v1/decode",
+@router.post(
+    DECODE,
     summary="Decode latents to tiles",
     dependencies=[*KEY, known_query("model", "columns", "margin", "spacing")],
     response_class=Response,
@@ -128,9 +128,6 @@ async def decode(
     """Decode latents ``[N, *latent_shape]`` (npy or JSON) back to 32x32 tiles: RGB, or RGBA for
     RGBA models. A PNG sheet is laid out with ``margin`` and ``spacing`` when given (Tiled's)."""
     return await pipeline.decode(request, state, model, columns, Layout(margin, spacing))
-
-
-router.include_router(pipeline_routes)
 
 
 @router.get(

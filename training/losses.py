@@ -52,10 +52,11 @@ def latent_regulariser(z: torch.Tensor) -> torch.Tensor:
     return (0.5 - z.std(dim=0).mean()).abs() + z.mean().abs()
 
 
-def rgba_loss(x_hat: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+def rgba_loss(x_hat: torch.Tensor, x: torch.Tensor, alpha_weight: float = 1.0) -> torch.Tensor:
     """L1 for RGBA tiles (B, 4, H, W) with straight (not multiplied) colour: colour errors weighted
-    by the target's coverage, so invisible pixels cost nothing whatever colour they hold, plus the
-    alpha error. Both terms are means over the same number of values as plain L1."""
+    by the target's coverage, so invisible pixels cost nothing whatever colour they hold, plus
+    ``alpha_weight`` times the alpha error. Both terms are means over the same number of values
+    as plain L1."""
     alpha = x[:, 3:4]
     colour = (alpha * (x_hat[:, :3] - x[:, :3]).abs()).mean()
-    return colour + (x_hat[:, 3:4] - alpha).abs().mean()
+    return colour + alpha_weight * (x_hat[:, 3:4] - alpha).abs().mean()

@@ -33,7 +33,7 @@ from tqdm import tqdm
 import model as models
 from model.presets import parse_spec
 from training.atomic import atomic_write_text
-from training.config import FIELDS, RUN_KEYS, TrainConfig, default_lr, structure_weight
+from training.config import DEFAULTS, FIELDS, RUN_KEYS, TrainConfig, default_lr, structure_weight
 from training.dataset import TileData, TileDataset, keep_batch
 from training.errors import TrainingError
 from training.logs import CsvLog, TensorBoardLog
@@ -284,7 +284,7 @@ def resume_settings(config: TrainConfig, given: frozenset[str] | None) -> tuple[
     clash = [
         f"--{k.replace('_', '-')} {getattr(config, k)!r} (run has {saved[k]!r})"
         for k in RUN_KEYS
-        if k in given and getattr(config, k) is not None and getattr(config, k) != saved[k]
+        if k in given and getattr(config, k) is not None and getattr(config, k) != saved.get(k, DEFAULTS[k])
     ]
     if clash:
         raise TrainingError(
@@ -374,7 +374,8 @@ def prepare(config: TrainConfig, procs: Processes, state: dict | None, commands:
 def describe_run(run: Run) -> dict:
     config, weight = run.config, structure_weight(run.config)
     warmup_steps = math.ceil(config.warmup / config.batch_size)
-    loss = "rgba (coverage-weighted L1 + alpha L1)" if run.rgba else config.loss
+    rgba = f"rgba (coverage-weighted L1 + {config.alpha_weight:g} x alpha L1)"
+    loss = rgba if run.rgba else config.loss
     return {
         "command": run.commands[0],
         "resumed_with": run.commands[1:],
@@ -383,7 +384,7 @@ def describe_run(run: Run) -> dict:
         **{k: getattr(config, k) for k in RUN_KEYS},
         "spec": run.autoencoder.spec,
         "channels": "RGBA" if run.rgba else "RGB",
-        "loss": loss if loss in ("l1", "rgba (coverage-weighted L1 + alpha L1)") else f"{loss} (weight {weight:g})",
+        "loss": loss if loss in ("l1", rgba) else f"{loss} (weight {weight:g})",
         "optimizer": "AdamW",
         "schedule": (f"linear warm-up over {warmup_steps} steps, then " if warmup_steps else "")
         + f"cosine over {run.total_steps} steps",
@@ -417,7 +418,7 @@ def train_step(run: Run, x: torch.Tensor) -> torch.Tensor:
     config = run.config
     with run.autocast():
         x_hat, z = run.net(x)
-    loss = rgba_loss(x_hat.float(), x) if run.rgba else training_loss(x_hat.float(), x, config.loss,
+    loss = rgba_loss(x_hat.float(), x, config.alpha_weight) if run.rgba else training_loss(x_hat.float(), x, config.loss,
                                                                        structure_weight(config))
     if config.latent_reg:
         loss = loss + config.latent_reg * latent_regulariser(z.float())

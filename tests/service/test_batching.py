@@ -409,7 +409,7 @@ def test_a_disconnected_clients_tiles_are_skipped():
         batcher.start()
         gone = asyncio.get_running_loop().create_future()
         other = asyncio.ensure_future(batcher.submit(rows(0, 1), deadline=later(batcher)))
-        leaving = asyncio.ensure_future(batcher.submit(rows(7, 3), deadline=later(batcher), gone=gone))
+        leaving = asyncio.ensure_future(batcher.submit(rows(7, 3), deadline=later(batcher), gone=lambda: gone))
         await queued(batcher, 4)
         gone.set_result(None)
         with pytest.raises(ClientDisconnected):

@@ -186,8 +186,8 @@ def test_bad_query_parameters_are_422(client):
 
 
 def test_query_values_the_fast_path_does_not_judge_get_fastapis_answer(client):
-    """/v1/encode and /v1/decode check plain query values themselves (service.dependencies.
-    PipelineRoute) and leave the rest to FastAPI: the answers are FastAPI's either way."""
+    """/v1/encode and /v1/decode check plain query values themselves (service.fastpath) and
+    leave the rest to FastAPI: the answers are FastAPI's either way."""
     latents = npy(np.zeros((1, 64, 1, 1), np.float32))
     for query in ("columns=%2B3", "columns=%203", "columns=3.0", f"model={'x' * 201}"):
         r = client.post(f"{DECODE}?{query}", content=latents, headers={"Content-Type": NPY})

@@ -16,6 +16,7 @@ import model
 from training import study
 from training.losses import gradient_l1, ssim, training_loss
 from training.metrics import evaluate_reconstruction, metrics_from_sums
+from training.config import TrainConfig
 from training.errors import TrainingError
 from training.train import ema_of, schedule, train
 
@@ -171,6 +172,21 @@ def test_rgba_loss_ignores_the_colour_of_invisible_pixels():
     assert rgba_loss(other, x).item() == pytest.approx(0.0, abs=1e-7)
     other[:, :3, :16] += 0.1
     assert rgba_loss(other, x).item() == pytest.approx(0.1 * 3 * 16 * 32 / (3 * 32 * 32), rel=1e-4)
+
+
+def test_alpha_weight_scales_only_the_alpha_error():
+    from training.losses import rgba_loss
+
+    x = torch.rand(2, 4, 32, 32)
+    x[:, 3] = 1
+    off_colour, off_alpha = x.clone(), x.clone()
+    off_colour[:, :3] -= 0.2
+    off_alpha[:, 3] -= 0.2
+    assert rgba_loss(off_colour, x, alpha_weight=4).item() == pytest.approx(0.2, rel=1e-4)
+    assert rgba_loss(off_alpha, x, alpha_weight=4).item() == pytest.approx(4 * 0.2, rel=1e-4)
+    assert rgba_loss(off_alpha, x).item() == pytest.approx(0.2, rel=1e-4)
+    with pytest.raises(ValueError, match="--alpha-weight"):
+        TrainConfig(model="dcae-s64-f8c4-rgba", alpha_weight=0)
 
 
 def test_rgba_metrics_give_alpha_iou_and_colour_psnr_over_covered_pixels():
