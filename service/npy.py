@@ -72,25 +72,31 @@ def read_npy(data: bytes) -> np.ndarray:
         start = _npy_data_offset(data)
         if start > NPY_MAX_HEADER_BYTES:
             raise NpyHeaderError(f"the header is longer than {NPY_MAX_HEADER_BYTES} bytes")
-        shape, fortran_order, dtype = _npy_header(data[:start])
+        shape, order, dtype, count = _npy_layout(data[:start])
     except NpyHeaderError as exc:
         raise BadRequest(f"unreadable .npy header: {exc}; write it with numpy.save") from None
     except ValueError:
         raise BadRequest("unreadable .npy header: it is cut short; write it with numpy.save") from None
-    if dtype.hasobject or dtype.names is not None or dtype.subdtype is not None or dtype.itemsize == 0:
-        raise InvalidInput(f"dtype {dtype} is not accepted; send a plain numeric array", code="bad_dtype")
-    declared = math.prod(shape) * dtype.itemsize  # Python ints: no overflow
-    held = len(data) - start
+    declared, held = count * dtype.itemsize, len(data) - start
     if declared != held:
         raise BadRequest(
             f".npy header declares shape {list(shape)} of {dtype} ({declared} bytes) but the body holds {held} bytes "
             f"of data; send the whole file written by numpy.save"
         )
     try:  # an empty array may still declare dimensions numpy cannot index, e.g. (0, 2**62)
-        flat = np.frombuffer(data, dtype=dtype, count=math.prod(shape), offset=start)
-        return flat.reshape(shape, order="F" if fortran_order else "C").copy()
+        return np.frombuffer(data, dtype=dtype, count=count, offset=start).reshape(shape, order=order).copy()
     except ValueError as exc:
         raise InvalidInput(f".npy shape {list(shape)} cannot be read ({exc}); send tiles as [N, 32, 32, 3]", code="bad_shape") from None
+
+
+@functools.lru_cache(maxsize=64)
+def _npy_layout(prefix: bytes) -> tuple[tuple[int, ...], str, np.dtype, int]:
+    """Shape, order ("C" or "F"), dtype and element count of an array with this header; the
+    dtype checked (cached with the header: the checks cost more than reading a tile)."""
+    shape, fortran_order, dtype = _npy_header(prefix)
+    if dtype.hasobject or dtype.names is not None or dtype.subdtype is not None or dtype.itemsize == 0:
+        raise InvalidInput(f"dtype {dtype} is not accepted; send a plain numeric array", code="bad_dtype")
+    return shape, "F" if fortran_order else "C", dtype, math.prod(shape)  # Python ints: no overflow
 
 
 def npy_bytes(array: np.ndarray) -> bytes:
