@@ -217,12 +217,13 @@ def test_an_rgba_model_trains_on_the_rgba_tiles_with_alpha_metrics(sheet_folder,
     write_corpus(split_sources([Tileset("art", "test", "art", "CC0-1.0", sheets)]), tmp_path / "corpus", [])
     spec = tiny_rgba()
     out = tmp_path / "rgba"
-    summary = train(tiny_config(tmp_path / "corpus", out, model=spec, max_inputs=128, eval_every=64))
+    summary = train(tiny_config(tmp_path / "corpus", out, model=spec, max_inputs=128, eval_every=64, alpha_weight=2.5))
     assert summary["stopped"] == "done"
     net, info = model.load_checkpoint(out / "last.safetensors")
     assert net.config.in_channels == 4 and info["compression_ratio"] == 64
     record = info["training"]
-    assert record["channels"] == "RGBA" and record["loss"].startswith("rgba")
+    assert record["channels"] == "RGBA" and record["loss"] == "rgba (coverage-weighted L1 + 2.5 x alpha L1)"
+    assert record["alpha_weight"] == 2.5
     assert 0 <= record["metrics"]["val_alpha_iou"] <= 1 and "val_covered_psnr" in record["metrics"]
     with open(out / "val.csv", newline="") as handle:
         assert {"val_alpha_iou", "val_covered_psnr"} <= set(next(csv.DictReader(handle)))
