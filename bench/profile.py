@@ -43,7 +43,7 @@ GROUPS: dict[str, tuple[tuple[str, str | None], ...]] = {
     "answer (npy, JSON)": (("service/codecs.py", "npy_bytes"), ("service/formats.py", None), ("starlette/responses.py", None)),
     "metrics": (("prometheus_client/", None), ("service/metrics.py", None)),
     "route and pipeline code": (("service/routes.py", None), ("service/pipeline.py", None), ("service/dependencies.py", None),
-                                ("service/lifecycle.py", None)),
+                                ("service/fastpath.py", None), ("service/lifecycle.py", None)),
 }
 FRAMEWORK = "HTTP and framework (uvicorn, Starlette, FastAPI)"
 LOOP = "event loop and sockets"
