@@ -62,6 +62,7 @@ class ShortRoute:
     path: str
     endpoint: Callable[..., Any]
     parsers: dict[str, Callable[[str], Any]]
+    known: frozenset[str]  # the parsers' names: the parameters check_query accepts
 
     @classmethod
     def of(cls, route: APIRoute) -> ShortRoute:
@@ -70,14 +71,14 @@ class ShortRoute:
         if taken != ["request", "state"] or not set(names) <= set(PARSERS):
             raise TypeError(f"{route.path}: the short way needs an endpoint (request, state, **query) with query "
                             f"parameters among {sorted(PARSERS)}; got {taken} and {names}")
-        return cls(route.path, route.endpoint, {name: PARSERS[name] for name in names})
+        return cls(route.path, route.endpoint, {name: PARSERS[name] for name in names}, frozenset(names))
 
     def query(self, request: Request) -> dict[str, Any]:
         """The query values, checked as the route's dependencies check them; ``Slow`` for a value
         FastAPI should judge."""
         if not request.scope["query_string"]:
             return {}
-        check_query(request, frozenset(self.parsers))
+        check_query(request, self.known)
         params = request.query_params
         return {name: self.parsers[name](params[name]) for name in params} if params else {}
 
@@ -85,7 +86,7 @@ class ShortRoute:
 class TesseraApp(FastAPI):
     """FastAPI, with ``POST`` to the routes named by ``serve_short`` taken the short way."""
 
-    short_routes: dict[str, ShortRoute]
+    short_routes: dict[str, ShortRoute] = {}  # replaced whole by serve_short, never changed in place
 
     def serve_short(self, router: APIRouter, *paths: str) -> None:
         """Take ``POST`` requests to ``paths``, routes of ``router`` (included in this app), the short way."""
@@ -97,7 +98,7 @@ class TesseraApp(FastAPI):
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["method"] == "POST" and not scope.get("root_path"):
-            route = getattr(self, "short_routes", {}).get(scope["path"])
+            route = self.short_routes.get(scope["path"])
             if route is not None and await self._short(route, scope, receive, send):
                 return
         await super().__call__(scope, receive, send)
