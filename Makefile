@@ -34,7 +34,7 @@ test: venv
 serve: venv
 	$(VENV)/bin/tessera serve --host $(HOST) --port $(PORT)
 
-# the multi-artist training corpus (crawl-tiles-data + cataclysm-dda-data); data/dcss is its DCSS
+# the multi-artist training corpus (five Debian packages: training/corpus.py, PACKAGES); data/dcss is its DCSS
 # source alone, which the service's round-trip test uses
 data: venv
 	$(VENV)/bin/tessera data corpus --out data/corpus

@@ -33,7 +33,7 @@ from pathlib import Path
 from bench import load, results, scrape
 from bench.console import served_stage
 from bench.machine import describe
-from bench.procs import machine_busy_s, process_cpu_s
+from bench.procs import machine_busy_s, process_cpu_s, thread_cpu_s
 from bench.service import SingleTiles
 from tests.support.serve import ServerProcess, tessera_server
 
@@ -76,10 +76,12 @@ def cpu_point(server: ServerProcess, tiles: SingleTiles, connections: int, plan:
     closed_loop(tiles, server.url, connections, plan.warmup_s)
     before = scrape.scrape(server.url) if model else None
     cpu, busy, generator = process_cpu_s(server.pid), machine_busy_s(), children_cpu_s()
+    threads = thread_cpu_s(server.pid)
     wall = time.perf_counter()
     point = closed_loop(tiles, server.url, connections, plan.duration_s)
     wall = time.perf_counter() - wall
     cpu, generator = process_cpu_s(server.pid) - cpu, children_cpu_s() - generator
+    after = thread_cpu_s(server.pid)
     busy = machine_busy_s() - busy if busy is not None else None
     out = {
         "connections": connections, "requests": point["ok"], "errors": point["errors"], "wall_s": wall,
@@ -88,6 +90,9 @@ def cpu_point(server: ServerProcess, tiles: SingleTiles, connections: int, plan:
         # cores' worth of CPU other processes used meanwhile: well above 0, the point shared the machine
         "other_cores": None if busy is None else max(0.0, busy - cpu - generator) / wall,
     }
+    if threads and after and point["ok"]:  # the main thread runs the event loop; the others are the model's
+        out["loop_us_per_request"] = 1e6 * (after["main"] - threads["main"]) / point["ok"]
+        out["model_thread_us_per_request"] = 1e6 * (after["others"] - threads["others"]) / point["ok"]
     if model:
         out["server"] = scrape.between(before, scrape.scrape(server.url), model)
     logger.info("%s c=%d: %s us CPU per request, %d requests, %d errors, mean batch %s", "server" if model else "floor",

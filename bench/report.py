@@ -326,7 +326,8 @@ def cpu_request_section(cpu: dict) -> list[str]:
     for p in cpu["points"]:
         server = p["server"]
         rows.append([str(p["connections"]), fmt(p["floor_us"]), fmt(p["model_us"]), str(p["model"]["batch"]), fmt(p["rest_us"]),
-                     fmt(p["server_us"]), fmt(p["rest_over_floor"], 2), fmt(p["server_over_model"], 2),
+                     fmt(p["server_us"]), fmt(server.get("loop_us_per_request")),
+                     fmt(server.get("model_thread_us_per_request")), fmt(p["rest_over_floor"], 2), fmt(p["server_over_model"], 2),
                      fmt(server["server"]["mean_batch_tiles"], 1), f"{server['errors']} / {p['floor']['errors']}",
                      fmt(max(server["other_cores"] or 0, p["floor"]["other_cores"] or 0), 2)])
     plan = cpu["plan"]
@@ -338,10 +339,14 @@ def cpu_request_section(cpu: dict) -> list[str]:
             f"reads the same body and answers a fixed npy latent (`bench/floor_app.py`). *model*: the server's traced model "
             f"call on its own, {plan['threads']} torch thread(s), at the server's mean batch for those connections. *rest*: "
             f"server - model - floor, what the service itself spends (routing, admission, decoding, hashing, cache, "
-            f"batching, hand-offs, metrics, answer). Targets: (server - model) <= {cpu['targets']['rest_over_floor']:g}x "
+            f"batching, hand-offs, metrics, answer). *event loop* and *model threads*: the server's CPU split by thread, its "
+            f"main thread (uvicorn's event loop: HTTP, routing, decoding, cache, answers) and the others (the model thread's "
+            f"batch collection, model calls and hand-backs, torch's pool); *model threads* against *model* is what the same "
+            f"call costs inside the busy server. Targets: (server - model) <= {cpu['targets']['rest_over_floor']:g}x "
             f"floor; at {cpu['targets']['connections']} connections server <= {cpu['targets']['server_over_model']:g}x "
             f"model. *others*: cores' worth of CPU every other process used meanwhile (well above 0: a shared machine).", "",
-            *table(["connections", "floor us", "model us", "at batch", "rest us", "server us", "(server - model) / floor",
+            *table(["connections", "floor us", "model us", "at batch", "rest us", "server us", "event loop us",
+                    "model threads us", "(server - model) / floor",
                     "server / model", "mean batch", "errors (server / floor)", "others (cores)"], rows), ""]
 
 

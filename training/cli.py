@@ -47,9 +47,9 @@ def _data_dcss(args: argparse.Namespace) -> int:
 
 
 def _data_corpus(args: argparse.Namespace) -> int:
-    from training.corpus import build_corpus, deb_map
+    from training.corpus import build_corpus, deb_map, packages_named
 
-    manifest = build_corpus(args.out, debs=deb_map(args.deb or []))
+    manifest = build_corpus(args.out, debs=deb_map(args.deb or []), packages=packages_named(args.package))
     for source in manifest["sources"]:
         c = source["counts"]
         print(f"  {source['name']}: {c['kept']} tiles ({c['train']} train, {c['val']} val) from {c['sheets']} "
@@ -85,8 +85,13 @@ def _add_data(sub: argparse._SubParsersAction) -> None:
     dcss.add_argument("--deb", help="use this crawl-tiles-data .deb instead of the installed package or a download")
     dcss.set_defaults(func=friendly("data dcss", _data_dcss))
     corpus = kinds.add_parser(
-        "corpus", help="the multi-artist corpus: crawl-tiles-data and cataclysm-dda-data, one validation split each")
+        "corpus", help="the multi-artist corpus: crawl-tiles-data, cataclysm-dda-data, crossfire-client-images, "
+                       "supertux-data and angband-data, one validation split per tileset")
     corpus.add_argument("--out", default="data/corpus", help="output folder (default: %(default)s)")
+    corpus.add_argument("--package", action="append", metavar="NAME",
+                        help="only this package of the corpus (repeatable; kept in the corpus's order), e.g. the "
+                             "first two for the corpus the checkpoints before crossfire-client-images were "
+                             "trained on")
     corpus.add_argument("--deb", action="append", metavar="FILE",
                         help="use this .deb of one of the packages instead of the installed one or a download "
                              "(repeatable)")

@@ -12,9 +12,19 @@ tileset is one validation *source*:
   JSON names the sheets of the tileset and their sprite size (``sprite_width`` /
   ``sprite_height``, else the tileset's ``tile_info`` default). Only sheets whose sprites are
   32x32 are taken, cut on that grid; the ids of their sprites follow the game's rule (a sheet's
-  first id is the number of sprites in the sheets listed before it).
+  first id is the number of sprites in the sheets listed before it);
+- ``crossfire-client-images`` (Crossfire, GPL): the client's base image set, one file
+  (``crossfire.base``) of ``IMAGE <bytes> <face>`` records, each followed by that face's PNG;
+  faces are 32x32 or, for objects bigger than one square, a multiple of 32 on each side, cut on
+  the 32 grid;
+- ``supertux-data`` (SuperTux, GPL-3+): the tiles ``images/tiles.strf`` lays out, an
+  S-expression whose ``(tiles (width W) (height H) (ids ...) (image "..."))`` entries put the
+  tile with id ``ids[k]`` in cell ``(k % W, k // W)`` of a sheet of 32x32 cells (id 0: no tile);
+  animated entries (``images``) and sheets of another cell size are left out;
+- ``angband-data`` (Angband, CC-BY-3.0): David Gervais' 32x32 set, the sheet that
+  ``xtra/graf/graphics.txt`` names for 32x32 tiles, cut on its grid.
 
-Sources are processed in order. A tile is dropped when it is one colour, or when the same pixels
+Sources are processed in the order of ``PACKAGES``, and new packages go at its end. A tile is dropped when it is one colour, or when the same pixels
 already came from this or an earlier source. Each source is then shuffled with a fixed seed and
 every 20th tile goes to validation, so the DCSS source gives byte-for-byte the split of
 ``tessera data dcss``. The folder holds ``train.npy`` (every source's training tiles),
@@ -25,6 +35,7 @@ every 20th tile goes to validation, so the DCSS source gives byte-for-byte the s
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import re
 import tempfile
@@ -50,7 +61,12 @@ CORPUS_VERSION = 1
 class SourceSheet:
     name: str  # path relative to the tileset's folder
     path: Path
-    first_id: int  # sprite id of the sheet's top-left sprite
+    first_id: int  # sprite id of the sheet's top-left sprite; -1: the format has no sprite ids
+    data: bytes | None = None  # the image's bytes, for an image packed inside the file at ``path``
+    ids: tuple[int, ...] | None = None  # sprite id per cell, row-major; cells with id 0 are not cut
+
+    def read(self) -> bytes:
+        return self.path.read_bytes() if self.data is None else self.data
 
 
 @dataclass(frozen=True)
@@ -80,12 +96,18 @@ def dcss_tilesets(root: Path) -> list[Tileset]:
                     tuple(SourceSheet(s.name, s.path, -1) for s in sheets))]
 
 
-def sprite_count(path: Path, width: int, height: int) -> int:
+def image_size(path: Path, data: bytes | None = None) -> tuple[int, int]:
+    """Width and height of an image file (or of ``data``, an image packed inside ``path``)."""
     try:
-        with Image.open(path) as image:
-            return (image.width // width) * (image.height // height)
+        with Image.open(path if data is None else io.BytesIO(data)) as image:
+            return image.size
     except OSError as exc:
         raise DataError(f"cannot read sheet {path}: {exc}") from exc
+
+
+def sprite_count(path: Path, width: int, height: int) -> int:
+    sheet_w, sheet_h = image_size(path)
+    return (sheet_w // width) * (sheet_h // height)
 
 
 def cdda_tileset_sheets(config_path: Path) -> list[SourceSheet]:
@@ -134,23 +156,141 @@ def cdda_tilesets(root: Path, names: tuple[str, ...] = CDDA_TILESETS) -> list[Ti
     return found
 
 
-# The corpus, in this order (the order decides which copy of a duplicate tile is kept).
+CROSSFIRE_DIR = Path("usr/share/games/crossfire-client")
+
+
+def crossfire_faces(path: Path) -> list[SourceSheet]:
+    """The faces of a Crossfire image file: ``IMAGE <bytes> <face>\\n`` and then the face's PNG."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise DataError(f"cannot read {path}: {exc}; is it an unpacked crossfire-client-images?") from exc
+    faces, pos = [], 0
+    while pos < len(data):
+        end = data.find(b"\n", pos)
+        word, _, rest = data[pos:end if end >= 0 else len(data)].partition(b" ")
+        size, _, name = rest.partition(b" ")
+        if end < 0 or word != b"IMAGE" or not size.isdigit() or not name:
+            raise DataError(f"{path}: no IMAGE record at byte {pos}")
+        start, pos = end + 1, end + 1 + int(size)
+        if pos > len(data):
+            raise DataError(f"{path}: the image {name.decode(errors='replace')} is cut short")
+        faces.append(SourceSheet(name.decode(errors="replace").removeprefix("./"), path, -1, data=data[start:pos]))
+    return faces
+
+
+def crossfire_tilesets(root: Path) -> list[Tileset]:
+    faces = [face for face in crossfire_faces(root / CROSSFIRE_DIR / "crossfire.base")
+             if min(image_size(face.path, face.data)) >= TILE]
+    return [Tileset("crossfire", "crossfire-client-images", "base", "GPL", tuple(faces))]
+
+
+SUPERTUX_IMAGES = Path("usr/share/games/supertux2/images")
+
+
+def supertux_sheets(strf: Path) -> list[SourceSheet]:
+    """The sheets of 32x32 tiles that a SuperTux ``tiles.strf`` lays out, each with its tile ids."""
+    try:
+        import sexpdata  # the train extra
+    except ImportError as exc:
+        raise DataError("reading SuperTux's tiles.strf needs sexpdata: pip install 'tessera[train]'") from exc
+    try:
+        text = strf.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DataError(f"cannot read tile description {strf}: {exc}") from exc
+    try:
+        document = sexpdata.loads(text)
+    except Exception as exc:  # sexpdata's own errors, and AttributeError/AssertionError on some broken input
+        raise DataError(f"cannot read tile description {strf}: not an S-expression ({exc!r})") from exc
+    sheets = []
+    for entry in document[1:] if isinstance(document, list) else []:
+        if not (isinstance(entry, list) and entry and entry[0] == sexpdata.Symbol("tiles")):
+            continue
+        fields = {item[0].value(): item[1:] for item in entry[1:]
+                  if isinstance(item, list) and item and isinstance(item[0], sexpdata.Symbol)}
+        image = fields.get("image", [None])[0]
+        if not isinstance(image, str):  # an animation: its frames are listed under ``images``
+            continue
+        width, height = (fields.get(key, [None])[0] for key in ("width", "height"))
+        ids = tuple(fields.get("ids", ()))
+        if not (isinstance(width, int) and isinstance(height, int) and len(ids) == width * height
+                and all(isinstance(i, int) for i in ids)):
+            raise DataError(f"{strf}: the tiles of {image} are {len(ids)} ids for {width}x{height} cells")
+        path = strf.parent / image
+        if not path.is_file():
+            raise DataError(f"{strf} names {image}, which is not in the package")
+        if image_size(path) == (width * TILE, height * TILE):  # other cell sizes are hi-res copies
+            sheets.append(SourceSheet(image, path, -1, ids=ids))
+    return sheets
+
+
+def supertux_tilesets(root: Path) -> list[Tileset]:
+    sheets = supertux_sheets(root / SUPERTUX_IMAGES / "tiles.strf")
+    if not sheets:
+        raise DataError(f"{root / SUPERTUX_IMAGES / 'tiles.strf'} lays out no sheet of 32x32 tiles")
+    return [Tileset("supertux", "supertux-data", "tiles", "GPL-3.0-or-later", tuple(sheets))]
+
+
+ANGBAND_GRAF = Path("usr/share/angband/xtra/graf")
+
+
+def angband_tilesets(root: Path) -> list[Tileset]:
+    """The 32x32 tile set that Angband's ``graphics.txt`` lists (``I:32:32:<file>``)."""
+    listing = root / ANGBAND_GRAF / "graphics.txt"
+    try:
+        lines = listing.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DataError(f"cannot read {listing}: {exc}; is it an unpacked angband-data?") from exc
+    found, name = [], ""
+    for line in lines:
+        fields = line.strip().split(":")
+        if fields[0] == "N" and len(fields) >= 3:
+            name = ":".join(fields[2:])
+        elif fields[0] == "I" and len(fields) >= 4 and fields[1:3] == [str(TILE), str(TILE)]:
+            sheet = ":".join(fields[3:])
+            found.append(Tileset("angband", "angband-data", name, "CC-BY-3.0",
+                                 (SourceSheet(sheet, root / ANGBAND_GRAF / sheet, -1),)))
+    if len(found) != 1:
+        raise DataError(f"{listing} lists {len(found)} sets of 32x32 tiles, not one")
+    return found
+
+
+# The corpus, in this order (the order decides which copy of a duplicate tile is kept). A new
+# package goes at the end, so that the earlier sources keep their tiles and validation splits.
 PACKAGES: tuple[Package, ...] = (
     Package("crawl-tiles-data", "CC0-1.0", dcss.TILES_DIR, dcss_tilesets),
     Package("cataclysm-dda-data", "CC-BY-SA-3.0", CDDA_GFX, cdda_tilesets),
+    Package("crossfire-client-images", "GPL", CROSSFIRE_DIR, crossfire_tilesets),
+    Package("supertux-data", "GPL-3.0-or-later", SUPERTUX_IMAGES, supertux_tilesets),
+    Package("angband-data", "CC-BY-3.0", ANGBAND_GRAF, angband_tilesets),
 )
+
+
+def packages_named(names: list[str] | None) -> tuple[Package, ...]:
+    """The packages of the corpus that ``names`` lists, in the corpus's order (all when None)."""
+    if not names:
+        return PACKAGES
+    known = [p.name for p in PACKAGES]
+    unknown = sorted(set(names) - set(known))
+    if unknown:
+        raise DataError(f"{unknown[0]!r} is not a package of the corpus; known: {known}")
+    return tuple(p for p in PACKAGES if p.name in names)
 
 
 def cut_tileset(tileset: Tileset) -> tuple[np.ndarray, list[list]]:
     """Every 32x32 cell of the tileset's sheets (RGBA, alpha kept) and a manifest row for each."""
     blocks, rows = [], []
     for sheet in tileset.sheets:
-        tiles, coords = sheet_tiles_rgba(sheet.path, TILE)
-        blocks.append(tiles)
-        columns = max(1, max((x for x, _ in coords), default=0) // TILE + 1)
-        for x, y in coords:
-            sprite = -1 if sheet.first_id < 0 else sheet.first_id + (y // TILE) * columns + x // TILE
-            rows.append([tileset.package, tileset.tileset, sheet.name, x, y, sprite, tileset.license])
+        tiles, coords = sheet_tiles_rgba(sheet.path, TILE, sheet.data)
+        if sheet.ids is None:
+            sprites = [-1 if sheet.first_id < 0 else sheet.first_id + k for k in range(len(coords))]
+            cells = list(range(len(coords)))
+        else:
+            sprites, cells = list(sheet.ids), [k for k, sprite in enumerate(sheet.ids) if sprite]
+        blocks.append(tiles[cells])
+        for k in cells:
+            x, y = coords[k]
+            rows.append([tileset.package, tileset.tileset, sheet.name, x, y, sprites[k], tileset.license])
     return np.concatenate(blocks), rows
 
 
@@ -215,7 +355,7 @@ def write_corpus(parts: list[dict], out: str | Path, packages: list[dict]) -> di
             "name": ts.source, "package": ts.package, "tileset": ts.tileset, "license": ts.license,
             "counts": part["counts"], "val": f"val/{ts.source}", "val_rgba": f"val/{ts.source}/rgba",
             "sheets": [{"name": s.name, "first_sprite_id": s.first_id,
-                        "sha256": hashlib.sha256(s.path.read_bytes()).hexdigest()} for s in ts.sheets],
+                        "sha256": hashlib.sha256(s.read()).hexdigest()} for s in ts.sheets],
         })
     counts = {k: sum(p["counts"][k] for p in parts) for k in parts[0]["counts"]}
     manifest = {

@@ -9,6 +9,7 @@ neighbour.
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import numpy as np
@@ -20,11 +21,12 @@ from training.errors import DataError
 IMAGE_SUFFIXES = (".png", ".gif", ".bmp", ".jpg", ".jpeg", ".webp", ".tga")
 
 
-def load_rgba(path: Path) -> np.ndarray:
+def load_rgba(path: Path, data: bytes | None = None) -> np.ndarray:
     """Read an image file as uint8 RGBA, shape (H, W, 4), by ``tiles.to_rgba``; the first frame
-    of an animation."""
+    of an animation. ``data``: the file's bytes, for an image packed inside another file
+    (``path`` then only names it)."""
     try:
-        with Image.open(path) as image:
+        with Image.open(path if data is None else io.BytesIO(data)) as image:
             image.seek(0)
             return np.array(to_rgba(image), dtype=np.uint8)  # a copy: the file closes
     except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
@@ -58,10 +60,11 @@ def constant_mask(tiles: np.ndarray) -> np.ndarray:
     return (flat == flat[:, :1]).all(axis=(1, 2))
 
 
-def sheet_tiles_rgba(path: Path, tile_size: int) -> tuple[np.ndarray, list[tuple[int, int]]]:
-    """Read one sheet and return its 32x32 RGBA tiles (N, 32, 32, 4) uint8, alpha kept (not
-    multiplied in), and their positions."""
-    rgba = load_rgba(path)
+def sheet_tiles_rgba(path: Path, tile_size: int,
+                     data: bytes | None = None) -> tuple[np.ndarray, list[tuple[int, int]]]:
+    """Read one sheet (or ``data``, its bytes) and return its 32x32 RGBA tiles (N, 32, 32, 4)
+    uint8, alpha kept (not multiplied in), and their positions."""
+    rgba = load_rgba(path, data)
     height, width = rgba.shape[:2]
     if height < tile_size or width < tile_size:
         raise DataError(

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import shutil
+import subprocess
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -32,6 +35,7 @@ def test_data_folder_prints_counts(capsys, sheet_folder, tmp_path):
     (["train", "--model", "latent_channels=64", "--max-inputs", "10"], "--out is required"),
     (["train", "--model", "dcae-t48", "--max-inputs", "0", "--out", "x"], "--max-inputs must be at least 1"),
     (["evaluate", "/nonexistent/model.safetensors", "--data", "/nonexistent/data"], "does not exist"),
+    (["data", "corpus", "--package", "nethack", "--out", "x"], "'nethack' is not a package of the corpus"),
 ])
 def test_bad_input_is_one_line_and_exit_code_1(capsys, tmp_path, monkeypatch, argv, message):
     monkeypatch.chdir(tmp_path)
@@ -88,3 +92,27 @@ def test_plot_of_checkpoint_files_alone_draws_only_the_grid(capsys, full_run, ti
                          "--recon", "grid.png")
     assert code == 0, err
     assert (tmp_path / "grid.png").is_file() and not (tmp_path / "curves.png").exists() and "curves" not in out
+
+
+@pytest.mark.skipif(shutil.which("dpkg-deb") is None, reason="needs dpkg-deb (Debian's dpkg)")
+def test_data_corpus_builds_the_packages_asked_for_from_a_deb(capsys, tmp_path):
+    """One package of the corpus from a .deb on disk: unpacked, cut and described as from apt."""
+    root = tmp_path / "pkg"
+    graf = root / "usr/share/angband/xtra/graf"
+    graf.mkdir(parents=True)
+    pixels = np.random.default_rng(0).integers(0, 256, (64, 128, 4), dtype=np.uint8)
+    pixels[..., 3] = 255
+    Image.fromarray(pixels, "RGBA").save(graf / "32x32.png")
+    (graf / "graphics.txt").write_text("N:1:Small tiles\nI:16:16:16x16.png\nN:3:Big tiles\nI:32:32:32x32.png\n")
+    (root / "DEBIAN").mkdir()
+    (root / "DEBIAN/control").write_text("Package: angband-data\nVersion: 9.9-1\nArchitecture: all\n"
+                                          "Maintainer: Test <test@example.org>\nDescription: fixture\n")
+    subprocess.run(["dpkg-deb", "--build", "--root-owner-group", str(root), str(tmp_path / "angband.deb")],
+                   check=True, capture_output=True)
+    code, out, _ = run(capsys, "data", "corpus", "--package", "angband-data", "--deb", str(tmp_path / "angband.deb"),
+                       "--out", str(tmp_path / "corpus"))
+    assert code == 0 and "angband: 8 tiles (7 train, 1 val)" in out
+    manifest = json.loads((tmp_path / "corpus" / "manifest.json").read_text())
+    assert manifest["source"]["packages"] == [{"package": "angband-data", "version": "9.9-1", "license": "CC-BY-3.0",
+                                               "tilesets": ["Big tiles"]}]
+    assert [s["name"] for s in manifest["sources"]] == ["angband"]

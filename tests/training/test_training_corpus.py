@@ -4,6 +4,7 @@ deduplicated, and the DCSS source identical to `tessera data dcss`."""
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 from pathlib import Path
 
@@ -11,8 +12,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from training.corpus import (CDDA_GFX, SourceSheet, Tileset, cdda_tileset_sheets, cdda_tilesets, split_sources,
-                             write_corpus)
+from training.corpus import (ANGBAND_GRAF, CDDA_GFX, CROSSFIRE_DIR, PACKAGES, SUPERTUX_IMAGES, SourceSheet, Tileset,
+                             angband_tilesets, cdda_tileset_sheets, cdda_tilesets, crossfire_tilesets, cut_tileset,
+                             packages_named, split_sources, supertux_tilesets, write_corpus)
 from training.data import build_dataset, folder_sheets
 from training.dataset import TileData
 from training.errors import DataError
@@ -113,3 +115,150 @@ def test_the_first_source_splits_exactly_as_a_data_set_of_its_own(sheet_folder, 
     before = {p.name: digest(p) for p in (tmp_path / "corpus").iterdir()}
     write_corpus(split_sources(tilesets), tmp_path / "corpus", [])
     assert {p.name: digest(p) for p in (tmp_path / "corpus").iterdir()} == before
+
+
+def png_bytes(pixels: np.ndarray) -> bytes:
+    out = io.BytesIO()
+    Image.fromarray(pixels, "RGBA").save(out, format="PNG")
+    return out.getvalue()
+
+
+def random_rgba(width: int, height: int, seed: int) -> np.ndarray:
+    image = np.random.default_rng(seed).integers(0, 256, size=(height, width, 4), dtype=np.uint8)
+    image[..., 3] = 255
+    return image
+
+
+def write_crossfire(root: Path, faces: list[tuple[str, np.ndarray]]) -> Path:
+    path = root / CROSSFIRE_DIR / "crossfire.base"
+    path.parent.mkdir(parents=True)
+    records = []
+    for name, pixels in faces:
+        data = png_bytes(pixels)
+        records.append(f"IMAGE {len(data)} ./{name}\n".encode() + data)
+    path.write_bytes(b"".join(records))
+    return path
+
+
+def test_crossfire_faces_are_read_from_the_packed_image_file_and_cut_on_the_32_grid(tmp_path):
+    one, two, small = random_rgba(32, 32, 1), random_rgba(64, 32, 2), random_rgba(16, 16, 3)
+    write_crossfire(tmp_path, [("arch/a/one.111", one), ("arch/b/two.x11", two), ("arch/c/small.111", small)])
+    [tileset] = crossfire_tilesets(tmp_path)
+    assert (tileset.source, tileset.package, tileset.license) == ("crossfire", "crossfire-client-images", "GPL")
+    assert [s.name for s in tileset.sheets] == ["arch/a/one.111", "arch/b/two.x11"]  # under 32 pixels: left out
+    tiles, rows = cut_tileset(tileset)
+    assert np.array_equal(tiles, np.stack([one, two[:, :32], two[:, 32:]]))
+    assert [row[2:6] for row in rows] == [["arch/a/one.111", 0, 0, -1], ["arch/b/two.x11", 0, 0, -1],
+                                          ["arch/b/two.x11", 32, 0, -1]]
+    # each face's sha256 in the manifest is that of its own PNG
+    manifest = write_corpus(split_sources([tileset]), tmp_path / "corpus", [])
+    assert manifest["sources"][0]["sheets"][0]["sha256"] == hashlib.sha256(png_bytes(one)).hexdigest()
+
+
+@pytest.mark.parametrize("cut", [lambda b: b[:-10], lambda b: b"PNG " + b, lambda b: b + b"IMAGE x y\n"])
+def test_a_damaged_crossfire_image_file_is_a_data_error(tmp_path, cut):
+    path = write_crossfire(tmp_path, [("arch/a/one.111", random_rgba(32, 32, 1))])
+    path.write_bytes(cut(path.read_bytes()))
+    with pytest.raises(DataError, match="crossfire.base"):
+        crossfire_tilesets(tmp_path)
+
+
+STRF = """;; -*- scheme -*-
+(supertux-tiles
+  (tilegroup (name (_ "Snow")) (tiles 5 7 8))
+  (tile (id 3) (images "single.png") (solid #t))
+  (tiles
+    (width 2)
+    (height 2)
+    (ids 5 0
+         7 8)
+    (attributes 1 0 1 1)
+    (image "tiles/block.png")
+  )
+  (tiles (width 1) (height 1) (ids 9) (images "tiles/a.png" "tiles/b.png") (fps 10))
+  (tiles (width 1) (height 1) (ids 10) (image "tiles/hires.png"))
+)
+"""
+
+
+def write_supertux(root: Path, strf: str = STRF) -> tuple[Path, np.ndarray]:
+    folder = root / SUPERTUX_IMAGES
+    (folder / "tiles").mkdir(parents=True)
+    block = random_rgba(64, 64, 40)
+    Image.fromarray(block, "RGBA").save(folder / "tiles" / "block.png")
+    for name, size in (("single.png", 32), ("tiles/a.png", 32), ("tiles/b.png", 32), ("tiles/hires.png", 64)):
+        Image.fromarray(random_rgba(size, size, size), "RGBA").save(folder / name)
+    (folder / "tiles.strf").write_text(strf)
+    return folder / "tiles.strf", block
+
+
+def test_supertux_tiles_are_cut_by_the_layout_in_tiles_strf(tmp_path):
+    _, block = write_supertux(tmp_path)
+    [tileset] = supertux_tilesets(tmp_path)
+    assert (tileset.source, tileset.license) == ("supertux", "GPL-3.0-or-later")
+    # animations (images) and sheets of 64-pixel cells are left out; id 0 is an empty cell
+    assert [(s.name, s.ids) for s in tileset.sheets] == [("tiles/block.png", (5, 0, 7, 8))]
+    tiles, rows = cut_tileset(tileset)
+    assert np.array_equal(tiles, np.stack([block[:32, :32], block[32:, :32], block[32:, 32:]]))
+    assert [row[3:6] for row in rows] == [[0, 0, 5], [0, 32, 7], [32, 32, 8]]
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda t: t.replace("(ids 5 0", "(ids 5"), "3 ids for 2x2 cells"),
+    (lambda t: t.replace('"tiles/block.png"', '"tiles/gone.png"'), "gone.png, which is not in the package"),
+    (lambda t: t[:-3], "cannot read tile description"),
+    (lambda t: t.replace('(image "tiles/block.png"', '(image "tiles/block.png'), "not an S-expression"),
+    (lambda t: t.replace("(width 2)", ""), "4 ids for Nonex2 cells"),
+])
+def test_a_broken_supertux_layout_is_a_data_error(tmp_path, change, message):
+    write_supertux(tmp_path, change(STRF))
+    with pytest.raises(DataError, match=message):
+        supertux_tilesets(tmp_path)
+
+
+GRAPHICS_TXT = """# File: graphics.txt
+N:1:Original Tiles
+I:8:8:8x8.png
+M:Original Tiles
+N:3:David Gervais' tiles
+I:32:32:32x32.png
+M:David Gervais' tiles
+X:0:0:0
+"""
+
+
+def test_angband_takes_the_one_32x32_set_that_graphics_txt_lists(tmp_path):
+    folder = tmp_path / ANGBAND_GRAF
+    folder.mkdir(parents=True)
+    sheet = random_rgba(96, 64, 5)
+    Image.fromarray(sheet, "RGBA").save(folder / "32x32.png")
+    (folder / "graphics.txt").write_text(GRAPHICS_TXT)
+    [tileset] = angband_tilesets(tmp_path)
+    assert (tileset.source, tileset.tileset, tileset.license) == ("angband", "David Gervais' tiles", "CC-BY-3.0")
+    tiles, rows = cut_tileset(tileset)
+    assert len(tiles) == 6 and np.array_equal(tiles[4], sheet[32:, 32:64])
+    (folder / "graphics.txt").write_text(GRAPHICS_TXT.replace("I:32:32", "I:16:16"))
+    with pytest.raises(DataError, match="lists 0 sets of 32x32 tiles"):
+        angband_tilesets(tmp_path)
+
+
+def test_a_source_appended_to_the_corpus_leaves_the_earlier_splits_byte_identical(tmp_path):
+    write_tileset(tmp_path, "First", seed=1)
+    write_tileset(tmp_path, "Second", seed=10)
+    write_supertux(tmp_path)
+    earlier = cdda_tilesets(tmp_path, ("First", "Second"))
+    write_corpus(split_sources(earlier), tmp_path / "before", [])
+    write_corpus(split_sources(earlier + supertux_tilesets(tmp_path)), tmp_path / "after", [])
+    for name in ("val-cdda-first.npy", "val-cdda-second.npy", "val-cdda-first-rgba.npy"):
+        assert (tmp_path / "before" / name).read_bytes() == (tmp_path / "after" / name).read_bytes()
+    assert TileData.open(tmp_path / "after").sources == ["cdda-first", "cdda-second", "supertux"]
+
+
+def test_the_package_list_is_explicit_and_a_subset_keeps_its_order():
+    assert [p.name for p in PACKAGES] == ["crawl-tiles-data", "cataclysm-dda-data", "crossfire-client-images",
+                                          "supertux-data", "angband-data"]
+    assert [p.name for p in packages_named(["angband-data", "crawl-tiles-data"])] == ["crawl-tiles-data",
+                                                                                      "angband-data"]
+    assert packages_named(None) == PACKAGES
+    with pytest.raises(DataError, match="'nethack' is not a package of the corpus"):
+        packages_named(["nethack"])
