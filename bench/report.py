@@ -347,7 +347,20 @@ def cpu_request_section(cpu: dict) -> list[str]:
             f"model. *others*: cores' worth of CPU every other process used meanwhile (well above 0: a shared machine).", "",
             *table(["connections", "floor us", "model us", "at batch", "rest us", "server us", "event loop us",
                     "model threads us", "(server - model) / floor",
-                    "server / model", "mean batch", "errors (server / floor)", "others (cores)"], rows), ""]
+                    "server / model", "mean batch", "errors (server / floor)", "others (cores)"], rows), "",
+            *pause_note(cpu)]
+
+
+def pause_note(cpu: dict) -> list[str]:
+    """The raw model at batch 1 when each call follows a pause, as a lone client's calls do."""
+    paused = cpu.get("model_after_pause")
+    if not paused:
+        return []
+    slower = paused["us_per_tile"] / paused["back_to_back_us"] - 1
+    return [f"The same raw call at batch 1 with a {1e3 * paused['pause_s']:.2f} ms sleep before each call, as long as "
+            f"the model thread was idle per request at {paused.get('connections', 1)} connection(s) (wall time per request "
+            f"less its CPU): {fmt(paused['us_per_tile'])} us against {fmt(paused['back_to_back_us'])} us back to back "
+            f"({100 * slower:+.0f}%): the part of the model threads' excess over *model* that the pause explains.", ""]
 
 
 def profile_section(profile: dict) -> list[str]:

@@ -215,7 +215,9 @@ def _add_plot(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("runs", nargs="+", metavar="RUN", help="run folders (for curves) or checkpoints (grid only)")
     parser.add_argument("--curves", help="PNG of validation curves (default: curves.png when every RUN is a run "
                                          "folder; checkpoint files alone draw only the grid)")
-    parser.add_argument("--metric", default="val_l1", choices=("val_l1", "val_mse", "val_psnr"))
+    parser.add_argument("--metric", default="val_l1",
+                        help="val.csv column of the curves: val_l1 (default), val_mse, val_psnr, or one source's, "
+                             "e.g. dcss_psnr, dcss_l1, cdda-cuteclysm_ssim, dcss_alpha_iou")
     parser.add_argument("--data", help="data set folder: also draw reconstructions of its validation tiles")
     parser.add_argument("--recon", default="reconstructions.png", help="PNG of the grid (default: %(default)s)")
     parser.add_argument("--tiles", type=int, default=32, help="validation tiles in the grid (default: %(default)s)")

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +20,20 @@ from training.errors import DataError, TrainingError
 from training.logs import read_csv
 
 LABELS = {"val_l1": "validation L1", "val_mse": "validation MSE", "val_psnr": "validation PSNR (dB)"}
+# a column of one validation source: <source>_l1, <source>_psnr, ... (val.csv's per-source columns)
+KINDS = {"l1": "L1", "mse": "MSE", "psnr": "PSNR (dB)", "ssim": "SSIM", "alpha_iou": "alpha IoU",
+         "covered_psnr": "covered-colour PSNR (dB)"}
+SOURCE_METRIC = re.compile(rf"(?P<source>[a-z0-9][a-z0-9-]*)_(?P<kind>{'|'.join(sorted(KINDS, key=len, reverse=True))})")
+
+
+def metric_label(metric: str) -> str:
+    """The axis label of a val.csv column: a pooled one (``val_psnr``) or one source's (``dcss_psnr``)."""
+    if metric in LABELS:
+        return LABELS[metric]
+    match = SOURCE_METRIC.fullmatch(metric)
+    if match is None:
+        raise ValueError(f"unknown metric {metric!r}; known: {sorted(LABELS)} or <source>_<{'|'.join(KINDS)}>")
+    return f"{match['source']} validation {KINDS[match['kind']]}"
 COLUMNS = 8  # tiles per row of the reconstruction grid
 
 
@@ -42,8 +57,7 @@ def _save(fig, out: str | Path) -> Path:
 
 def plot_curves(runs: list[str | Path], out: str | Path, metric: str = "val_l1") -> Path:
     """One PNG with ``metric`` against training inputs for every run folder that has a val.csv."""
-    if metric not in LABELS:
-        raise ValueError(f"unknown metric {metric!r}; known: {sorted(LABELS)}")
+    label = metric_label(metric)
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(8, 5), dpi=100)
     drawn = 0
@@ -52,7 +66,7 @@ def plot_curves(runs: list[str | Path], out: str | Path, metric: str = "val_l1")
         if not log.is_file():
             continue
         rows = read_csv(log)
-        if not rows:
+        if not rows or metric not in rows[0]:  # a run without that source
             continue
         inputs = [int(r["inputs"]) for r in rows]
         values = [float(r[metric]) for r in rows]
@@ -60,14 +74,15 @@ def plot_curves(runs: list[str | Path], out: str | Path, metric: str = "val_l1")
         drawn += 1
     if not drawn:
         plt.close(fig)
-        raise DataError(f"none of {', '.join(map(str, runs))} is a run folder with a val.csv; pass run folders")
+        raise DataError(f"none of {', '.join(map(str, runs))} is a run folder with a val.csv that has {metric}; "
+                        f"pass run folders")
     ax.set_xlabel("training inputs")
-    ax.set_ylabel(LABELS[metric])
-    if metric != "val_psnr":
+    ax.set_ylabel(label)
+    if metric.endswith(("l1", "mse")):
         ax.set_yscale("log")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend()
-    ax.set_title(f"{LABELS[metric]} during training")
+    ax.set_title(f"{label} during training")
     return _save(fig, out)
 
 

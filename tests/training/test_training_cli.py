@@ -86,6 +86,22 @@ def test_plot_needs_a_run_folder_for_curves(capsys, full_run, tmp_path):
     assert code == 1 and "is a run folder with a val.csv" in err
 
 
+def test_curves_of_one_validation_source(capsys, full_run, tmp_path):
+    """Runs on corpora with other sources compare on a source they share (its val.csv column)."""
+    corpus_run = tmp_path / "corpus-run"
+    corpus_run.mkdir()
+    (corpus_run / "val.csv").write_text("step,inputs,val_psnr,dcss_psnr,cdda-cuteclysm_psnr\n"
+                                        "10,320,15.0,14.0,16.0\n20,640,16.0,15.5,16.5\n")
+    curves = tmp_path / "dcss.png"
+    code, out, err = run(capsys, "plot", str(corpus_run), str(full_run), "--metric", "dcss_psnr", "--curves", str(curves))
+    assert code == 0, err  # full_run (one source, no dcss column) is left out
+    assert Image.open(curves).size[0] > 300
+    for metric, message in (("dcss_sharpness", "unknown metric 'dcss_sharpness'"),
+                            ("angband_psnr", "that has angband_psnr")):
+        code, _, err = run(capsys, "plot", str(corpus_run), "--metric", metric, "--curves", str(tmp_path / "x.png"))
+        assert code == 1 and message in err, err
+
+
 def test_plot_of_checkpoint_files_alone_draws_only_the_grid(capsys, full_run, tiny_data, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     code, out, err = run(capsys, "plot", str(full_run / "best.safetensors"), "--data", str(tiny_data),
