@@ -9,7 +9,9 @@ and 64 connections, every tile distinct:
   this machine's hypervisor steal does not inflate the way it inflates wall time;
 - *model*: the raw model call the server makes (``service.graphs``, traced, the same torch
   threads), CPU time of this process per tile, at the server's mean batch size for that
-  connection count (from its ``tessera_batch_size_tiles`` histogram);
+  connection count (from its ``tessera_batch_size_tiles`` histogram), timed right after that
+  connection count's window while the server idles: the machine's speed drifts by tens of per
+  cent over minutes, and both sides of the ratio should see the same machine;
 - *floor*: a bare FastAPI + uvicorn app (``bench.floor_app``) that reads the same body and
   answers a fixed npy latent, its process CPU per request under the same load.
 
@@ -105,45 +107,44 @@ def fmt(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.1f}"
 
 
-def raw_cpu_per_tile(checkpoint: Path, threads: int, batches: list[int], min_cpu_s: float,
-                     pause_s: float) -> tuple[dict[int, float], float]:
-    """CPU microseconds per tile of the server's traced encode call, at each batch size, in this
-    process (every thread of it: torch's pool too); and at batch 1 with each call after a
-    ``pause_s`` sleep, as a lone client's requests find the model."""
-    import numpy as np
-    import torch
+class RawModel:
+    """The server's traced encode call in this process, timed in CPU microseconds per tile (the
+    process's CPU: torch's pool too). Each point's model is timed right after that point, while
+    the server idles, so that the machine's drift between them stays out of the ratio."""
 
-    import model
-    from service.graphs import make_calls
-    from service.malloc_tuning import keep_freed_memory
+    def __init__(self, checkpoint: Path, threads: int, max_batch: int) -> None:
+        import numpy as np
+        import torch
 
-    keep_freed_memory()  # as the server does
-    torch.set_num_threads(threads)
-    module, _ = model.load_checkpoint(checkpoint, device="cpu", dtype=torch.float32)
-    encode, _, graph = make_calls(module.eval(), "cpu", torch.float32, "trace", checkpoint.stem)
-    rng = np.random.default_rng(0)
-    for n in range(1, max(batches) + 1):  # the server's warm-up: every batch size once
-        encode(rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8))
-    out = {}
-    for batch in batches:
-        tiles = rng.integers(0, 256, (batch, 32, 32, 3), dtype=np.uint8)
-        calls, start = 0, time.process_time()
-        while calls < 3 or time.process_time() - start < min_cpu_s:
-            encode(tiles)
+        import model
+        from service.graphs import make_calls
+        from service.malloc_tuning import keep_freed_memory
+
+        keep_freed_memory()  # as the server does
+        torch.set_num_threads(threads)
+        module, _ = model.load_checkpoint(checkpoint, device="cpu", dtype=torch.float32)
+        self.name = checkpoint.stem
+        self.encode, _, self.graph = make_calls(module.eval(), "cpu", torch.float32, "trace", checkpoint.stem)
+        self.rng = np.random.default_rng(0)
+        for n in range(1, max_batch + 1):  # the server's warm-up: every batch size once
+            self.encode(self.rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8))
+
+    def us_per_tile(self, batch: int, min_cpu_s: float, pause_s: float = 0.0) -> float:
+        """At ``batch`` tiles a call, back to back or each call after a ``pause_s`` sleep (as a lone
+        client's requests find the model)."""
+        tiles = self.rng.integers(0, 256, (batch, 32, 32, 3), dtype="uint8")
+        calls, cpu = 0, 0.0
+        while calls < 3 or cpu < min_cpu_s:
+            if pause_s:
+                time.sleep(pause_s)
+            start = time.process_time()
+            self.encode(tiles)
+            cpu += time.process_time() - start
             calls += 1
-        out[batch] = 1e6 * (time.process_time() - start) / (calls * batch)
-        logger.info("raw %s (%s) batch %d: %.1f us CPU per tile", checkpoint.stem, graph, batch, out[batch])
-    one, calls, cpu = tiles[:1], 0, 0.0
-    while calls < 3 or cpu < min_cpu_s:
-        time.sleep(pause_s)
-        start = time.process_time()
-        encode(one)
-        cpu += time.process_time() - start
-        calls += 1
-    paused = 1e6 * cpu / calls
-    logger.info("raw %s (%s) batch 1 after %.2f ms pauses: %.1f us CPU per tile", checkpoint.stem, graph,
-                1e3 * pause_s, paused)
-    return out, paused
+        us = 1e6 * cpu / (calls * batch)
+        logger.info("raw %s (%s) batch %d%s: %.1f us CPU per tile", self.name, self.graph, batch,
+                    f" after {1e3 * pause_s:.2f} ms pauses" if pause_s else "", us)
+        return us
 
 
 def model_thread_pause_s(point: dict) -> float:
@@ -186,16 +187,21 @@ def run(checkpoint: Path, plan: Plan, logs: Path) -> dict:
     env = {"TESSERA_CHECKPOINTS": str(checkpoint), "TESSERA_TORCH_THREADS": str(plan.threads),
            "TESSERA_MAX_BATCH_TILES": str(plan.max_batch_tiles)}
     out["server_env"] = env
+    raw = RawModel(checkpoint, plan.threads, plan.max_batch_tiles)
+    servers, formed, model_us = {}, {}, {}
     with tessera_server(env, logs / "serve-cpu.log") as server:
-        servers = {c: cpu_point(server, tiles, c, plan, model) for c in plan.connections}
-    formed = {c: max(1, round(p["server"]["mean_batch_tiles"] or 1)) for c, p in servers.items()}
-    pause = model_thread_pause_s(servers[min(servers)])
-    raw, paused = raw_cpu_per_tile(checkpoint, plan.threads, sorted(set(formed.values()) | {1}), plan.raw_min_s, pause)
-    out["model_after_pause"] = {"pause_s": pause, "batch": 1, "us_per_tile": paused, "back_to_back_us": raw[1],
-                                "connections": min(servers)}
+        for c in plan.connections:
+            servers[c] = cpu_point(server, tiles, c, plan, model)
+            formed[c] = max(1, round(servers[c]["server"]["mean_batch_tiles"] or 1))
+            model_us[c] = raw.us_per_tile(formed[c], plan.raw_min_s)
+            if c == min(plan.connections):
+                pause = model_thread_pause_s(servers[c])
+                back_to_back = model_us[c] if formed[c] == 1 else raw.us_per_tile(1, plan.raw_min_s)
+                out["model_after_pause"] = {"pause_s": pause, "batch": 1, "connections": c, "back_to_back_us": back_to_back,
+                                            "us_per_tile": raw.us_per_tile(1, plan.raw_min_s, pause)}
     out["points"] = [
-        {"connections": c, "server": servers[c], "floor": floors[c], "model": {"batch": formed[c], "us_per_tile": raw[formed[c]]},
-         **breakdown(servers[c], floors[c], raw[formed[c]])}
+        {"connections": c, "server": servers[c], "floor": floors[c], "model": {"batch": formed[c], "us_per_tile": model_us[c]},
+         **breakdown(servers[c], floors[c], model_us[c])}
         for c in plan.connections
     ]
     return out
