@@ -23,7 +23,8 @@ LABELS = {"val_l1": "validation L1", "val_mse": "validation MSE", "val_psnr": "v
 # a column of one validation source: <source>_l1, <source>_psnr, ... (val.csv's per-source columns)
 KINDS = {"l1": "L1", "mse": "MSE", "psnr": "PSNR (dB)", "ssim": "SSIM", "alpha_iou": "alpha IoU",
          "covered_psnr": "covered-colour PSNR (dB)"}
-SOURCE_METRIC = re.compile(rf"(?P<source>[a-z0-9][a-z0-9-]*)_(?P<kind>{'|'.join(sorted(KINDS, key=len, reverse=True))})")
+SOURCE_METRIC = re.compile(rf"(?P<source>[a-z0-9][a-z0-9-]*)_(?P<kind>{'|'.join(KINDS)})")  # sources have no "_"
+COLUMNS = 8  # tiles per row of the reconstruction grid
 
 
 def metric_label(metric: str) -> str:
@@ -34,7 +35,6 @@ def metric_label(metric: str) -> str:
     if match is None:
         raise ValueError(f"unknown metric {metric!r}; known: {sorted(LABELS)} or <source>_<{'|'.join(KINDS)}>")
     return f"{match['source']} validation {KINDS[match['kind']]}"
-COLUMNS = 8  # tiles per row of the reconstruction grid
 
 
 def _pyplot():
