@@ -231,7 +231,8 @@ def _evaluate(args: argparse.Namespace) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
-    rows = evaluate_checkpoints(args.checkpoints, args.data, batch_size=args.batch_size, device=args.device)
+    rows = evaluate_checkpoints(args.checkpoints, args.data, batch_size=args.batch_size, device=args.device,
+                                split=args.split)
     table = write_report(rows, args.out)
     print(table)
     print(f"wrote {args.out}.md and {args.out}.json")
@@ -245,6 +246,9 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--out", default="evaluation", help="writes OUT.md and OUT.json (default: %(default)s)")
     parser.add_argument("--batch-size", type=int, default=256,
                         help="tiles per batch when timing (default: %(default)s)")
+    parser.add_argument("--split", choices=["val", "train"], default="val",
+                        help="tiles to measure: each source's validation split, or its training tiles, "
+                             "to tell a model short of capacity from one short of data (default: %(default)s)")
     parser.add_argument("--device", default="cpu", help="torch device (default: %(default)s)")
     parser.add_argument("--threads", type=int, help="torch CPU threads")
     parser.set_defaults(func=friendly("evaluate", _evaluate))

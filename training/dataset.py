@@ -94,6 +94,28 @@ class TileData:
             raise DataError(f"{self.path} holds no RGBA tiles; rebuild it with `tessera data corpus`")
         return {s["name"]: self.split(s["val_rgba"]) for s in self.manifest["sources"]}
 
+    def sources_of(self, split: str = "val", rgba: bool = False) -> dict[str, np.ndarray]:
+        """Each source's tiles of ``split`` (``val`` or ``train``) by source name, with alpha when
+        ``rgba``. The training split holds the sources one after another, in the manifest's order."""
+        if split == "val":
+            return self.val_sources_rgba() if rgba else self.val_sources()
+        if split != "train":
+            raise ValueError(f"unknown split {split!r}; known: ['train', 'val']")
+        if rgba and not self.has_rgba:
+            raise DataError(f"{self.path} holds no RGBA tiles; rebuild it with `tessera data corpus`")
+        tiles = self.split("train/rgba" if rgba else "train")
+        if "sources" not in self.manifest:
+            return {self.manifest["name"]: tiles}
+        parts, start = {}, 0
+        for source in self.manifest["sources"]:
+            count = source["counts"]["train"]
+            parts[source["name"]] = tiles[start : start + count]
+            start += count
+        if start != len(tiles):
+            raise DataError(f"{self.path}: the sources' training counts add up to {start}, the training split "
+                            f"holds {len(tiles)} tiles; rebuild the data set")
+        return parts
+
     def describe(self) -> dict:
         """What a checkpoint records about the data it was trained on."""
         return {

@@ -1,5 +1,5 @@
-"""Compare checkpoints on a data set's validation split: size, ratio, L1/MSE/PSNR/SSIM per
-validation source and over all of them, and speed. RGBA checkpoints are measured on the tiles
+"""Compare checkpoints on a data set's validation split (or its training tiles): size, ratio,
+L1/MSE/PSNR/SSIM per source and over all of them, and speed. RGBA checkpoints are measured on the tiles
 with alpha: L1/PSNR/SSIM of the colours multiplied by alpha (the RGB models' target, so the
 rows compare), alpha IoU (alpha >= 0.5) and PSNR of the colour over covered pixels.
 
@@ -22,6 +22,7 @@ from training.errors import DataError
 from training.metrics import SUMS, metrics_from_sums, reconstruction_sums, rgba_metrics_from_sums
 from training.plots import display_name
 
+SPLITS = {"val": "validation", "train": "training"}  # --split: the tiles a report measures
 MIN_TIMING_S = 1.0  # time each direction for at least this long (and at least 3 batches)
 
 
@@ -81,16 +82,20 @@ def evaluate_checkpoint(path: str | Path, val: dict[str, torch.Tensor], batch_si
     }
 
 
-def evaluate_checkpoints(paths: list[str], data: str | Path, batch_size: int = 256, device: str = "cpu") -> dict:
-    """Rows for every checkpoint plus what they were measured on."""
+def evaluate_checkpoints(paths: list[str], data: str | Path, batch_size: int = 256, device: str = "cpu",
+                         split: str = "val") -> dict:
+    """Rows for every checkpoint plus what they were measured on. ``split="train"`` measures the
+    training tiles instead (the metrics keep their ``val_`` names): a model that scores there
+    what it scores on validation is short of capacity, not of data."""
     tiles = TileData.open(data)
     def channels_first(sources: dict) -> dict[str, torch.Tensor]:
         return {src: torch.from_numpy(t).permute(0, 3, 1, 2).contiguous() for src, t in sources.items()}
 
-    val = channels_first(tiles.val_sources())
-    val_rgba = channels_first(tiles.val_sources_rgba()) if tiles.has_rgba else None
+    val = channels_first(tiles.sources_of(split))
+    val_rgba = channels_first(tiles.sources_of(split, rgba=True)) if tiles.has_rgba else None
     rows = [evaluate_checkpoint(p, val, batch_size, device, val_rgba) for p in paths]
     return {
+        "split": split,
         "data": {**tiles.describe(), "source_counts": {src: len(t) for src, t in val.items()}},
         "device": device,
         "threads": torch.get_num_threads(),
@@ -104,7 +109,8 @@ def markdown_table(report: dict) -> str:
     rows = report["rows"]
     sources = list(rows[0]["sources"]) if rows else []
     several = len(sources) > 1
-    head = "| model | params | ratio | latent | val L1 | val PSNR (dB) | val SSIM |"
+    split = report.get("split", "val")
+    head = f"| model | params | ratio | latent | {split} L1 | {split} PSNR (dB) | {split} SSIM |"
     rule = "|---|---:|---:|---|---:|---:|---:|"
     if several:
         head += "".join(f" {src} PSNR / SSIM |" for src in sources)
@@ -132,9 +138,9 @@ def markdown_table(report: dict) -> str:
             lines.append(f"| {r['name']} | {r['val_alpha_iou']:.4f} | {r['val_covered_psnr']:.2f} |{cells}")
     data = report["data"]
     counts = data.get("source_counts") or {}
-    described = ", ".join(f"{s} {counts[s]}" for s in counts) if several else f"{data['counts']['val']} tiles"
-    note = (f"\nValidation split of `{data['name']}` ({described}; manifest sha256 "
-            f"{data['manifest_sha256'][:12]}); val columns pool every validation tile; speed on "
+    described = ", ".join(f"{s} {counts[s]}" for s in counts) if several else f"{data['counts'][split]} tiles"
+    note = (f"\n{SPLITS[split].capitalize()} split of `{data['name']}` ({described}; manifest sha256 "
+            f"{data['manifest_sha256'][:12]}); {split} columns pool every {SPLITS[split]} tile; speed on "
             f"{report['device']} with {report['threads']} thread(s), batch {report['batch_size']}, "
             f"torch {report['torch']}.\n")
     return head + rule + "\n".join(lines) + "\n" + note

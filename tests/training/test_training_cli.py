@@ -12,6 +12,7 @@ from PIL import Image
 
 import model
 from cli.main import main
+from training.dataset import TileData
 
 
 def run(capsys, *argv):
@@ -79,6 +80,15 @@ def test_plot_and_evaluate(capsys, full_run, tiny_data, tmp_path):
     assert set(rows[0]) >= {"params", "compression_ratio", "val_l1", "val_mse", "val_psnr",
                             "encode_tiles_per_s", "decode_tiles_per_s"}
     assert (tmp_path / "eval.md").read_text().startswith("| model |")
+
+    code, out, err = run(capsys, "evaluate", str(full_run / "best.safetensors"), "--data", str(tiny_data),
+                         "--out", str(tmp_path / "train"), "--split", "train", "--batch-size", "16", "--threads", "1")
+    assert code == 0, err
+    on_train = json.loads((tmp_path / "train.json").read_text())
+    counts = TileData.open(tiny_data).counts
+    assert on_train["split"] == "train" and on_train["data"]["source_counts"] == {"tiny": counts["train"]}
+    assert on_train["rows"][0]["val_l1"] != rows[0]["val_l1"]  # other tiles, other numbers
+    assert "| train L1 | train PSNR (dB) |" in out and f"Training split of `tiny` ({counts['train']} tiles" in out
 
 
 def test_plot_needs_a_run_folder_for_curves(capsys, full_run, tmp_path):

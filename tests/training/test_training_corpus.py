@@ -102,6 +102,28 @@ def test_sources_are_split_apart_and_deduplicated_across_sources(tmp_path):
     assert (package, licence) == ("cataclysm-dda-data", "CC-BY-SA-3.0")
 
 
+def test_each_sources_training_tiles_are_the_ones_its_manifest_rows_name(tmp_path):
+    write_tileset(tmp_path, "First", seed=1)
+    write_tileset(tmp_path, "Second", seed=10)
+    manifest = write_corpus(split_sources(cdda_tilesets(tmp_path, ("First", "Second"))), tmp_path / "corpus", [])
+    data = TileData.open(tmp_path / "corpus")
+    train = data.sources_of("train")
+    assert {k: len(v) for k, v in train.items()} == {s["name"]: s["counts"]["train"] for s in manifest["sources"]}
+    assert np.array_equal(np.concatenate(list(train.values())), data.split("train"))
+    tiles = iter(manifest["tiles"]["train"])
+    for source, rows in train.items():
+        for tile in rows:  # each tile is cut from a sheet of its own source's tileset
+            _, tileset, sheet, x, y, *_ = next(tiles)
+            assert source == f"cdda-{tileset.lower()}"
+            rgba = np.asarray(Image.open(tmp_path / CDDA_GFX / tileset / sheet).convert("RGBA"))
+            assert np.array_equal(premultiply(rgba)[y : y + 32, x : x + 32], tile)
+    with_alpha = data.sources_of("train", rgba=True)
+    assert all(np.array_equal(premultiply(with_alpha[s]), train[s]) for s in train)
+    assert {k: len(v) for k, v in data.sources_of("val").items()} == {"cdda-first": 1, "cdda-second": 1}
+    with pytest.raises(ValueError, match="unknown split 'test'"):
+        data.sources_of("test")
+
+
 def test_the_first_source_splits_exactly_as_a_data_set_of_its_own(sheet_folder, tmp_path):
     own = build_dataset(folder_sheets(sheet_folder), tmp_path / "own", tile_size=32, source={}, name="own")
     sheets = tuple(SourceSheet(s.name, s.path, -1) for s in folder_sheets(sheet_folder))
