@@ -58,12 +58,6 @@ class TileData:
         """Names of the validation sources; a single-source data set is one source, its own name."""
         return [s["name"] for s in self.manifest.get("sources", [])] or [self.manifest["name"]]
 
-    def val_sources(self) -> dict[str, np.ndarray]:
-        """Each source's validation tiles, by source name."""
-        if "sources" not in self.manifest:
-            return {self.manifest["name"]: self.split("val")}
-        return {s["name"]: self.split(s["val"]) for s in self.manifest["sources"]}
-
     def split(self, name: str) -> np.ndarray:
         """The tiles of one split (train, val, or val/<source>), uint8 (N, 32, 32, 3), checked
         against the manifest's hash."""
@@ -88,24 +82,20 @@ class TileData:
         """Whether the data set also holds its tiles with alpha (``tessera data corpus`` writes them)."""
         return "train/rgba" in self.manifest["files"]
 
-    def val_sources_rgba(self) -> dict[str, np.ndarray]:
-        """Each source's validation tiles with alpha (N, 32, 32, 4), by source name."""
-        if not self.has_rgba:
-            raise DataError(f"{self.path} holds no RGBA tiles; rebuild it with `tessera data corpus`")
-        return {s["name"]: self.split(s["val_rgba"]) for s in self.manifest["sources"]}
-
     def sources_of(self, split: str = "val", rgba: bool = False) -> dict[str, np.ndarray]:
-        """Each source's tiles of ``split`` (``val`` or ``train``) by source name, with alpha when
-        ``rgba``. The training split holds the sources one after another, in the manifest's order."""
-        if split == "val":
-            return self.val_sources_rgba() if rgba else self.val_sources()
-        if split != "train":
+        """Each source's tiles of ``split`` (``val`` or ``train``) by source name, with alpha
+        (N, 32, 32, 4) when ``rgba``. Each source has validation files of its own; the training
+        split holds the sources one after another, in the manifest's order."""
+        if split not in ("val", "train"):
             raise ValueError(f"unknown split {split!r}; known: ['train', 'val']")
         if rgba and not self.has_rgba:
             raise DataError(f"{self.path} holds no RGBA tiles; rebuild it with `tessera data corpus`")
-        tiles = self.split("train/rgba" if rgba else "train")
+        whole = f"{split}/rgba" if rgba else split
         if "sources" not in self.manifest:
-            return {self.manifest["name"]: tiles}
+            return {self.manifest["name"]: self.split(whole)}
+        if split == "val":
+            return {s["name"]: self.split(s["val_rgba" if rgba else "val"]) for s in self.manifest["sources"]}
+        tiles = self.split(whole)
         parts, start = {}, 0
         for source in self.manifest["sources"]:
             count = source["counts"]["train"]

@@ -45,22 +45,22 @@ def _metrics(sums: torch.Tensor, rgba: bool) -> dict[str, float]:
     return metrics
 
 
-def evaluate_checkpoint(path: str | Path, val: dict[str, torch.Tensor], batch_size: int = 256,
-                        device: str = "cpu", val_rgba: dict[str, torch.Tensor] | None = None) -> dict:
-    """One row of the table for checkpoint ``path``; ``val``: uint8 (N, 3, 32, 32) tiles per
-    source, ``val_rgba`` the same tiles with alpha (N, 4, 32, 32), which RGBA models need."""
+def evaluate_checkpoint(path: str | Path, tiles: dict[str, torch.Tensor], batch_size: int = 256,
+                        device: str = "cpu", tiles_rgba: dict[str, torch.Tensor] | None = None) -> dict:
+    """One row of the table for checkpoint ``path``; ``tiles``: uint8 (N, 3, 32, 32) tiles per
+    source, ``tiles_rgba`` the same tiles with alpha (N, 4, 32, 32), which RGBA models need."""
     module, info = models.load_checkpoint(path, device=device)
     rgba = module.config.in_channels == 4
     if rgba:
-        if val_rgba is None:
+        if tiles_rgba is None:
             raise DataError(f"{path} is an RGBA model; evaluate it on a data set with alpha (`tessera data corpus`)")
-        val = val_rgba
-    sums = {src: reconstruction_sums(module, tiles, batch_size, device, rgba=rgba) for src, tiles in val.items()}
+        tiles = tiles_rgba
+    sums = {src: reconstruction_sums(module, part, batch_size, device, rgba=rgba) for src, part in tiles.items()}
     metrics = _metrics(torch.stack(list(sums.values())).sum(0), rgba)
     per_source = {src: _metrics(s, rgba) for src, s in sums.items()}
-    every = torch.cat(list(val.values()))
+    every = torch.cat(list(tiles.values()))
     x = every[:batch_size].to(device).float().div(255.0)
-    if len(x) < batch_size:  # a small validation split: repeat it to fill the timing batch
+    if len(x) < batch_size:  # a small split: repeat it to fill the timing batch
         x = x.repeat(-(-batch_size // len(x)), 1, 1, 1)[:batch_size]
     z = module.encode(x).detach()
     training = info.get("training") or {}
@@ -91,12 +91,12 @@ def evaluate_checkpoints(paths: list[str], data: str | Path, batch_size: int = 2
     def channels_first(sources: dict) -> dict[str, torch.Tensor]:
         return {src: torch.from_numpy(t).permute(0, 3, 1, 2).contiguous() for src, t in sources.items()}
 
-    val = channels_first(tiles.sources_of(split))
-    val_rgba = channels_first(tiles.sources_of(split, rgba=True)) if tiles.has_rgba else None
-    rows = [evaluate_checkpoint(p, val, batch_size, device, val_rgba) for p in paths]
+    measured = channels_first(tiles.sources_of(split))
+    measured_rgba = channels_first(tiles.sources_of(split, rgba=True)) if tiles.has_rgba else None
+    rows = [evaluate_checkpoint(p, measured, batch_size, device, measured_rgba) for p in paths]
     return {
         "split": split,
-        "data": {**tiles.describe(), "source_counts": {src: len(t) for src, t in val.items()}},
+        "data": {**tiles.describe(), "source_counts": {src: len(t) for src, t in measured.items()}},
         "device": device,
         "threads": torch.get_num_threads(),
         "batch_size": batch_size,

@@ -132,7 +132,7 @@ def on_checkerboard(rgba: np.ndarray, square: int = 4) -> np.ndarray:
 def validation_sample(data: TileData, count: int, rgba: bool = False) -> np.ndarray:
     """The first validation tiles of each source, in equal shares (rows of the grid alternate
     sources when there are several), ``count`` in all; with alpha when ``rgba``."""
-    sources = list((data.val_sources_rgba() if rgba else data.val_sources()).values())
+    sources = list(data.sources_of("val", rgba=rgba).values())
     share = max(1, -(-count // len(sources)))
     return np.concatenate([tiles[:share] for tiles in sources])[:count]
 

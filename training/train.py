@@ -304,7 +304,7 @@ def open_data(config: TrainConfig, procs: Processes, state: dict | None, rgba: b
     if rgba and not data.has_rgba:
         raise TrainingError(f"{config.data} holds no RGBA tiles for this 4-channel model; build it with `tessera data corpus`")
     train_set = TileDataset(data.split("train/rgba" if rgba else "train"), augment=config.augment, seed=config.seed)
-    sources = data.val_sources_rgba() if rgba else data.val_sources()
+    sources = data.sources_of("val", rgba=rgba)
     val_tiles = {src: torch.from_numpy(tiles).permute(0, 3, 1, 2)[procs.rank :: procs.world].contiguous()
                  for src, tiles in sources.items()}
     if config.batch_size % procs.world:

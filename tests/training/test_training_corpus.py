@@ -82,7 +82,7 @@ def test_sources_are_split_apart_and_deduplicated_across_sources(tmp_path):
     assert counts["cdda-second"]["duplicate_of_earlier_source"] == 1 and counts["cdda-second"]["kept"] == 13
     data = TileData.open(tmp_path / "corpus")
     assert data.sources == ["cdda-first", "cdda-second"]
-    val = data.val_sources()
+    val = data.sources_of("val")
     assert {k: len(v) for k, v in val.items()} == {"cdda-first": 1, "cdda-second": 1}
     assert np.array_equal(np.concatenate(list(val.values())), data.split("val"))
     # the same tiles with their alpha, for RGBA models: multiplying it in gives the RGB tiles
@@ -90,7 +90,7 @@ def test_sources_are_split_apart_and_deduplicated_across_sources(tmp_path):
     for split in ("train", "val"):
         rgba = data.split(f"{split}/rgba")
         assert rgba.shape[-1] == 4 and np.array_equal(premultiply(rgba), data.split(split))
-    assert {k: len(v) for k, v in data.val_sources_rgba().items()} == {"cdda-first": 1, "cdda-second": 1}
+    assert {k: len(v) for k, v in data.sources_of("val", rgba=True).items()} == {"cdda-first": 1, "cdda-second": 1}
     assert len(data.split("train")) == 14 + 13 - 2
     # every manifest row points at its pixels, and records package, tileset, sprite id and licence
     package, tileset, sheet, x, y, sprite, licence = manifest["tiles"]["val"][0]
