@@ -43,6 +43,10 @@ logger = logging.getLogger(__name__)
 Infer = Callable[[np.ndarray], np.ndarray]  # rows in -> rows out, same count; runs in the model thread
 
 
+# how long stop() waits for the model thread to finish its call in progress and return: a daemon
+# thread still inside torch when the interpreter exits is ended inside C++ code, and the process
+# aborts ("terminate called without an active exception", exit -6) after a clean drain
+STOP_JOIN_S = 30.0
 WATCH_AFTER_S = 0.05  # a request still waiting after this starts watching for its client leaving
 
 
@@ -138,14 +142,20 @@ class Batcher:
         return None if since is None else self.clock.now() - since
 
     async def stop(self) -> int:
-        """Stop the model thread (a call in progress runs to its end, its answers unsent);
-        requests still waiting get ``ShuttingDown``. Returns how many there were."""
+        """Stop the model thread and wait for it to return (a call in progress runs to its end, its
+        answers unsent); requests still waiting get ``ShuttingDown``. Returns how many there were."""
         self._closed = True
         self._queue.close()
         left = [job for job in self._jobs if not job.future.done()]
         for job in left:
             self._reject("shutdown", job.remaining)
             job.fail(ShuttingDown(f"{self.name}: the server shut down before this request was computed; retry it"))
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            await asyncio.to_thread(thread.join, STOP_JOIN_S)
+            if thread.is_alive():
+                logger.warning("%s: the model call in progress did not end within %.0f s of the shutdown", self.name,
+                               STOP_JOIN_S)
         return len(left)
 
     # -- submitting ------------------------------------------------------------------------

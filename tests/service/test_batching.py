@@ -535,6 +535,28 @@ def test_stop_fails_what_is_still_waiting_and_refuses_new_work():
     assert batcher.events.rejected("shutdown") == 4 and not batcher.accepting
 
 
+def test_stop_returns_only_once_the_model_thread_has_ended():
+    """A daemon model thread still inside torch at interpreter exit aborts the process after a
+    clean drain (exit -6), so stop waits for the call in progress to end and the thread to return."""
+    recorder = Recorder().hold()
+
+    async def go():
+        b = make(recorder, max_batch_tiles=2, max_wait_s=0)
+        b.start()
+        await b.ready.wait()
+        waiting = asyncio.ensure_future(b.submit(rows(0, 2), deadline=later(b)))
+        await until(recorder.started.is_set, what="a call in progress")
+        stopping = asyncio.ensure_future(b.stop())
+        await asyncio.sleep(0)  # stop has closed the queue and is waiting on the thread
+        assert not stopping.done() and b._thread.is_alive()
+        recorder.release()
+        await stopping
+        assert not b._thread.is_alive()
+        waiting.cancel()
+
+    run(go())
+
+
 def test_the_model_thread_takes_the_next_batch_without_the_event_loop():
     """While the event loop is busy (here: blocked), the model thread goes on to the next
     queued batch by itself; only the answers wait for the loop."""
