@@ -62,6 +62,10 @@ PRESETS: dict[str, str] = {
     "dcae-s48-f16c16": _small(16, [16, 32, 64, 64, 128], [0, 1, 2, 1, 2], [0, 1, 3, 1, 2]),
     "dcae-s48-f8c4": _small(4, [16, 32, 64, 128], [0, 1, 2, 2], [0, 1, 3, 2]),
     "dcae-s12-f8c16": _small(16, [16, 32, 64, 128], [0, 1, 2, 2], [0, 1, 3, 2]),
+    # One down-sampling stage fewer (an 8x8 latent), at about the f8 models' size and training
+    # cost: the last stage is all ResBlocks at 128 channels.
+    "dcae-s48-f4c1": _small(1, [16, 32, 128], [0, 1, 2], [0, 1, 4]),
+    "dcae-s12-f4c4": _small(4, [16, 32, 128], [0, 1, 2], [0, 1, 4]),
     # dcae-s48-f8c4 with alpha: RGBA in and out, the same 4x4x4 latent (ratio 64 of RGBA values)
     "dcae-s64-f8c4-rgba": "in_channels=4 " + _small(4, [16, 32, 64, 128], [0, 1, 2, 2], [0, 1, 3, 2]),
     # about the baseline's 5M parameters at ratio 48, for the seed's question at matched size: the

@@ -100,6 +100,7 @@ def test_metrics_pool_sums_and_ssim_is_per_tile():
 @pytest.mark.parametrize("name, latent, ratio", [
     ("dcae-s48-f32c64", (64, 1, 1), 48), ("dcae-s48-f16c16", (16, 2, 2), 48), ("dcae-s48-f8c4", (4, 4, 4), 48),
     ("dcae-s12-f8c16", (16, 4, 4), 12), ("dcae-m48-f16c16", (16, 2, 2), 48), ("dcae-m48-f8c4", (4, 4, 4), 48),
+    ("dcae-s48-f4c1", (1, 8, 8), 48), ("dcae-s12-f4c4", (4, 8, 8), 12),
 ])
 def test_layout_presets_have_the_latent_their_names_say(name, latent, ratio):
     net = model.build(name).eval()
@@ -110,6 +111,9 @@ def test_layout_presets_have_the_latent_their_names_say(name, latent, ratio):
         assert z.shape == (2, *latent) and net.decode(z).shape == x.shape
     if name.startswith("dcae-m48"):  # matched to the baseline's 5.05M parameters within 8%
         assert abs(net.num_params - 5_053_491) / 5_053_491 < 0.08
+    if "-f4c" in name:  # the 8x8-latent models are the f8 models' size within 5%
+        f8 = model.build("dcae-s48-f8c4").num_params
+        assert abs(net.num_params - f8) / f8 < 0.05
 
 
 def result(name: str, psnr: float) -> dict:
