@@ -66,8 +66,9 @@ PRESETS: dict[str, str] = {
     # cost: the last stage is all ResBlocks at 128 channels.
     "dcae-s48-f4c1": _small(1, [16, 32, 128], [0, 1, 2], [0, 1, 4]),
     "dcae-s12-f4c4": _small(4, [16, 32, 128], [0, 1, 2], [0, 1, 4]),
-    # dcae-s48-f8c4 with alpha: RGBA in and out, the same 4x4x4 latent (ratio 64 of RGBA values)
+    # dcae-s48-f8c4 and -f4c1 with alpha: RGBA in and out, the same latents (ratio 64 of RGBA values)
     "dcae-s64-f8c4-rgba": "in_channels=4 " + _small(4, [16, 32, 64, 128], [0, 1, 2, 2], [0, 1, 3, 2]),
+    "dcae-s64-f4c1-rgba": "in_channels=4 " + _small(1, [16, 32, 128], [0, 1, 2], [0, 1, 4]),
     # about the baseline's 5M parameters at ratio 48, for the seed's question at matched size: the
     # small layouts with a wider last stage (the high-resolution stages, where the time goes, as they are)
     "dcae-m48-f16c16": _small(16, [16, 32, 64, 128, 256], [0, 1, 2, 1, 1], [0, 1, 3, 1, 1]),
