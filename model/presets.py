@@ -69,6 +69,10 @@ PRESETS: dict[str, str] = {
     # dcae-s48-f8c4 and -f4c1 with alpha: RGBA in and out, the same latents (ratio 64 of RGBA values)
     "dcae-s64-f8c4-rgba": "in_channels=4 " + _small(4, [16, 32, 64, 128], [0, 1, 2, 2], [0, 1, 3, 2]),
     "dcae-s64-f4c1-rgba": "in_channels=4 " + _small(1, [16, 32, 128], [0, 1, 2], [0, 1, 4]),
+    # dcae-s64-f8c4-rgba with a larger latent, for users who need outlines kept more than 64 numbers
+    # per tile allow: 8x4x4 (ratio 32) and 16x4x4 (ratio 16, the RGB ratio-12 model's latent)
+    "dcae-s32-f8c8-rgba": "in_channels=4 " + _small(8, [16, 32, 64, 128], [0, 1, 2, 2], [0, 1, 3, 2]),
+    "dcae-s16-f8c16-rgba": "in_channels=4 " + _small(16, [16, 32, 64, 128], [0, 1, 2, 2], [0, 1, 3, 2]),
     # about the baseline's 5M parameters at ratio 48, for the seed's question at matched size: the
     # small layouts with a wider last stage (the high-resolution stages, where the time goes, as they are)
     "dcae-m48-f16c16": _small(16, [16, 32, 64, 128, 256], [0, 1, 2, 1, 1], [0, 1, 3, 1, 1]),

@@ -101,6 +101,7 @@ def test_metrics_pool_sums_and_ssim_is_per_tile():
     ("dcae-s48-f32c64", (64, 1, 1), 48), ("dcae-s48-f16c16", (16, 2, 2), 48), ("dcae-s48-f8c4", (4, 4, 4), 48),
     ("dcae-s12-f8c16", (16, 4, 4), 12), ("dcae-m48-f16c16", (16, 2, 2), 48), ("dcae-m48-f8c4", (4, 4, 4), 48),
     ("dcae-s48-f4c1", (1, 8, 8), 48), ("dcae-s12-f4c4", (4, 8, 8), 12), ("dcae-s64-f4c1-rgba", (1, 8, 8), 64),
+    ("dcae-s32-f8c8-rgba", (8, 4, 4), 32), ("dcae-s16-f8c16-rgba", (16, 4, 4), 16),
 ])
 def test_layout_presets_have_the_latent_their_names_say(name, latent, ratio):
     net = model.build(name).eval()
