@@ -365,7 +365,7 @@ def prepare(config: TrainConfig, procs: Processes, state: dict | None, commands:
     if state is not None:
         run.step, run.elapsed, run.best = state["step"], state["elapsed_s"], state["best_val_l1"]
     run.record = describe_run(run)
-    if procs.main and state is None:
+    if procs.main:  # a resume rewrites it: its commands and code revision are the checkpoints' from then on
         run.out.mkdir(parents=True, exist_ok=True)
         atomic_write_text(run.out / "run.json", json.dumps(run.record, indent=2) + "\n")
     return run

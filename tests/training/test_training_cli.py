@@ -60,6 +60,8 @@ def test_train_then_resume_with_the_runs_own_settings(capsys, tiny_data, tmp_pat
     assert record["command"].startswith("tessera train --model dcae-t48 --data ")
     assert "--stop-after 64" in record["command"]
     assert record["resumed_with"] == [f"tessera train --out {out} --resume --threads 1 --no-tensorboard --no-progress"]
+    logged = json.loads((out / "run.json").read_text())  # the run's log says what the checkpoint says
+    assert (logged["command"], logged["resumed_with"]) == (record["command"], record["resumed_with"])
     code, _, err = run(capsys, "train", "--out", str(out), "--resume", "--batch-size", "32", *common)
     assert code == 1 and "--batch-size 32 (run has 16)" in err
 
