@@ -38,6 +38,18 @@ def _small(latent: int, widths: list[int], encoder_depths: list[int], decoder_de
             f"decoder.block_type=[{blocks}] decoder.norm=[{norms}] decoder.act=[{acts}]")
 
 
+def _f8(latent: int) -> str:
+    """The bundled models' layout: three down-sampling stages to a 4x4 latent of ``latent`` channels."""
+    return _small(latent, [16, 32, 64, 128], [0, 1, 2, 2], [0, 1, 3, 2])
+
+
+def _f4(latent: int) -> str:
+    """Two down-sampling stages to an 8x8 latent, the last stage all ResBlocks at 128 channels."""
+    return _small(latent, [16, 32, 128], [0, 1, 2], [0, 1, 4])
+
+
+_RGBA = "in_channels=4 "  # 4 channels in and out
+
 PRESETS: dict[str, str] = {
     "baseline": "arch=baseline",
     "dcae-03": _seed(32, "[64,128,256,256,512,512]"),
@@ -60,19 +72,19 @@ PRESETS: dict[str, str] = {
     # a ratio-12 model for pipelines that need tiles back nearly as they went in.
     "dcae-s48-f32c64": _small(64, [16, 32, 64, 64, 128, 128], [0, 1, 2, 1, 1, 1], [0, 1, 3, 1, 1, 1]),
     "dcae-s48-f16c16": _small(16, [16, 32, 64, 64, 128], [0, 1, 2, 1, 2], [0, 1, 3, 1, 2]),
-    "dcae-s48-f8c4": _small(4, [16, 32, 64, 128], [0, 1, 2, 2], [0, 1, 3, 2]),
-    "dcae-s12-f8c16": _small(16, [16, 32, 64, 128], [0, 1, 2, 2], [0, 1, 3, 2]),
+    "dcae-s48-f8c4": _f8(4),
+    "dcae-s12-f8c16": _f8(16),
     # One down-sampling stage fewer (an 8x8 latent), at about the f8 models' size: the last stage
     # is all ResBlocks at 128 channels, twice the f8 models' compute per tile.
-    "dcae-s48-f4c1": _small(1, [16, 32, 128], [0, 1, 2], [0, 1, 4]),
-    "dcae-s12-f4c4": _small(4, [16, 32, 128], [0, 1, 2], [0, 1, 4]),
+    "dcae-s48-f4c1": _f4(1),
+    "dcae-s12-f4c4": _f4(4),
     # dcae-s48-f8c4 and -f4c1 with alpha: RGBA in and out, the same latents (ratio 64 of RGBA values)
-    "dcae-s64-f8c4-rgba": "in_channels=4 " + _small(4, [16, 32, 64, 128], [0, 1, 2, 2], [0, 1, 3, 2]),
-    "dcae-s64-f4c1-rgba": "in_channels=4 " + _small(1, [16, 32, 128], [0, 1, 2], [0, 1, 4]),
+    "dcae-s64-f8c4-rgba": _RGBA + _f8(4),
+    "dcae-s64-f4c1-rgba": _RGBA + _f4(1),
     # dcae-s64-f8c4-rgba with a larger latent, for users who need outlines kept more than 64 numbers
     # per tile allow: 8x4x4 (ratio 32) and 16x4x4 (ratio 16, the RGB ratio-12 model's latent)
-    "dcae-s32-f8c8-rgba": "in_channels=4 " + _small(8, [16, 32, 64, 128], [0, 1, 2, 2], [0, 1, 3, 2]),
-    "dcae-s16-f8c16-rgba": "in_channels=4 " + _small(16, [16, 32, 64, 128], [0, 1, 2, 2], [0, 1, 3, 2]),
+    "dcae-s32-f8c8-rgba": _RGBA + _f8(8),
+    "dcae-s16-f8c16-rgba": _RGBA + _f8(16),
     # about the baseline's 5M parameters at ratio 48, for the seed's question at matched size: the
     # small layouts with a wider last stage (the high-resolution stages, where the time goes, as they are)
     "dcae-m48-f16c16": _small(16, [16, 32, 64, 128, 256], [0, 1, 2, 1, 1], [0, 1, 3, 1, 1]),
