@@ -20,9 +20,11 @@ def _seed(latent: int, widths: str, depths: str = _SEED_DEPTHS) -> str:
             f"{depths} {_SEED_COMMON}")
 
 
-def _small(latent: int, widths: list[int], encoder_depths: list[int], decoder_depths: list[int]) -> str:
+def _small(latent: int, widths: list[int], encoder_depths: list[int], decoder_depths: list[int],
+           decoder_widths: list[int] | None = None, upsample: str | None = None) -> str:
     """A CPU-sized DC-AE: ResBlocks in the first three stages, EViT_GLU after, bn2d/relu decoder
-    stages where the ResBlocks are."""
+    stages where the ResBlocks are. The decoder has the encoder's widths unless ``decoder_widths``
+    says otherwise, and pixel-shuffle up-sampling unless ``upsample`` names another."""
     stages = len(widths)
     blocks = ",".join(["ResBlock"] * 3 + ["EViT_GLU"] * (stages - 3))
     norms = ",".join(["bn2d"] * 3 + ["trms2d"] * (stages - 3))
@@ -34,13 +36,20 @@ def _small(latent: int, widths: list[int], encoder_depths: list[int], decoder_de
     return (f"latent_channels={latent} "
             f"encoder.width_list={listed(widths)} encoder.depth_list={listed(encoder_depths)} "
             f"encoder.block_type=[{blocks}] "
-            f"decoder.width_list={listed(widths)} decoder.depth_list={listed(decoder_depths)} "
-            f"decoder.block_type=[{blocks}] decoder.norm=[{norms}] decoder.act=[{acts}]")
+            f"decoder.width_list={listed(decoder_widths or widths)} decoder.depth_list={listed(decoder_depths)} "
+            f"decoder.block_type=[{blocks}] decoder.norm=[{norms}] decoder.act=[{acts}]"
+            + (f" decoder.upsample_block_type={upsample}" if upsample else ""))
 
 
 def _f8(latent: int) -> str:
     """The bundled models' layout: three down-sampling stages to a 4x4 latent of ``latent`` channels."""
     return _small(latent, [16, 32, 64, 128], [0, 1, 2, 2], [0, 1, 3, 2])
+
+
+def _f8_sharp(latent: int, decoder_widths: list[int], decoder_depths: list[int], upsample: str | None = None) -> str:
+    """The f8 encoder with a decoder that has blocks at full resolution: the output is made from
+    ``decoder_widths[0]`` channels at 32x32 by a 3x3 convolution, not pixel-shuffled from 16x16."""
+    return _small(latent, [16, 32, 64, 128], [0, 1, 2, 2], decoder_depths, decoder_widths, upsample)
 
 
 def _f4(latent: int) -> str:
@@ -74,6 +83,10 @@ PRESETS: dict[str, str] = {
     "dcae-s48-f16c16": _small(16, [16, 32, 64, 64, 128], [0, 1, 2, 1, 2], [0, 1, 3, 1, 2]),
     "dcae-s48-f8c4": _f8(4),
     "dcae-s12-f8c16": _f8(16),
+    # The same encoders with a decoder that works at full resolution: one ResBlock at 32x32 and
+    # 32 channels, where the f8 decoder pixel-shuffles its output from 16x16 (docs/training.md)
+    "dcae-s48-f8c4-d32": _f8_sharp(4, [32, 32, 64, 128], [1, 1, 3, 2]),
+    "dcae-s12-f8c16-d32": _f8_sharp(16, [32, 32, 64, 128], [1, 1, 3, 2]),
     # One down-sampling stage fewer (an 8x8 latent), at about the f8 models' size: the last stage
     # is all ResBlocks at 128 channels, twice the f8 models' compute per tile.
     "dcae-s48-f4c1": _f4(1),

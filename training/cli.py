@@ -145,6 +145,8 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
                                                "0.2 for l1+ssim)")
     add("--weight-decay", type=float, help=f"AdamW weight decay (default: {d.weight_decay})")
     add("--latent-reg", type=float, help=f"weight of the latent regulariser, 0 turns it off (default: {d.latent_reg})")
+    add("--mse-phase", type=float, help="fraction of the schedule, at its end, that trains on MSE instead of the "
+                                        f"loss given (RGB models; default: {d.mse_phase:g}, off)")
     add("--alpha-weight", type=float, help=f"RGBA models: weight of the alpha error against the colour error, "
                                           f"which is weighted by coverage (default: {d.alpha_weight:g})")
     add("--augment", action="store_true", default=None, help="random flips and quarter turns (off by default)")

@@ -26,6 +26,7 @@ class TrainConfig:
     structure_weight: float | None = None  # weight of the structure term; None: the loss's default
     weight_decay: float = 0.01  # AdamW's default, which the seed kept
     latent_reg: float = 1e-4  # seed: 1e-4 * (|0.5 - std| + |mean|) of the latents; 0 turns it off
+    mse_phase: float = 0.0  # the last fraction of the schedule trains on MSE, the loss PSNR measures; 0: off
     alpha_weight: float = 1.0  # RGBA models: weight of the alpha L1 against the coverage-weighted colour L1
     augment: bool = False  # seed trained without flips/rotations
     seed: int = 0  # weights init, data order, augmentation
@@ -60,6 +61,8 @@ class TrainConfig:
             raise ValueError(f"--structure-weight must not be negative, got {self.structure_weight}")
         if self.latent_reg < 0 or self.weight_decay < 0:
             raise ValueError("--latent-reg and --weight-decay must not be negative")
+        if not 0 <= self.mse_phase <= 1:
+            raise ValueError(f"--mse-phase is a fraction of the schedule in [0, 1], got {self.mse_phase}")
         if not self.alpha_weight > 0:
             raise ValueError(f"--alpha-weight must be positive, got {self.alpha_weight}")
         if self.stop_after is not None and self.stop_after < 1:
@@ -74,7 +77,7 @@ class TrainConfig:
 
 # settings that shape the weights: a resumed run must keep them
 RUN_KEYS = ("model", "max_inputs", "batch_size", "lr", "warmup", "ema", "loss", "structure_weight", "weight_decay",
-            "latent_reg", "alpha_weight", "augment", "seed")
+            "latent_reg", "mse_phase", "alpha_weight", "augment", "seed")
 FIELDS = tuple(f.name for f in fields(TrainConfig))
 DEFAULTS = {f.name: f.default for f in fields(TrainConfig)}  # what a run saved before a setting existed had
 

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
+import torch.nn.functional as F
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler, Sampler
@@ -262,6 +263,11 @@ class Run:
         return self.step * self.config.batch_size
 
     @property
+    def mse_from(self) -> int:
+        """The first step of the MSE phase (``total_steps`` when there is none)."""
+        return self.total_steps - round(self.config.mse_phase * self.total_steps)
+
+    @property
     def shipped(self) -> nn.Module:
         """The weights the checkpoints hold: the EMA copy when there is one."""
         return self.ema.module if self.ema is not None else self.autoencoder
@@ -324,9 +330,8 @@ def build_model(config: TrainConfig, procs: Processes, state: dict | None, total
     except ValueError as exc:
         raise TrainingError(str(exc)) from exc
     config = replace(config, lr=config.lr if config.lr is not None else default_lr(autoencoder.arch))
-    autoencoder.to(procs.device)
+    autoencoder.to(procs.device).to(memory_format=torch.channels_last)
     if cuda:
-        autoencoder.to(memory_format=torch.channels_last)
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
         torch.backends.cudnn.benchmark = True
     optimizer = torch.optim.AdamW(autoencoder.parameters(), lr=config.lr, weight_decay=config.weight_decay,
@@ -384,7 +389,8 @@ def describe_run(run: Run) -> dict:
         **{k: getattr(config, k) for k in RUN_KEYS},
         "spec": run.autoencoder.spec,
         "channels": "RGBA" if run.rgba else "RGB",
-        "loss": loss if loss in ("l1", rgba) else f"{loss} (weight {weight:g})",
+        "loss": (loss if loss in ("l1", rgba) else f"{loss} (weight {weight:g})")
+        + (f", then MSE from step {run.mse_from}" if run.mse_from < run.total_steps and not run.rgba else ""),
         "optimizer": "AdamW",
         "schedule": (f"linear warm-up over {warmup_steps} steps, then " if warmup_steps else "")
         + f"cosine over {run.total_steps} steps",
@@ -410,7 +416,7 @@ def batches(run: Run):
         )
         for x in loader:
             x = x.to(run.procs.device, non_blocking=True)
-            yield x.contiguous(memory_format=torch.channels_last) if run.cuda else x
+            yield x.contiguous(memory_format=torch.channels_last)
 
 
 def train_step(run: Run, x: torch.Tensor) -> torch.Tensor:
@@ -418,8 +424,12 @@ def train_step(run: Run, x: torch.Tensor) -> torch.Tensor:
     config = run.config
     with run.autocast():
         x_hat, z = run.net(x)
-    loss = rgba_loss(x_hat.float(), x, config.alpha_weight) if run.rgba else training_loss(x_hat.float(), x, config.loss,
-                                                                       structure_weight(config))
+    if run.rgba:
+        loss = rgba_loss(x_hat.float(), x, config.alpha_weight)
+    elif run.step >= run.mse_from:
+        loss = F.mse_loss(x_hat.float(), x)
+    else:
+        loss = training_loss(x_hat.float(), x, config.loss, structure_weight(config))
     if config.latent_reg:
         loss = loss + config.latent_reg * latent_regulariser(z.float())
     run.optimizer.zero_grad(set_to_none=True)
