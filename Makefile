@@ -8,7 +8,7 @@ TORCH  ?= torch==2.13.0
 HOST   ?= 127.0.0.1
 PORT   ?= 8000
 
-.PHONY: venv vendor test serve bench soak reliability data gpu-check clean
+.PHONY: venv vendor test serve bench soak reliability data gpu-check gpu-train clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -58,6 +58,12 @@ reliability: venv
 GPU_PY ?= $(PY)
 gpu-check: $(if $(filter $(PY),$(GPU_PY)),venv)
 	$(GPU_PY) -m bench.gpu_check $(if $(filter-out 0,$(DRY)),--dry-run)
+
+# The prepared GPU training run (bench/gpu_train.py): the large ratio-48 layout inside a fixed time
+# budget, evaluated against its PCA yardstick; results in $$OUT/gpu-train or bench/results/gpu-train/.
+# Carry data/gpu/corpus (scripts/gpu_data.sh). DRY=1: the same steps, tiny, on the CPU.
+gpu-train: $(if $(filter $(PY),$(GPU_PY)),venv)
+	$(GPU_PY) -m bench.gpu_train $(if $(filter-out 0,$(DRY)),--dry-run)
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info service/static/vendor

@@ -24,6 +24,7 @@ from PIL import Image
 
 from client import errors
 from client.results import EncodeResult, Health, Limits, Models
+from tiles import DECODERS, MAX_REFINE_STEPS
 from client.tiles import ImageSource, assemble_sheet, cut_sheet, image_pixels, load_image, tiles_from_array, to_channels
 
 logger = logging.getLogger(__name__)
@@ -112,6 +113,7 @@ class AsyncClient:
         model: str | None = None,
         *,
         crop: bool = False,
+        refine: int = 0,
         progress: Progress | None = None,
     ) -> EncodeResult:
         """Encode tiles to latents.
@@ -121,24 +123,33 @@ class AsyncClient:
                 a uint8 array [N, 32, 32, 3|4], or a list of any of these.
             model: model name; the server's default when None.
             crop: drop a sheet's partial last row/column of tiles instead of refusing it.
+            refine: encode effort, 0 to MAX_REFINE_STEPS: the server refines each latent for this
+                many steps through the decoder, so it decodes closer to its tile (CPU per step:
+                about one decoder pass and its gradient per tile).
             progress: called with (tiles done, total) after each chunk.
 
         Returns:
             EncodeResult with float32 latents [N, *latent_shape] in input order.
         """
+        if isinstance(refine, bool) or not isinstance(refine, int) or not 0 <= refine <= MAX_REFINE_STEPS:
+            raise errors.InputError(f"refine must be an integer from 0 to {MAX_REFINE_STEPS}, got {refine!r}")
         # reading and cutting images is CPU work: keep it off the event loop
         tiles, grids, counts = await asyncio.to_thread(_gather_tiles, x, crop=crop)
         info = await self._limits_and_default()
         model = model or info.default
         chunk = _chunk_size(info.limits, tiles[0].nbytes)
 
-        async def send(part: np.ndarray) -> tuple[np.ndarray, int, str]:
+        params = {"model": model, **({"refine": refine} if refine else {})}
+
+        async def send(part: np.ndarray) -> tuple[np.ndarray, int, str, int | None]:
             response = await self._request(
-                "POST", "/v1/encode", params={"model": model}, content=_npy_bytes(part),
+                "POST", "/v1/encode", params=params, content=_npy_bytes(part),
                 headers={"Content-Type": NPY, "Accept": NPY},
             )
             latents = _npy_array(response, rows=len(part), dtype=np.float32)
-            return latents, int(response.headers.get("X-Tessera-Cached", 0)), response.headers.get("X-Tessera-Model", model)
+            refined = response.headers.get("X-Tessera-Refined")
+            return (latents, int(response.headers.get("X-Tessera-Cached", 0)), response.headers.get("X-Tessera-Model", model),
+                    int(refined) if refined is not None else None)
 
         parts = await self._map_chunks(tiles, chunk, send, progress)
         return EncodeResult(
@@ -147,6 +158,7 @@ class AsyncClient:
             grids=tuple(grids),
             counts=tuple(counts),
             cached=sum(p[1] for p in parts),
+            refined=min(p[3] for p in parts) if refine else None,
         )
 
     async def decode(
@@ -154,6 +166,7 @@ class AsyncClient:
         latents: DecodeInput,
         model: str | None = None,
         *,
+        decoder: str = DECODERS[0],
         progress: Progress | None = None,
     ) -> np.ndarray:
         """Decode latents to tiles.
@@ -161,19 +174,24 @@ class AsyncClient:
         Args:
             latents: float [N, *latent_shape], or an EncodeResult (its model is then the default).
             model: model name; the EncodeResult's model, else the server's default, when None.
+            decoder: which of the model's decoders (``ModelInfo.decoders``): "faithful", its own,
+                or "sharp", fine-tuned for crisp pixel-art-like tiles where the model has one.
             progress: called with (tiles done, total) after each chunk.
 
         Returns:
             uint8 [N, 32, 32, 3].
         """
+        if decoder not in DECODERS:
+            raise errors.InputError(f"decoder must be one of {list(DECODERS)}, got {decoder!r}")
         array, model = _latents_and_model(latents, model)
         info = await self._limits_and_default()
         model = model or info.default
         chunk = _chunk_size(info.limits, array[0].nbytes)
+        params = {"model": model, **({"decoder": decoder} if decoder != DECODERS[0] else {})}
 
         async def send(part: np.ndarray) -> np.ndarray:
             response = await self._request(
-                "POST", "/v1/decode", params={"model": model}, content=_npy_bytes(part),
+                "POST", "/v1/decode", params=params, content=_npy_bytes(part),
                 headers={"Content-Type": NPY, "Accept": NPY},
             )
             return _npy_array(response, rows=len(part), dtype=np.uint8)
@@ -186,6 +204,7 @@ class AsyncClient:
         columns: int | None = None,
         model: str | None = None,
         *,
+        decoder: str = DECODERS[0],
         progress: Progress | None = None,
     ) -> Image.Image:
         """Decode latents to one sheet image, tiles row-major.
@@ -195,11 +214,12 @@ class AsyncClient:
             columns: tiles per row; the EncodeResult's grid, else the server's rule (all in one
                 row up to 16 tiles, else about square), when None.
             model: as for decode.
+            decoder: as for decode.
             progress: as for decode.
         """
         if columns is None and isinstance(latents, EncodeResult) and latents.grid is not None:
             columns = latents.grid[1]
-        tiles = await self.decode(latents, model, progress=progress)
+        tiles = await self.decode(latents, model, decoder=decoder, progress=progress)
         return Image.fromarray(assemble_sheet(tiles, columns))
 
     # ---- machinery -----------------------------------------------------------------------

@@ -35,6 +35,7 @@ from client.tiles import (
     read_tileset,
     to_channels,
 )
+from tiles import DECODERS, MAX_REFINE_STEPS
 from tiles.tsx import write_tsx
 
 DEFAULT_URL = "http://127.0.0.1:8000"
@@ -54,6 +55,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("-o", "--output", type=Path, help="where to write the .npz (default: SHEET with .npz)")
     _add_atlas_options(p, "the sheet's")
     _add_model_options(p)
+    _add_refine_option(p)
     p.set_defaults(func=_guarded(_encode))
 
     p = subparsers.add_parser("decode", help="decode a .npz written by `tessera encode` back to a sheet image")
@@ -63,6 +65,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     _add_atlas_options(p, "the encoded sheet's")
     p.add_argument("--tsx", action="store_true", help="also write a Tiled tileset (.tsx) beside the PNG")
     _add_model_options(p, default_help="the model stored in the .npz")
+    _add_decoder_option(p)
     p.set_defaults(func=_guarded(_decode))
 
     p = subparsers.add_parser("roundtrip", help="encode and decode a sheet; print L1, PSNR and compression")
@@ -70,6 +73,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("-o", "--output", type=Path, default=Path("compare.png"),
                    help="side-by-side image: original left, reconstruction right (default: %(default)s)")
     _add_model_options(p)
+    _add_refine_option(p)
+    _add_decoder_option(p)
     p.set_defaults(func=_guarded(_roundtrip))
 
     p = subparsers.add_parser("models", help="list the server's models and limits")
@@ -89,6 +94,24 @@ def _add_server_options(p: argparse.ArgumentParser) -> None:
 def _add_atlas_options(p: argparse.ArgumentParser, default: str) -> None:
     p.add_argument("--margin", type=int, help=f"pixels around the tiles, as in Tiled (default: {default}, else 0)")
     p.add_argument("--spacing", type=int, help=f"pixels between tiles, as in Tiled (default: {default}, else 0)")
+
+
+def _refine_steps(text: str) -> int:
+    if not (text.isascii() and text.isdigit() and int(text) <= MAX_REFINE_STEPS):
+        raise argparse.ArgumentTypeError(f"expected a whole number from 0 to {MAX_REFINE_STEPS}, got {text!r}")
+    return int(text)
+
+
+def _add_refine_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--refine", type=_refine_steps, default=0, metavar="STEPS",
+                   help=f"encode effort: the server refines each latent for STEPS steps (0 to {MAX_REFINE_STEPS}) "
+                        "through the decoder, for tiles closer to the original at more CPU (default: %(default)s)")
+
+
+def _add_decoder_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--decoder", choices=DECODERS, default=DECODERS[0],
+                   help="which of the model's decoders: faithful (its own) or sharp (crisp, pixel-art-like tiles, "
+                        "where the model has one; `tessera models` lists them) (default: %(default)s)")
 
 
 def _add_model_options(p: argparse.ArgumentParser, default_help: str = "the server's default") -> None:
@@ -124,7 +147,7 @@ def _encode(args: argparse.Namespace) -> int:
     output = args.output or args.sheet.with_suffix(".npz")
     tiles, (rows, cols), margin, spacing = _sheet_tiles(args)
     with _client(args) as tessera, _progress("encode", args.quiet) as progress:
-        result = tessera.encode(tiles, args.model, progress=progress)
+        result = tessera.encode(tiles, args.model, refine=args.refine, progress=progress)
     _write(output, functools.partial(
         np.savez, latents=result.latents, grid=np.array((rows, cols)), model=np.array(result.model),
         tile_size=np.array(TILE), latent_shape=np.array(result.latent_shape), source=np.array(args.sheet.name),
@@ -132,7 +155,8 @@ def _encode(args: argparse.Namespace) -> int:
     ))
     atlas = f", margin {margin}, spacing {spacing}" if margin or spacing else ""
     print(f"{args.sheet}: {len(result.latents)} tiles ({rows}x{cols}{atlas}) -> {output} "
-          f"[model {result.model}, latents {_shape(result.latent_shape)} float32, {result.cached} from cache]")
+          f"[model {result.model}, latents {_shape(result.latent_shape)} float32, {result.cached} from cache"
+          + (f", refined {result.refined} steps" if result.refined is not None else "") + "]")
     return EXIT_OK
 
 
@@ -145,7 +169,7 @@ def _decode(args: argparse.Namespace) -> int:
     margin = layout.get("margin", 0) if args.margin is None else args.margin
     spacing = layout.get("spacing", 0) if args.spacing is None else args.spacing
     with _client(args) as tessera, _progress("decode", args.quiet) as progress:
-        tiles = tessera.decode(latents, args.model or model, progress=progress)
+        tiles = tessera.decode(latents, args.model or model, decoder=args.decoder, progress=progress)
     pixels = assemble_sheet(tiles, columns, margin, spacing)
     _write(output, Image.fromarray(pixels).save, format="PNG")
     height, width = pixels.shape[:2]
@@ -163,9 +187,9 @@ def _roundtrip(args: argparse.Namespace) -> int:
     with _client(args) as tessera:
         info = tessera.models()
         with _progress("encode", args.quiet) as progress:
-            encoded: EncodeResult = tessera.encode(tiles, args.model, progress=progress)
+            encoded: EncodeResult = tessera.encode(tiles, args.model, refine=args.refine, progress=progress)
         with _progress("decode", args.quiet) as progress:
-            decoded = tessera.decode(encoded, progress=progress)
+            decoded = tessera.decode(encoded, decoder=args.decoder, progress=progress)
     channels = decoded.shape[-1]  # what the model keeps: RGB (alpha multiplied in) or RGBA
     original, recon = assemble_sheet(to_channels(tiles, channels), cols), assemble_sheet(decoded, cols)
     # colours multiplied by alpha, as the models' validation measures them (hidden colours do not count)
@@ -183,7 +207,8 @@ def _roundtrip(args: argparse.Namespace) -> int:
     reference = f" (checkpoint validation PSNR {val_psnr:.2f} dB)" if isinstance(val_psnr, (int, float)) else ""
     values = int(np.prod(encoded.latent_shape))
     count = len(tiles)
-    print(f"{args.sheet}: {count} tiles ({rows}x{cols}), model {encoded.model}")
+    refined = f", latents refined {encoded.refined} steps" if encoded.refined is not None else ""
+    print(f"{args.sheet}: {count} tiles ({rows}x{cols}), model {encoded.model}{refined}")
     print(f"L1 {l1:.4f}  PSNR {psnr:.2f} dB{alpha}{reference}")
     pixel_values = channels * TILE * TILE
     kind = "RGBA" if channels == 4 else "RGB"
@@ -209,7 +234,7 @@ def _models(args: argparse.Namespace) -> int:
 
 
 def _models_table(info: Models) -> str:
-    header = ("NAME", "ARCH", "PARAMS", "LATENT", "RATIO", "VAL L1", "VAL PSNR")
+    header = ("NAME", "ARCH", "PARAMS", "LATENT", "RATIO", "VAL L1", "VAL PSNR", "DECODERS")
     rows = [header]
     for m in info.models:
         l1, psnr = m.metrics.get("val_l1"), m.metrics.get("val_psnr")
@@ -221,6 +246,7 @@ def _models_table(info: Models) -> str:
             f"{m.compression_ratio:g}x",
             f"{l1:.4f}" if isinstance(l1, (int, float)) else "-",
             f"{psnr:.2f} dB" if isinstance(psnr, (int, float)) else "-",
+            ",".join(m.decoders),
         ))
     widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip() for r in rows]

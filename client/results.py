@@ -20,6 +20,8 @@ class EncodeResult:
         grids: (rows, cols) of every image input, in order; arrays of tiles have none.
         counts: how many tiles each input (image, path or array) contributed, in order.
         cached: how many latents the server answered from its cache.
+        refined: the refinement steps every latent had (``encode(refine=...)``): fewer than
+            asked when the server's deadline cut them short; None when none were asked for.
     """
 
     latents: np.ndarray
@@ -27,6 +29,7 @@ class EncodeResult:
     grids: tuple[tuple[int, int], ...] = ()
     counts: tuple[int, ...] = ()
     cached: int = 0
+    refined: int | None = None
 
     @property
     def latent_shape(self) -> tuple[int, ...]:
@@ -75,6 +78,7 @@ class ModelInfo:
     metrics: dict[str, float] = field(default_factory=dict)
     channels: str = "RGB"  # "RGBA": the model keeps alpha
     latent_stats: dict[str, Any] | None = None  # mean, std, scaling_factor, shift_factor, per-channel
+    decoders: tuple[str, ...] = ("faithful",)  # decode(decoder=...) values this model takes
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> ModelInfo:
@@ -90,6 +94,7 @@ class ModelInfo:
             metrics=dict(data.get("metrics") or {}),
             channels=str(data.get("channels") or "RGB"),
             latent_stats=dict(data["latent_stats"]) if isinstance(data.get("latent_stats"), dict) else None,
+            decoders=tuple(str(d) for d in data.get("decoders") or ("faithful",)),
         )
 
 

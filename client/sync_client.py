@@ -81,19 +81,20 @@ class Client:
         """Whether the server is alive and ready (model loaded and warmed); never retried."""
         return self._run(self._async.health())
 
-    def encode(self, x: EncodeInput, model: str | None = None, *, crop: bool = False,
+    def encode(self, x: EncodeInput, model: str | None = None, *, crop: bool = False, refine: int = 0,
                progress: Progress | None = None) -> EncodeResult:
         """Encode tiles to latents (``AsyncClient.encode``)."""
-        return self._run(self._async.encode(x, model, crop=crop, progress=progress))
+        return self._run(self._async.encode(x, model, crop=crop, refine=refine, progress=progress))
 
-    def decode(self, latents: DecodeInput, model: str | None = None, *, progress: Progress | None = None) -> np.ndarray:
+    def decode(self, latents: DecodeInput, model: str | None = None, *, decoder: str = "faithful",
+               progress: Progress | None = None) -> np.ndarray:
         """Decode latents to uint8 tiles [N, 32, 32, 3] (``AsyncClient.decode``)."""
-        return self._run(self._async.decode(latents, model, progress=progress))
+        return self._run(self._async.decode(latents, model, decoder=decoder, progress=progress))
 
     def decode_sheet(self, latents: DecodeInput, columns: int | None = None, model: str | None = None, *,
-                     progress: Progress | None = None) -> Image.Image:
+                     decoder: str = "faithful", progress: Progress | None = None) -> Image.Image:
         """Decode latents to one sheet image, tiles row-major (``AsyncClient.decode_sheet``)."""
-        return self._run(self._async.decode_sheet(latents, columns, model, progress=progress))
+        return self._run(self._async.decode_sheet(latents, columns, model, decoder=decoder, progress=progress))
 
     def close(self) -> None:
         """Close the connections and stop the private event loop."""

@@ -87,6 +87,9 @@ PRESETS: dict[str, str] = {
     # 32 channels, where the f8 decoder pixel-shuffles its output from 16x16 (docs/training.md)
     "dcae-s48-f8c4-d32": _f8_sharp(4, [32, 32, 64, 128], [1, 1, 3, 2]),
     "dcae-s12-f8c16-d32": _f8_sharp(16, [32, 32, 64, 128], [1, 1, 3, 2]),
+    # The same latent with about four times the widths and more blocks at 32x32 and 16x16: what a
+    # GPU can train in minutes (bench/gpu_train.py, make gpu-train)
+    "dcae-s48-f8c4-l": _small(4, [32, 64, 128, 256], [1, 1, 2, 2], [1, 2, 3, 2], [64, 64, 128, 256]),
     # One down-sampling stage fewer (an 8x8 latent), at about the f8 models' size: the last stage
     # is all ResBlocks at 128 channels, twice the f8 models' compute per tile.
     "dcae-s48-f4c1": _f4(1),

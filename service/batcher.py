@@ -129,6 +129,11 @@ class Batcher:
         self._thread.start()
 
     @property
+    def model_lock(self) -> threading.Lock:
+        """Held around every model call; a batcher of the same model shares it."""
+        return self._model_lock
+
+    @property
     def queued_tiles(self) -> int:
         return self.admission.queued
 

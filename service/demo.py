@@ -23,6 +23,7 @@ from pathlib import Path
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
 
+from service.dependencies import Decoder
 from service.demo_onnx import DecoderFiles, ExportFailed, export_unavailable
 from service.errors import NotReady, TesseraError, Unavailable
 
@@ -126,15 +127,17 @@ async def vendor_file(name: str) -> FileResponse:
 
 
 @router.get("/models/{name}/decoder.onnx")
-async def decoder_onnx(name: str, request: Request) -> Response:
-    """The model's decoder: ``latents`` float32 [N, *latent_shape] -> ``tiles`` float32
-    [N, 3, 32, 32] in [0, 1]. Exported on first request (503 with Retry-After until built)."""
+async def decoder_onnx(name: str, request: Request, decoder: Decoder = "faithful") -> Response:
+    """The model's decoder (``?decoder=sharp``: its sharp one): ``latents`` float32 [N, *latent_shape]
+    -> ``tiles`` float32 [N, 3, 32, 32] in [0, 1]. Exported on first request (503 with Retry-After
+    until built)."""
     app = request.app
     app.state.keys.check(request.headers.get("authorization"))
     state = app.state.tessera
     if state is None:
         raise NotReady("the service is starting; retry in a moment", retry_after_s=1)
     served = state.registry.get(name)  # 404 unknown_model, listing the loaded ones
+    variant = served.variant(decoder)  # 404 unknown_decoder, listing the model's
     missing = export_unavailable()
     if missing is not None:
         raise DemoNotFound(missing, code="onnx_unavailable")
@@ -142,13 +145,13 @@ async def decoder_onnx(name: str, request: Request) -> Response:
     if files is None:
         files = app.state.demo_decoders = DecoderFiles(threads=state.settings.torch_threads)
     try:
-        data = files.get(served.path, served.key)
+        data = files.get(variant.path, variant.key)
     except ExportFailed as exc:
         raise DemoNotFound(f"no decoder ONNX for {name!r}: {exc}", code="onnx_unavailable") from None
     if data is None:
         raise Unavailable(f"the decoder ONNX of {name!r} is being exported; retry in a few seconds",
                           retry_after_s=BUILD_RETRY_S, code="building")
-    etag = f'"{served.key}"'
+    etag = f'"{variant.key}"'
     headers = {**HEADERS, "ETag": etag}
     if request.headers.get("if-none-match") == etag:
         return Response(status_code=304, headers=headers)

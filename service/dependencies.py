@@ -3,13 +3,14 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastapi import Depends, Query, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from service.errors import InvalidInput, NotReady
 from service.state import ServiceState
+from tiles import DECODERS, MAX_REFINE_STEPS
 
 
 async def get_state(request: Request) -> ServiceState:
@@ -52,3 +53,13 @@ ModelName = Annotated[str | None, Query(description="model name (GET /v1/models)
 MAX_LAYOUT_PIXELS = 1024
 Margin = Annotated[int, Query(ge=0, le=MAX_LAYOUT_PIXELS, description="pixels before the first tile of a sheet (Tiled's margin)")]
 Spacing = Annotated[int, Query(ge=0, le=MAX_LAYOUT_PIXELS, description="pixels between the tiles of a sheet (Tiled's spacing)")]
+Refine = Annotated[int, Query(
+    ge=0, le=MAX_REFINE_STEPS,
+    description="encode effort: refine each tile's latent for this many steps through the frozen decoder (Adam on "
+    "the tile's squared error), so the same decoder gives a closer tile back; 0: the encoder's latents. Costs about "
+    "one decoder pass and its gradient per tile and step; stops early, answering what it has, when the request's "
+    "deadline nears (X-Tessera-Refined says how many steps ran). Refined latents are cached under their own key")]
+Decoder = Annotated[Literal[DECODERS], Query(
+    description="which of the model's decoders turns the latents into tiles (GET /v1/models lists each model's): "
+    "faithful, its own, trained for fidelity; sharp, fine-tuned from it for crisp, pixel-art-like tiles at some cost "
+    "in PSNR. The latents, the encoder and the cache are the same for both")]

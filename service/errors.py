@@ -4,6 +4,7 @@
     ├── BadRequest                    400 undecodable input (image, npy, base64, JSON)
     ├── Unauthorized                  401 missing or unknown API key
     ├── UnknownModel                  404 model name not loaded (the message lists the known ones)
+    │   └── UnknownDecoder                the model has no decoder of that name (the message lists its own)
     ├── NotAcceptable                 406 Accept header names no supported response type
     ├── TooLarge                      413 body, tile count or image pixels over the limits
     ├── UnsupportedMediaType          415 Content-Type not accepted by the endpoint
@@ -63,6 +64,10 @@ class Unauthorized(TesseraError):
 class UnknownModel(TesseraError):
     status = 404
     code = "unknown_model"
+
+
+class UnknownDecoder(UnknownModel):
+    code = "unknown_decoder"
 
 
 class NotAcceptable(TesseraError):

@@ -39,8 +39,13 @@ class EventSink(Protocol):
         """Tiles that will never be computed, and why (``REJECT_REASONS``; model failures are
         ``batch_failed``)."""
 
-    def tiles_from_cache(self, model: str, tiles: int) -> None:
-        """Encoded tiles answered from the latent cache (duplicates in a request included)."""
+    def tiles_from_cache(self, model: str, tiles: int, op: str = "encode") -> None:
+        """Encoded tiles answered from the latent cache (duplicates in a request included); ``op``
+        is ``refine`` for refined latents."""
+
+    def tiles_refined(self, model: str, tiles: int, asked: int, done: int) -> None:
+        """Latents of ``tiles`` distinct tiles refined: ``done`` of the ``asked`` steps (fewer when
+        the request's deadline or the queue cut the refinement short)."""
 
     def cache_lookup(self, backend: str, hits: int, misses: int) -> None:
         """One lookup of distinct tiles: found and not found (skipped lookups count as misses)."""
@@ -73,7 +78,10 @@ class NullSink:
     def tiles_rejected(self, model: str, op: str, reason: str, tiles: int) -> None:
         pass
 
-    def tiles_from_cache(self, model: str, tiles: int) -> None:
+    def tiles_from_cache(self, model: str, tiles: int, op: str = "encode") -> None:
+        pass
+
+    def tiles_refined(self, model: str, tiles: int, asked: int, done: int) -> None:
         pass
 
     def cache_lookup(self, backend: str, hits: int, misses: int) -> None:
@@ -119,9 +127,13 @@ class Fanout:
         for sink in self.sinks:
             sink.tiles_rejected(model, op, reason, tiles)
 
-    def tiles_from_cache(self, model: str, tiles: int) -> None:
+    def tiles_from_cache(self, model: str, tiles: int, op: str = "encode") -> None:
         for sink in self.sinks:
-            sink.tiles_from_cache(model, tiles)
+            sink.tiles_from_cache(model, tiles, op)
+
+    def tiles_refined(self, model: str, tiles: int, asked: int, done: int) -> None:
+        for sink in self.sinks:
+            sink.tiles_refined(model, tiles, asked, done)
 
     def cache_lookup(self, backend: str, hits: int, misses: int) -> None:
         for sink in self.sinks:

@@ -25,7 +25,8 @@ from fastapi.routing import APIRoute
 from starlette.requests import ClientDisconnect, Request
 from starlette.types import Receive, Scope, Send
 
-from service.dependencies import MAX_LAYOUT_PIXELS, check_query, get_state
+from service.dependencies import MAX_LAYOUT_PIXELS, MAX_REFINE_STEPS, check_query, get_state
+from tiles import DECODERS
 from service.errors import TesseraError, client_disconnect_response, internal_error_response, tessera_error_response
 
 
@@ -51,7 +52,20 @@ def _pixels(value: str) -> int:
     return int(value)
 
 
-PARSERS: dict[str, Callable[[str], Any]] = {"model": _model, "columns": _columns, "margin": _pixels, "spacing": _pixels}
+def _steps(value: str) -> int:
+    if not (value.isascii() and value.isdigit() and int(value) <= MAX_REFINE_STEPS):  # Refine's bounds
+        raise Slow
+    return int(value)
+
+
+def _decoder(value: str) -> str:
+    if value not in DECODERS:  # Decoder's values
+        raise Slow
+    return value
+
+
+PARSERS: dict[str, Callable[[str], Any]] = {"model": _model, "columns": _columns, "margin": _pixels, "spacing": _pixels,
+                                            "refine": _steps, "decoder": _decoder}
 
 
 @dataclass(frozen=True)

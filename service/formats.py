@@ -81,6 +81,7 @@ class Encoded:
     latents: np.ndarray  # float32 [N, *latent_shape]
     cached: int  # tiles answered from the latent cache
     batch: TileBatch  # the decoded body: its grids
+    refined: int | None = None  # refinement steps that ran (encode ?refine=), None: not asked
 
     def headers(self) -> dict[str, str]:
         headers = {
@@ -88,6 +89,8 @@ class Encoded:
             "X-Tessera-Cached": str(self.cached),
             "X-Tessera-Latent-Shape": ",".join(map(str, self.latent_shape)),
         }
+        if self.refined is not None:
+            headers["X-Tessera-Refined"] = str(self.refined)
         grid = self.batch.grid
         if grid is not None:
             headers["X-Tessera-Grid"] = f"{grid[0]},{grid[1]}"
@@ -104,6 +107,7 @@ def _encode_json(result: Encoded) -> Response:
         "grid": list(grid) if grid is not None else None,
         "grids": [list(g) for g in result.batch.grids],
         "cached": result.cached,
+        "refined": result.refined,
         "latents": np.ascontiguousarray(result.latents),
     }, result.headers())
 

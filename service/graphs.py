@@ -144,3 +144,25 @@ def _numpy_calls(encode_call, decode_call, device: str) -> tuple[Call, Call]:
             return (x if on_cpu else x.cpu()).numpy()
 
     return encode, decode
+
+
+def make_refine_call(module, device: str, dtype) -> Call:
+    """One refinement step (``model.refine``) of packed rows, numpy in and out: rows of many
+    tiles, each at its own step, move one Adam step together. Eager: it needs the decoder's
+    gradient with respect to the latents."""
+    import torch
+
+    from model.refine import pack, refine_step, unpack
+
+    channels, latent_shape = channels_of(module), tuple(int(d) for d in module.latent_shape)
+
+    def decode(z: torch.Tensor) -> torch.Tensor:
+        return module.decode(z.to(dtype))
+
+    def refine(rows: np.ndarray) -> np.ndarray:
+        packed = torch.from_numpy(np.require(rows, np.float32, requirements="C")).to(device)
+        x, z, m, v, t = unpack(packed, channels, latent_shape)
+        z, m, v, t = refine_step(decode, x, z, m, v, t)
+        return pack(x, z, m, v, t).cpu().numpy()
+
+    return refine

@@ -89,6 +89,13 @@ class Metrics:
         self.rejected = Counter(
             "tessera_rejected_tiles", "Tiles not computed, by reason", ["model", "op", "reason"], registry=registry
         )
+        self.refined = Counter(
+            "tessera_refined_tiles", "Tiles whose latents were refined (encode ?refine=), by whether every step asked "
+            "for ran", ["model", "outcome"], registry=registry,
+        )
+        self.refine_steps = Counter(
+            "tessera_refine_steps", "Refinement steps run, summed over tiles", ["model"], registry=registry
+        )
         self.cache_hits = Counter("tessera_cache_hits", "Latent cache lookups that hit", ["backend"], registry=registry)
         self.cache_misses = Counter("tessera_cache_misses", "Latent cache lookups that missed", ["backend"], registry=registry)
         self.cache_errors = Counter(
@@ -144,8 +151,12 @@ class Metrics:
     def tiles_rejected(self, model: str, op: str, reason: str, tiles: int) -> None:
         self.rejected.labels(model=model, op=op, reason=reason).inc(tiles)
 
-    def tiles_from_cache(self, model: str, tiles: int) -> None:
-        self.tiles.labels(model=model, op="encode", source="cache").inc(tiles)
+    def tiles_from_cache(self, model: str, tiles: int, op: str = "encode") -> None:
+        self.tiles.labels(model=model, op=op, source="cache").inc(tiles)
+
+    def tiles_refined(self, model: str, tiles: int, asked: int, done: int) -> None:
+        self.refined.labels(model=model, outcome="complete" if done >= asked else "cut_short").inc(tiles)
+        self.refine_steps.labels(model=model).inc(tiles * done)
 
     def cache_lookup(self, backend: str, hits: int, misses: int) -> None:
         series = self._lookups.get(backend)

@@ -18,20 +18,24 @@ from fastapi.responses import Response
 from starlette.requests import ClientDisconnect
 from starlette.types import Receive
 
+from model.refine import REFINE_LR
 from service import formats
 from service.batcher import Batcher
 from service.batching import Ticket
 from service.cache import tile_hashes
-from service.errors import BadRequest, InferenceFailed, TooLarge
+from service.errors import BadRequest, DeadlineExceeded, InferenceFailed, Overloaded, TooLarge
 from service.codecs import PNG, Layout
 from service.formats import DECODE_READERS, DECODE_WRITERS, ENCODE_READERS, ENCODE_WRITERS, Decoded, Encoded, Reader
 from service.offload import INLINE_TILES, in_pool, off_loop
 from service.registry import ServedModel
 from service.state import ServiceState
 
+REFINE_RESERVE = 0.05  # of the request timeout: refinement stops that long before the deadline, to answer in
 
-async def encode(request: Request, state: ServiceState, model: str | None, layout: Layout) -> Response:
-    """``POST /v1/encode``: tiles (an image, a sheet laid out by ``layout``, npy or JSON) -> latents."""
+
+async def encode(request: Request, state: ServiceState, model: str | None, layout: Layout, refine: int = 0) -> Response:
+    """``POST /v1/encode``: tiles (an image, a sheet laid out by ``layout``, npy or JSON) -> latents,
+    refined for ``refine`` steps through the decoder when asked (``refine_tiles``)."""
     with state.lifecycle.admit():
         deadline = state.clock.now() + state.settings.request_timeout_s
         served = state.registry.get(model)
@@ -40,26 +44,33 @@ async def encode(request: Request, state: ServiceState, model: str | None, layou
         with served.encoder.expect() as ticket:  # a batch waiting for company waits for this request
             body = await read_body(request, state.settings.max_body_bytes)
             batch = await decode_body(read, body, state.settings.decode_timeout_s, state.limits, layout, served.channels)
-            latents, cached = await encode_tiles(state, served, batch.tiles, deadline, request.receive, ticket)
-        return write(Encoded(served.name, served.latent_shape, latents, cached, batch))
+            if refine:
+                latents, cached, refined = await refine_tiles(state, served, batch.tiles, refine, deadline,
+                                                              request.receive, ticket)
+            else:
+                (latents, cached), refined = await encode_tiles(state, served, batch.tiles, deadline, request.receive,
+                                                                ticket), None
+        return write(Encoded(served.name, served.latent_shape, latents, cached, batch, refined))
 
 
-async def decode(request: Request, state: ServiceState, model: str | None, columns: int | None, layout: Layout) -> Response:
+async def decode(request: Request, state: ServiceState, model: str | None, columns: int | None, layout: Layout,
+                 decoder: str | None = None) -> Response:
     """``POST /v1/decode``: latents (npy or JSON) -> tiles (a PNG sheet laid out by ``layout``, npy
-    or JSON), RGBA for RGBA models."""
+    or JSON), RGBA for RGBA models, by the model's ``decoder`` (its own when None)."""
     with state.lifecycle.admit():
         deadline = state.clock.now() + state.settings.request_timeout_s
         served = state.registry.get(model)
+        batcher = served.decoder_for(decoder)
         read = formats.reader(request, DECODE_READERS)
         write = formats.writer(request, DECODE_WRITERS)
-        with served.decoder.expect() as ticket:
+        with batcher.expect() as ticket:
             body = await read_body(request, state.settings.max_body_bytes)
             latents, body_columns = await decode_body(
                 read, body, state.settings.decode_timeout_s, served.latent_shape, state.limits.max_tiles, served.name
             )
             if write is DECODE_WRITERS[PNG]:
                 formats.check_sheet(len(latents), columns or body_columns, layout, state.limits.max_pixels)
-            tiles = await submit(served.decoder, latents, None, deadline, request.receive, ticket)
+            tiles = await submit(batcher, latents, None, deadline, request.receive, ticket)
         return write(Decoded(served.name, tiles, columns or body_columns, layout))
 
 
@@ -124,6 +135,68 @@ async def encode_tiles(
         return computed, 0
     state.events.tiles_from_cache(served.name, len(keys) - len(missing))
     return merge(keys, hits, missing, computed), len(keys) - len(missing)
+
+
+async def refine_tiles(
+    state: ServiceState, served: ServedModel, tiles: np.ndarray, steps: int, deadline: float, receive: Receive,
+    ticket: Ticket,
+) -> tuple[np.ndarray, int, int]:
+    """Latents of ``tiles`` refined for ``steps`` steps (``model.refine``), how many tiles the cache
+    had, and the steps that ran: ``steps``, or fewer when the deadline (less a reserve to answer
+    in) or a full queue came first; then the latents so far are the answer, and are not cached.
+    Refined latents are cached under their own key (the model's, the steps and the step size);
+    the encoder's latents they start from come from the plain cache where it has them."""
+    cache = state.cache
+    namespace = f"{served.key}/refine/{steps}/{REFINE_LR:g}"
+    hits: dict[bytes, np.ndarray] = {}
+    keys = missing = None
+    rows = tiles
+    if cache is not None:
+        keys = tile_hashes(tiles) if len(tiles) <= INLINE_TILES else await in_pool(lambda: tile_hashes(tiles))
+        found = await cache.get_many(namespace, keys)
+        hits = {k: z for k, z in found.items() if z.shape == served.latent_shape} if found else {}
+        missing = [i for i, key in enumerate(keys) if key not in hits]
+        if not missing:
+            ticket.give_back()
+            state.events.tiles_from_cache(served.name, len(keys), "refine")
+            return np.stack([hits[key] for key in keys]).astype(np.float32, copy=False), len(keys), steps
+        rows = tiles[missing]
+    start, _ = await encode_tiles(state, served, rows, deadline, receive, ticket)
+    stop_at = deadline - REFINE_RESERVE * state.settings.request_timeout_s
+    packed = pack_rows(rows, start) if len(rows) <= INLINE_TILES else await in_pool(lambda: pack_rows(rows, start))
+    done = 0
+    for _ in range(steps):
+        try:
+            packed = await submit(served.refiner, packed, None, stop_at, receive, None)
+        except (DeadlineExceeded, Overloaded):
+            break
+        done += 1
+    refined = finite(served, latents_of(packed, served.latent_shape))
+    state.events.tiles_refined(served.name, len(rows), steps, done)
+    if missing is None:
+        return refined, 0, done
+    if done == steps:
+        await cache.put_many(namespace, dict(zip([keys[i] for i in missing], refined)))
+    if not hits:
+        return refined, 0, done
+    state.events.tiles_from_cache(served.name, len(keys) - len(missing), "refine")
+    return merge(keys, hits, missing, refined), len(keys) - len(missing), done
+
+
+def pack_rows(tiles: np.ndarray, latents: np.ndarray) -> np.ndarray:
+    """Refinement rows (``model.refine.pack``'s layout) of uint8 tiles [N, 32, 32, C] and their
+    latents: the tile channels-first in [0, 1], the latent, two zero moments, step 0."""
+    n = len(tiles)
+    pixels = tiles.transpose(0, 3, 1, 2).reshape(n, -1).astype(np.float32) / 255.0
+    latent = latents.reshape(n, -1).astype(np.float32, copy=False)
+    return np.concatenate([pixels, latent, np.zeros((n, 2 * latent.shape[1] + 1), np.float32)], axis=1)
+
+
+def latents_of(rows: np.ndarray, latent_shape: tuple[int, ...]) -> np.ndarray:
+    """The latents in refinement rows, [N, *latent_shape]."""
+    size = int(np.prod(latent_shape))
+    start = rows.shape[1] - 3 * size - 1
+    return np.ascontiguousarray(rows[:, start : start + size]).reshape(len(rows), *latent_shape)
 
 
 def merge(keys: list[bytes], hits: dict[bytes, np.ndarray], missing: list[int], computed: np.ndarray) -> np.ndarray:

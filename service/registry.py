@@ -1,14 +1,15 @@
 """The loaded models: checkpoints found, loaded once, each with its own batching workers.
 
 A model's name is its checkpoint's file stem (``checkpoints/dcae-s48.safetensors`` ->
-``dcae-s48``). Each model gets one worker thread for its model calls and two batchers (encode
-and decode) that feed it; calls of one model run one at a time, in order.
+``dcae-s48``). Each model gets three batchers (encode, decode, and refine: one step of encode
+effort), each with its thread; calls of one model run one at a time, in order.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import threading
 import time
 from dataclasses import dataclass, field
@@ -20,11 +21,12 @@ import numpy as np
 from service.batcher import Batcher
 from service.clock import MONOTONIC, Clock
 from service.codecs import TILE
-from service.errors import UnknownModel
+from service.errors import UnknownDecoder, UnknownModel
 from service.events import EventSink
-from service.graphs import channels_of, make_calls
+from service.graphs import channels_of, make_calls, make_refine_call
 from service.lifecycle import Lifecycle
 from service.settings import DEFAULT_MODEL, Settings
+from tiles import DECODERS
 
 logger = logging.getLogger(__name__)
 
@@ -119,6 +121,15 @@ def resolve_device(setting: str) -> str:
     return setting
 
 
+@dataclass(frozen=True)
+class Variant:
+    """One decoder of a model's latents: its batcher, and the checkpoint that holds it."""
+
+    batcher: Batcher = field(repr=False)
+    path: Path
+    key: str  # the checkpoint's weights sha256
+
+
 @dataclass
 class ServedModel:
     """One loaded checkpoint and the batchers that serve it."""
@@ -133,7 +144,27 @@ class ServedModel:
     dtype: str
     encoder: Batcher = field(repr=False)
     decoder: Batcher = field(repr=False)
+    refiner: Batcher = field(repr=False)  # one refinement step of many tiles' latents (encode ?refine=)
     graph: str  # how the model calls run: "trace" (TorchScript graphs, service.graphs) or "eager"
+    variants: dict[str, Variant] = field(default_factory=dict, repr=False)  # other decoders of its latents, by name
+
+    def variant(self, name: str | None) -> Variant:
+        """The named decoder (``DECODERS``; None or "faithful": the model's own) as a ``Variant``."""
+        if name in (None, DECODERS[0]):
+            return Variant(self.decoder, self.path, self.key)
+        found = self.variants.get(name)
+        if found is None:
+            raise UnknownDecoder(f"model {self.name!r} has no {name!r} decoder; its decoders: {self.decoder_names} "
+                                 f"(GET /v1/models)")
+        return found
+
+    def decoder_for(self, name: str | None) -> Batcher:
+        """The batcher of the named decoder."""
+        return self.variant(name).batcher
+
+    @property
+    def decoder_names(self) -> list[str]:
+        return [DECODERS[0], *self.variants]
 
     @property
     def key(self) -> str:
@@ -154,8 +185,8 @@ class ServedModel:
         return stats if isinstance(stats, dict) else None
 
     @property
-    def batchers(self) -> tuple[Batcher, Batcher]:
-        return self.encoder, self.decoder
+    def batchers(self) -> tuple[Batcher, ...]:
+        return self.encoder, self.decoder, self.refiner, *(v.batcher for v in self.variants.values())
 
     def describe(self, default: str) -> dict:
         return {
@@ -173,6 +204,7 @@ class ServedModel:
             "device": self.device,
             "dtype": self.dtype,
             "graph": self.graph,
+            "decoders": self.decoder_names,
         }
 
 
@@ -236,6 +268,8 @@ def choose_default(settings: Settings, names: list[str], skipped: tuple[Skipped,
 def serve_checkpoint(name: str, path: Path, settings: Settings, device: str, dtype, clock: Clock) -> ServedModel:
     """One checkpoint loaded, its calls made (traced or eager) and its two batchers set up;
     raises ``model.CheckpointError``."""
+    from model.refine import row_width
+
     start = time.monotonic()
     module, info = read_checkpoint(path, device, dtype)
     module.eval()
@@ -253,12 +287,54 @@ def serve_checkpoint(name: str, path: Path, settings: Settings, device: str, dty
     }
     encoder = Batcher(name, "encode", encode, warmup=np.zeros((warm, TILE, TILE, channels), np.uint8), **common)
     decoder = Batcher(name, "decode", decode, warmup=np.zeros((warm, *latent_shape), np.float32), **common)
+    refiner = Batcher(name, "refine", make_refine_call(module, device, dtype),
+                      warmup=np.zeros((warm, row_width(channels, math.prod(latent_shape))), np.float32), **common)
     dtype_name = str(dtype).removeprefix("torch.")
     logger.info(
         "loaded %s from %s (%s, %s, latent %s, %s on %s, %s) in %.2f s",
         name, path, info.get("arch"), "RGBA" if channels == 4 else "RGB", latent_shape, dtype_name, device, graph, time.monotonic() - start,
     )
-    return ServedModel(name, path, module, info, latent_shape, channels, device, dtype_name, encoder, decoder, graph)
+    return ServedModel(name, path, module, info, latent_shape, channels, device, dtype_name, encoder, decoder, refiner,
+                       graph)
+
+
+def split_variants(files: dict[str, Path]) -> tuple[dict[str, Path], dict[str, dict[str, Path]]]:
+    """Checkpoints by model name, and the decoder variants among them by model and decoder name:
+    ``<model>.<decoder>.safetensors`` (a decoder of ``DECODERS`` other than the model's own) beside
+    ``<model>.safetensors``. A file so named without its model beside it stays a model of its own."""
+    variants: dict[str, dict[str, Path]] = {}
+    for name, path in files.items():
+        base, _, decoder = name.rpartition(".")
+        if base in files and decoder in DECODERS[1:]:
+            variants.setdefault(base, {})[decoder] = path
+    taken = {path for found in variants.values() for path in found.values()}
+    return {name: path for name, path in files.items() if path not in taken}, variants
+
+
+def serve_variant(base: ServedModel, decoder: str, path: Path, settings: Settings, device: str, dtype) -> Variant:
+    """The batcher of ``base``'s decoder ``decoder`` from checkpoint ``path``, which must be ``base``'s
+    network with the same encoder weights (it decodes the same latents); raises ``CheckpointError``."""
+    import torch
+
+    from model import CheckpointError
+
+    module, info = read_checkpoint(path, device, dtype)
+    module.eval()
+    if info.get("arch") != base.info.get("arch") or info.get("config") != base.info.get("config"):
+        raise CheckpointError(path, f"is not a decoder of {base.name}: its network differs ({info.get('spec')} "
+                                    f"against {base.info.get('spec')})")
+    mine, theirs = module.encoder.state_dict(), base.module.encoder.state_dict()
+    if any(not torch.equal(mine[k], theirs[k]) for k in theirs):
+        raise CheckpointError(path, f"is not a decoder of {base.name}: its encoder weights differ, so its latents "
+                                    "would not be the model's")
+    _, decode, _ = make_calls(module, device, dtype, settings.graph, f"{base.name}.{decoder}")
+    warm = np.zeros((settings.max_batch_tiles, *base.latent_shape), np.float32)
+    batcher = Batcher(base.name, f"decode-{decoder}", decode, warmup=warm, max_batch_tiles=settings.max_batch_tiles,
+                      max_wait_s=settings.max_wait_s, max_queue_tiles=settings.max_queue_tiles,
+                      model_lock=base.decoder.model_lock, close_early=settings.batch_close_early,
+                      clock=base.decoder.clock)
+    logger.info("loaded the %s decoder of %s from %s", decoder, base.name, path)
+    return Variant(batcher, path, info["weights_sha256"])
 
 
 def load_registry(settings: Settings, clock: Clock = MONOTONIC) -> Registry:
@@ -289,7 +365,7 @@ def load_registry(settings: Settings, clock: Clock = MONOTONIC) -> Registry:
 
     for path in find_pickles(settings.checkpoints):
         skip(CheckpointError(path, PICKLE_PROBLEM), path)
-    files = find_checkpoints(settings.checkpoints)
+    files, variants = split_variants(find_checkpoints(settings.checkpoints))
     choose_default(settings, list(files))  # an unknown TESSERA_DEFAULT_MODEL fails before anything loads
     models: dict[str, ServedModel] = {}
     for name, path in files.items():
@@ -297,6 +373,12 @@ def load_registry(settings: Settings, clock: Clock = MONOTONIC) -> Registry:
             models[name] = serve_checkpoint(name, path, settings, device, dtype, clock)
         except CheckpointError as exc:
             skip(exc, path)
+            continue
+        for decoder, variant in variants.get(name, {}).items():
+            try:
+                models[name].variants[decoder] = serve_variant(models[name], decoder, variant, settings, device, dtype)
+            except CheckpointError as exc:
+                skip(exc, variant)
     if not models:
         problems = "; ".join(f"{s.file}: {s.reason}" for s in skipped)
         raise RegistryError(f"no checkpoint could be loaded ({problems})")

@@ -12,7 +12,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from service import pipeline
 from service.codecs import IMAGE_TYPES, JSON, NPY, PNG, Layout
-from service.dependencies import KEY, Margin, ModelName, Spacing, State, known_query
+from service.dependencies import KEY, Decoder, Margin, ModelName, Refine, Spacing, State, known_query
 from service.errors import error_body
 from service.schemas import (
     DecodeJSONRequest,
@@ -75,33 +75,36 @@ DECODE_BODY = {
 @router.post(
     ENCODE,
     summary="Encode tiles to latents",
-    dependencies=[*KEY, known_query("model", "margin", "spacing")],
+    dependencies=[*KEY, known_query("model", "margin", "spacing", "refine")],
     response_model=EncodeResponse,
     responses={
         200: {
             "description": "latents, as JSON or float32 npy [N, *latent_shape]",
-            "content": {NPY: _binary("float32 [N, *latent_shape]; headers X-Tessera-Model, X-Tessera-Grid, X-Tessera-Cached")},
+            "content": {NPY: _binary("float32 [N, *latent_shape]; headers X-Tessera-Model, X-Tessera-Grid, X-Tessera-Cached, "
+                                     "X-Tessera-Refined (with ?refine=)")},
         },
         **ERRORS,
     },
     openapi_extra=ENCODE_BODY,
 )
-async def encode(request: Request, state: State, model: ModelName = None, margin: Margin = 0, spacing: Spacing = 0) -> Response:
+async def encode(request: Request, state: State, model: ModelName = None, margin: Margin = 0, spacing: Spacing = 0,
+                 refine: Refine = 0) -> Response:
     """Encode a tile, a sprite sheet (cut row-major into 32x32 tiles) or many tiles.
 
     Body by Content-Type: an image, ``application/x-npy`` uint8 tiles, or JSON with base64
     images. A sheet laid out with Tiled's ``margin`` and ``spacing`` is cut by them (whole tiles
     that fit; without them both sides must be multiples of 32). Models whose ``channels`` are
     RGBA (GET /v1/models) take alpha as it is; RGB models multiply it into the colours. Answers
-    JSON (default) or ``application/x-npy`` by Accept.
+    JSON (default) or ``application/x-npy`` by Accept. ``refine`` spends encode effort: the
+    latents are refined through the decoder, closer to what the tiles decode from.
     """
-    return await pipeline.encode(request, state, model, Layout(margin, spacing))
+    return await pipeline.encode(request, state, model, Layout(margin, spacing), refine)
 
 
 @router.post(
     DECODE,
     summary="Decode latents to tiles",
-    dependencies=[*KEY, known_query("model", "columns", "margin", "spacing")],
+    dependencies=[*KEY, known_query("model", "columns", "margin", "spacing", "decoder")],
     response_class=Response,
     responses={
         200: {
@@ -124,10 +127,12 @@ async def decode(
     columns: Annotated[int | None, Query(ge=1, le=4096, description="sheet width in tiles; default N if N <= 16 else ceil(sqrt(N))")] = None,
     margin: Margin = 0,
     spacing: Spacing = 0,
+    decoder: Decoder = "faithful",
 ) -> Response:
     """Decode latents ``[N, *latent_shape]`` (npy or JSON) back to 32x32 tiles: RGB, or RGBA for
-    RGBA models. A PNG sheet is laid out with ``margin`` and ``spacing`` when given (Tiled's)."""
-    return await pipeline.decode(request, state, model, columns, Layout(margin, spacing))
+    RGBA models. A PNG sheet is laid out with ``margin`` and ``spacing`` when given (Tiled's).
+    ``decoder=sharp`` decodes with the model's sharp decoder, where it has one."""
+    return await pipeline.decode(request, state, model, columns, Layout(margin, spacing), decoder)
 
 
 @router.get(

@@ -42,6 +42,9 @@ class EncodeResponse(BaseModel):
     grid: list[int] | None = Field(description="[rows, cols] when the body was one image, else null")
     grids: list[list[int]] = Field(description="[rows, cols] of every input image; [] for npy input")
     cached: int = Field(description="tiles answered from the latent cache")
+    refined: int | None = Field(
+        default=None, description="refinement steps that ran when ?refine= asked for some (fewer than asked when the "
+        "request's deadline or a full queue came first); null when not asked")
     latents: list[Any] = Field(description="[count, *latent_shape] nested lists of floats")
 
 
@@ -80,6 +83,8 @@ class ModelInfo(BaseModel):
     device: str = Field(description="where the model runs: cpu or cuda[:N]")
     dtype: str = Field(description="inference dtype: float32, float16 or bfloat16")
     graph: Literal["trace", "eager"] = Field(description="trace: model calls run as TorchScript graphs (TESSERA_GRAPH); eager: plain PyTorch")
+    decoders: list[str] = Field(description="the decoders of its latents, for POST /v1/decode?decoder=: faithful "
+                                            "(its own) and, where a sharp one is served, sharp")
 
 
 class Limits(BaseModel):

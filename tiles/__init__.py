@@ -14,6 +14,11 @@ import numpy as np
 from PIL import Image
 
 TILE = 32  # side of one tile in pixels, the models' input size
+MAX_REFINE_STEPS = 100  # most encode-effort steps one request may ask for (POST /v1/encode?refine=)
+# the decoders a model may have for its latents (POST /v1/decode?decoder=): its own, trained for
+# fidelity, and one fine-tuned for sharp, pixel-art-like tiles (`tessera sharpen`; a checkpoint
+# <model>.sharp.safetensors beside the model's)
+DECODERS = ("faithful", "sharp")
 SIXTEEN_BIT = ("I;16", "I;16B", "I;16L", "I;16N", "I")  # grey modes wider than 8 bits
 _ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
 

@@ -13,9 +13,10 @@ import os
 import shlex
 import sys
 from collections.abc import Callable
+from dataclasses import fields
 from pathlib import Path
 
-from training.config import CHECKPOINT_DTYPES, DEVICES, FIELDS, LOSSES, TrainConfig
+from training.config import CHECKPOINT_DTYPES, DEVICES, FIELDS, LOSSES, SharpenConfig, TrainConfig
 
 
 def friendly(command: str, handler: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
@@ -234,7 +235,7 @@ def _evaluate(args: argparse.Namespace) -> int:
 
         torch.set_num_threads(args.threads)
     rows = evaluate_checkpoints(args.checkpoints, args.data, batch_size=args.batch_size, device=args.device,
-                                split=args.split)
+                                split=args.split, train_data=args.train_data)
     table = write_report(rows, args.out)
     print(table)
     print(f"wrote {args.out}.md and {args.out}.json")
@@ -251,6 +252,10 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--split", choices=["val", "train"], default="val",
                         help="tiles to measure: each source's validation split, or its training tiles, "
                              "to tell a model short of capacity from one short of data (default: %(default)s)")
+    parser.add_argument("--train-data", action="append", default=[], metavar="FOLDER",
+                        help="a data set folder to look in for a model's training data, on whose training split "
+                             "its PCA yardstick is fitted (repeatable; --data and the folder the model's record "
+                             "names are looked in too; when none holds it, the PCA is fitted on --data's)")
     parser.add_argument("--device", default="cpu", help="torch device (default: %(default)s)")
     parser.add_argument("--threads", type=int, help="torch CPU threads")
     parser.set_defaults(func=friendly("evaluate", _evaluate))
@@ -275,10 +280,40 @@ def _add_latent_stats(sub: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=friendly("latent-stats", _latent_stats))
 
 
+def _sharpen(args: argparse.Namespace) -> int:
+    from training.sharpen import sharpen
+
+    values = {f.name: getattr(args, f.name) for f in fields(SharpenConfig) if getattr(args, f.name, None) is not None}
+    config = SharpenConfig(**values)
+    record = sharpen(config, command=shlex.join(["tessera", "sharpen", *sys.argv[2:]]))
+    print(f"wrote {config.out}/last.safetensors: val PSNR {record['metrics']['psnr']:.2f} dB, sharpness "
+          f"{record['metrics']['sharpness']:.3f} (base {record['base']['psnr']:.2f} dB, {record['base']['sharpness']:.3f})")
+    return 0
+
+
+def _add_sharpen(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser("sharpen", help="fine-tune a sharp decoder for a model's latents (frozen encoder, "
+                                            "decoder head with an adversarial loss)")
+    parser.add_argument("checkpoint", help="the model whose latents the sharp decoder decodes")
+    for f in fields(SharpenConfig):
+        flag, help_text = f"--{f.name.replace('_', '-')}", f.metadata.get("help")
+        if help_text is None:
+            continue
+        if f.type in ("bool", bool):
+            parser.add_argument(f"--no-{f.name.replace('_', '-')}", dest=f.name, action="store_false", default=None,
+                                help=f"no {help_text} (on by default)" if f.default else help_text)
+        else:
+            kind = {"str": str, "int": int, "float": float, "int | None": int}[f.type]
+            suffix = "" if f.default is None else f" (default: {f.default})"
+            parser.add_argument(flag, type=kind, default=None, help=help_text + suffix)
+    parser.set_defaults(func=friendly("sharpen", _sharpen))
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add data, train, plot, evaluate and latent-stats to the `tessera` command line."""
+    """Add data, train, sharpen, plot, evaluate and latent-stats to the `tessera` command line."""
     _add_data(subparsers)
     _add_train(subparsers)
+    _add_sharpen(subparsers)
     _add_plot(subparsers)
     _add_evaluate(subparsers)
     _add_latent_stats(subparsers)

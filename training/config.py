@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 
 BASELINE_LR = 3e-4  # seed: lr of the CNN baseline
 DCAE_LR = 9.375e-5  # seed: DC-AE (upstream used 9.375e-7; 9.375e-4 did not train)
@@ -88,3 +88,27 @@ def default_lr(arch: str) -> float:
 
 def structure_weight(config: TrainConfig) -> float:
     return DEFAULT_STRUCTURE_WEIGHT[config.loss] if config.structure_weight is None else config.structure_weight
+
+
+def option(default, help: str):
+    """A dataclass field whose command-line help lives with it (``metadata["help"]``)."""
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass(frozen=True)
+class SharpenConfig:
+    """`tessera sharpen`: each field is one option, its help beside it."""
+
+    checkpoint: str  # the base model (a positional argument)
+    data: str = option("data/corpus", "its training data set")
+    out: str = option("runs/sharp", "run folder (last.safetensors, val.csv, train.csv, run.json)")
+    max_inputs: int = option(200_000, "training inputs")
+    batch_size: int = option(32, "tiles per step")
+    lr: float = option(1e-4, "Adam step size of the head and the discriminator (betas 0.5, 0.9)")
+    adv_weight: float = option(0.1, "weight of the head's adversarial (hinge) loss against its L1 loss")
+    adv_start: int = option(10_000, "inputs that train the discriminator alone before the head sees its loss")
+    eval_every: int = option(20_000, "inputs between validations")
+    augment: bool = option(True, "flips and quarter turns of the training tiles")
+    seed: int = option(0, "random seed")
+    threads: int | None = option(None, "torch CPU threads (default: torch's)")
+    checkpoint_dtype: str = option("float16", "dtype of the written weights")

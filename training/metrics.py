@@ -39,16 +39,34 @@ def premultiplied(x: torch.Tensor, x_hat: torch.Tensor) -> tuple[torch.Tensor, t
     return x[:, :3] * x[:, 3:4], x_hat[:, :3] * x_hat[:, 3:4].clamp(0, 1)
 
 
+SHARPNESS_SUMS = 2  # image-gradient magnitude summed over the outputs, and over the targets
+
+
+def gradient_magnitude(x: torch.Tensor) -> torch.Tensor:
+    """Per-pixel |grad| of images (B, C, H, W) from forward differences, (B, C, H-1, W-1)."""
+    dx = x[..., :-1, 1:] - x[..., :-1, :-1]
+    dy = x[..., 1:, :-1] - x[..., :-1, :-1]
+    return (dx.square() + dy.square()).sqrt()
+
+
+def sharpness_from_sums(output: float, target: float) -> float:
+    """Mean gradient magnitude of the reconstructions over the originals': 1.0 is as sharp, a blur
+    is far below."""
+    return output / target if target else 1.0
+
+
 @torch.no_grad()
 def reconstruction_sums(
     model: nn.Module, tiles: torch.Tensor, batch_size: int = 256, device: torch.device | str = "cpu",
-    autocast: Callable | None = None, rgba: bool = False,
+    autocast: Callable | None = None, rgba: bool = False, sharpness: bool = False,
 ) -> torch.Tensor:
     """Sums of |x_hat - x|, (x_hat - x)^2, the number of values, the tiles' SSIM and the number of
     tiles, as a float64 tensor (SUMS,); for an RGBA model (``rgba``, tiles (N, 4, 32, 32)) those
     compare the colours multiplied by alpha, and RGBA_SUMS more follow: the alpha masks'
     intersection and union (alpha >= 0.5) and the squared colour error over the pixels the target
-    covers, with the number of colour values there. One pass of the model either way.
+    covers, with the number of colour values there. With ``sharpness``, SHARPNESS_SUMS more come
+    last: the gradient magnitude of the (clamped) outputs and of the targets, summed. One pass of
+    the model either way.
 
     tiles: uint8 (N, C, 32, 32). Sums (rather than means) let processes of a distributed run
     and the sources of a corpus add their shares. ``autocast`` is a context-manager factory for
@@ -56,7 +74,8 @@ def reconstruction_sums(
     """
     was_training = model.training
     model.eval()
-    sums = torch.zeros(SUMS + (RGBA_SUMS if rgba else 0), dtype=torch.float64, device=device)
+    extra = SUMS + (RGBA_SUMS if rgba else 0)
+    sums = torch.zeros(extra + (SHARPNESS_SUMS if sharpness else 0), dtype=torch.float64, device=device)
     try:
         for start in range(0, len(tiles), batch_size):
             x = tiles[start : start + batch_size].to(device).float().div_(255.0)
@@ -77,6 +96,9 @@ def reconstruction_sums(
             sums[2] += diff.numel()
             sums[3] += ssim(x_hat.clamp(0, 1), x).sum(dtype=torch.float64)
             sums[4] += len(x)
+            if sharpness:
+                sums[extra] += gradient_magnitude(x_hat.clamp(0, 1)).sum(dtype=torch.float64)
+                sums[extra + 1] += gradient_magnitude(x).sum(dtype=torch.float64)
     finally:
         model.train(was_training)
     return sums

@@ -179,3 +179,30 @@ def test_the_export_child_exits_with_the_server(checkpoint_dir, tmp_path):
     child.stdin.close()
     assert child.wait(timeout=120) == 1
     assert not out.exists()
+
+
+def test_the_sharp_decoder_has_its_own_onnx_file(tmp_path):
+    ort = pytest.importorskip("onnxruntime", reason="needs the export extra (pip install -e '.[export]')")
+    pytest.importorskip("onnx", reason="needs the export extra (pip install -e '.[export]')")
+    from tests.service.test_service_decoders import sharpened
+    from tests.support.checkpoints import save_checkpoint
+
+    sharpened(save_checkpoint(tmp_path / "tiny.safetensors"), tmp_path / "tiny.sharp.safetensors")
+    save_checkpoint(tmp_path / "plain.safetensors", seed=1)
+    with serving(tmp_path, default_model="tiny") as client:
+        served = client.app.state.tessera.registry.get("tiny")
+
+        def built(url: str):
+            return wait_until(lambda: (r := client.get(url)).status_code != 503 and r, EXPORT_S, what=f"{url} is built")
+
+        faithful, sharp = built("/demo/models/tiny/decoder.onnx"), built("/demo/models/tiny/decoder.onnx?decoder=sharp")
+        assert faithful.status_code == sharp.status_code == 200
+        assert sharp.headers["etag"] == f'"{served.variants["sharp"].key}"' != faithful.headers["etag"]
+        session = ort.InferenceSession(sharp.content, providers=["CPUExecutionProvider"])
+        latents = np.random.default_rng(0).standard_normal((3, *served.latent_shape)).astype(np.float32)
+        by_onnx = np.round(session.run(None, {"latents": latents})[0].transpose(0, 2, 3, 1) * 255).astype(int)
+        by_server = load_npy(client.post("/v1/decode?decoder=sharp", content=npy(latents),
+                                         headers={"Content-Type": NPY, "Accept": NPY}).content)
+        assert np.abs(by_onnx - by_server.astype(int)).max() <= 1
+        missing = client.get("/demo/models/plain/decoder.onnx?decoder=sharp")
+        assert (missing.status_code, missing.json()["code"]) == (404, "unknown_decoder")

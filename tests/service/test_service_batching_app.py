@@ -110,7 +110,7 @@ def test_the_deadline_gives_504_and_nothing_is_computed(checkpoint_dir):
         wait_until(lambda: encoder.queued_tiles == 0, what="the abandoned tiles left the queue")
         assert client.events.rejected("deadline") == 3
         clock.advance(3)  # the window ends with nothing left to compute
-        wait_until(lambda: clock.deadlines == [None, None], what="both model threads wait for new tiles")
+        wait_until(lambda: clock.deadlines == [None, None, None], what="the model threads wait for new tiles")
         assert client.events.count("batch_computed") == 0
 
 

@@ -50,8 +50,11 @@ class RecordingSink:
     def tiles_rejected(self, model: str, op: str, reason: str, tiles: int) -> None:
         self._add("tiles_rejected", model=model, op=op, reason=reason, tiles=tiles)
 
-    def tiles_from_cache(self, model: str, tiles: int) -> None:
-        self._add("tiles_from_cache", model=model, tiles=tiles)
+    def tiles_from_cache(self, model: str, tiles: int, op: str = "encode") -> None:
+        self._add("tiles_from_cache", model=model, tiles=tiles, op=op)
+
+    def tiles_refined(self, model: str, tiles: int, asked: int, done: int) -> None:
+        self._add("tiles_refined", model=model, tiles=tiles, asked=asked, done=done)
 
     def cache_lookup(self, backend: str, hits: int, misses: int) -> None:
         self._add("cache_lookup", backend=backend, hits=hits, misses=misses)

@@ -91,8 +91,21 @@
     return response;
   }
 
-  async function postNpy(op, model, data, descr, shape) {
-    const response = await api(`v1/${op}?model=${encodeURIComponent(model)}`, {
+  // a choice of the model select: a model name, or `name|decoder` for one of its other decoders
+  function chosen(key) {
+    const [model, decoder = 'faithful'] = key.split('|');
+    return { model, decoder };
+  }
+
+  function label(key) {
+    const { model, decoder } = chosen(key);
+    return decoder === 'faithful' ? model : `${model} (${decoder} decoder)`;
+  }
+
+  async function postNpy(op, key, data, descr, shape) {
+    const { model, decoder } = chosen(key);
+    const which = op === 'decode' && decoder !== 'faithful' ? `&decoder=${encodeURIComponent(decoder)}` : '';
+    const response = await api(`v1/${op}?model=${encodeURIComponent(model)}${which}`, {
       method: 'POST',
       headers: { 'Content-Type': NPY, Accept: NPY },
       body: npyBytes(data, descr, shape),
@@ -130,10 +143,11 @@
     try {
       const body = await (await api('v1/models')).json();
       const rgb = body.models.filter((m) => (m.channels || 'RGB') === 'RGB'); // the page shows RGB tiles
-      state.models = rgb.map((m) => m.name);
+      const choices = rgb.flatMap((m) => (m.decoders || ['faithful']).map((d) => ({ m, key: d === 'faithful' ? m.name : `${m.name}|${d}` })));
+      state.models = choices.map((c) => c.key);
       state.limits = body.limits;
       const select = $('model');
-      select.replaceChildren(...rgb.map((m) => new Option(`${m.name} (${m.latent_shape.join('x')}, ratio ${m.compression_ratio})`, m.name)));
+      select.replaceChildren(...choices.map(({ m, key }) => new Option(`${label(key)} (${m.latent_shape.join('x')}, ratio ${m.compression_ratio})`, key)));
       state.model = state.models.includes(state.model) ? state.model : (state.models.includes(body.default) ? body.default : state.models[0]);
       select.value = state.model;
       select.disabled = false;
@@ -165,8 +179,9 @@
     return state.runtime;
   }
 
-  async function fetchDecoder(model, token) {
-    const url = `demo/models/${encodeURIComponent(model)}/decoder.onnx`;
+  async function fetchDecoder(key, token) {
+    const { model, decoder } = chosen(key);
+    const url = `demo/models/${encodeURIComponent(model)}/decoder.onnx` + (decoder === 'faithful' ? '' : `?decoder=${encodeURIComponent(decoder)}`);
     const deadline = Date.now() + ONNX_WAIT_MS;
     for (;;) {
       try {
@@ -187,7 +202,7 @@
       setPath('unavailable', 'server', `/v1/decode on the server: ${missing}`);
       return;
     }
-    setPath('loading', 'server', `/v1/decode on the server while the decoder ONNX of ${model} is prepared…`);
+    setPath('loading', 'server', `/v1/decode on the server while the decoder ONNX of ${label(model)} is prepared…`);
     try {
       const ort = await loadRuntime();
       const bytes = await fetchDecoder(model, token);
@@ -195,7 +210,7 @@
       const session = await ort.InferenceSession.create(bytes, { executionProviders: ['wasm'] });
       if (token !== state.decoderToken) return;
       state.decoder = { model, session };
-      setPath('ready', 'onnx', `onnxruntime-web ${ort.env.versions.web} in this page (the decoder ONNX of ${model})`);
+      setPath('ready', 'onnx', `onnxruntime-web ${ort.env.versions.web} in this page (the decoder ONNX of ${label(model)})`);
       renderMix();
     } catch (err) {
       if (token === state.decoderToken) setPath('unavailable', 'server', `/v1/decode on the server (${err.message})`);
@@ -265,7 +280,7 @@
     psnrEl.textContent = '…';
     delete psnrEl.dataset.value;
     drawSheets();
-    setStatus(`encoding and decoding ${sheet.n} tiles of ${sheet.name} with ${model}…`);
+    setStatus(`encoding and decoding ${sheet.n} tiles of ${sheet.name} with ${label(model)}…`);
     try {
       const latents = await postNpy('encode', model, sheet.tiles, '|u1', [sheet.n, TILE, TILE, 3]);
       const decoded = await postNpy('decode', model, latents.data, '<f4', latents.shape);
