@@ -273,7 +273,25 @@ def _read_latents(path: Path) -> tuple[np.ndarray, tuple[int, int] | None, str |
     except FileNotFoundError:
         raise errors.InputError(f"{path}: no such file") from None
     except (ValueError, OSError) as exc:
-        raise errors.InputError(f"{path}: not a .npz of latents ({exc})") from None
+        raise errors.InputError(f"{path}: {_what_it_is(path) or f'not a .npz of latents ({exc})'}") from None
+
+
+def _what_it_is(path: Path) -> str | None:
+    """What a file that is not a .npz of latents is, when its first bytes tell (an image: it
+    needs encoding first), else None."""
+    try:
+        with open(path, "rb") as file:
+            head = file.read(12)
+    except OSError:
+        return None
+    images = {b"\x89PNG": "PNG", b"GIF8": "GIF", b"\xff\xd8\xff": "JPEG", b"BM": "BMP"}
+    kind = next((name for magic, name in images.items() if head.startswith(magic)), None)
+    if kind is None and head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        kind = "WebP"
+    if kind is None:
+        return None
+    return (f"a {kind} image, not latents; `tessera decode` reads the .npz that `tessera encode` writes: "
+            f"tessera encode {path} -o latents.npz, then tessera decode latents.npz")
 
 
 def _side_by_side(left: np.ndarray, right: np.ndarray, gap: int = 8) -> Any:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 
 
@@ -15,6 +16,8 @@ def _export_onnx(args: argparse.Namespace) -> int:
         print(f"tessera export onnx: needs the 'export' extra (pip install -e '.[export]'): {exc}", file=sys.stderr)
         return 1
     parts = PARTS if args.part == "both" else (args.part,)
+    if not args.verbose:  # the exporter logs a warning per torchvision operator it cannot find, needed or not
+        logging.getLogger("torch.onnx").setLevel(logging.ERROR)
     try:
         written = export_checkpoint(args.checkpoint, parts, args.out)
     except (CheckpointError, FileNotFoundError) as exc:
@@ -34,4 +37,5 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     onnx.add_argument("--part", choices=("encoder", "decoder", "both"), default="both", help="default: %(default)s")
     onnx.add_argument("--out", help="path prefix of the files, <out>.encoder.onnx / <out>.decoder.onnx "
                                     "(default: the checkpoint's path without .safetensors)")
+    onnx.add_argument("--verbose", action="store_true", help="show the exporter's own warnings")
     onnx.set_defaults(func=_export_onnx)

@@ -74,6 +74,10 @@ def serving(settings: Settings, metrics: Metrics, events: EventSink, registry: R
         limits = Limits(max_tiles=settings.max_tiles_per_request, max_pixels=settings.max_image_pixels)
         app.state.tessera = ServiceState(settings, registry, events, cache, limits, lifecycle)
         keep_freed_memory()  # model calls reuse their activation memory (service.malloc_tuning)
+        lifecycle.on_ready = lambda: logger.info(
+            "ready on http://%s:%d: %d models (%s, default %s), %.1f s after the app started",
+            settings.host, settings.port,
+            len(registry.models), ", ".join(sorted(registry.models)), registry.default, time.monotonic() - start)
         registry.start(events, lifecycle)
         untune_gc = tune_for_serving()
         logger.info("serving %s (default %s); loaded in %.2f s, warming up",

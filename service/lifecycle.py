@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import time
+from collections.abc import Callable
 
 from service.errors import Overloaded, ShuttingDown
 
@@ -43,6 +44,7 @@ class Lifecycle:
         self.in_flight = 0  # admitted requests not answered yet
         self.drain_started_at: float | None = None  # time.monotonic() of the drain's start
         self._warming: list[str] = []  # batchers whose warm-up has not ended, in start order
+        self.on_ready: Callable[[], None] | None = None  # called once, when the server becomes ready
         self._failed: dict[str, str] = {}  # batcher -> why its warm-up failed
         self._idle: asyncio.Future | None = None  # set when in_flight drops to 0 (wait_idle)
 
@@ -66,6 +68,8 @@ class Lifecycle:
             self._failed[name] = error
         if self.phase is Phase.LOADING and not self._warming and not self._failed:
             self.phase = Phase.READY
+            if self.on_ready is not None:
+                self.on_ready()
 
     def drain(self) -> bool:
         """Stop admitting requests; True when this call started the drain (safe in a signal

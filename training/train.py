@@ -221,6 +221,7 @@ def train(config: TrainConfig, given: frozenset[str] | None = None) -> dict:
     Returns:
         {"out", "step", "inputs_seen", "metrics", "best_val_l1", "stopped"}.
     """
+    check_requirements(config)
     procs = start_processes(config.device)
     try:
         return _train(config, given, procs)
@@ -274,6 +275,19 @@ class Run:
 
     def autocast(self):
         return torch.autocast("cuda", dtype=torch.bfloat16) if self.cuda else contextlib.nullcontext()
+
+
+def check_requirements(config: TrainConfig) -> None:
+    """Fail before the first step, not at the first validation, when a package the run needs is
+    missing: torchmetrics (SSIM, every validation and ``--loss l1+ssim``) and, unless
+    ``--no-tensorboard``, tensorboard."""
+    import importlib.util
+
+    needed = ["torchmetrics"] + (["tensorboard"] if config.tensorboard else [])
+    missing = [name for name in needed if importlib.util.find_spec(name) is None]
+    if missing:
+        raise TrainingError(f"tessera train needs {', '.join(missing)}: install the train extra "
+                            "(pip install -e '.[train]')" + ("" if "torchmetrics" in missing else ", or pass --no-tensorboard"))
 
 
 def resume_settings(config: TrainConfig, given: frozenset[str] | None) -> tuple[TrainConfig, dict | None, list[str]]:

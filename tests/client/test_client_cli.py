@@ -64,7 +64,9 @@ def test_friendly_one_line_errors(server, dead_url, tmp_path):
     assert_one_line_error(tessera("encode", str(tmp_path / "notes.png"), env=server.env), 3, "not an image")
     assert_one_line_error(tessera("roundtrip", str(tmp_path / "odd.png"), env=server.env), 3, "multiples of 32")
     assert_one_line_error(tessera("encode", str(tmp_path / "missing.png"), env=server.env), 3, "no such file")
-    assert_one_line_error(tessera("decode", str(tmp_path / "ok.png"), env=server.env), 3, "not a .npz of latents")
+    assert_one_line_error(tessera("decode", str(tmp_path / "ok.png"), env=server.env), 3, "a PNG image, not latents")
+    assert "pickle" not in tessera("decode", str(tmp_path / "ok.png"), env=server.env).stderr
+    assert_one_line_error(tessera("decode", str(tmp_path / "notes.png"), env=server.env), 3, "not a .npz of latents")
     assert_one_line_error(tessera("models", "--url", dead_url, env=server.env), 4, "cannot reach the Tessera server")
     assert_one_line_error(tessera("encode", str(tmp_path / "ok.png"), "--model", "nope", env=server.env), 1, "nope")
     assert_one_line_error(tessera("encode", str(tmp_path / "ok.png"), "--api-key", "wrong", env=server.env), 1, "TESSERA_API_KEY")

@@ -25,6 +25,17 @@ def exported(tmp_path_factory):
     return folder, model.load_checkpoint(folder / "spatial.safetensors")
 
 
+def test_export_is_quiet_unless_asked(tmp_path):
+    import subprocess
+    import sys
+
+    checkpoint = tmp_path / "quiet.safetensors"
+    model.save_checkpoint(model.build("dcae-t48"), checkpoint)
+    done = subprocess.run([sys.executable, "-m", "cli.main", "export", "onnx", str(checkpoint), "--part", "decoder"],
+                          capture_output=True, text=True, check=True)
+    assert done.stdout == f"wrote {tmp_path / 'quiet.decoder.onnx'}\n" and done.stderr == ""
+
+
 def session(path):
     return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
 

@@ -84,6 +84,11 @@ def test_a_client_leaving_mid_body_is_not_a_server_error(server):
     assert "Traceback" not in server.log.read_text()
 
 
+def test_the_server_says_once_that_it_is_ready_and_where(server):
+    ready = [line for line in server.log.read_text().splitlines() if "ready on http://" in line]
+    assert len(ready) == 1 and f"127.0.0.1:{server.port}: 1 models (tiny, default tiny)" in ready[0], ready
+
+
 def test_a_disconnected_clients_tiles_are_not_computed(slow_server):
     labels = {"model": "tiny", "op": "encode"}
     sock = raw_request(slow_server.port, npy(random_tiles(3, seed=2)))

@@ -92,3 +92,15 @@ def test_the_mse_phase_trains_the_last_part_of_the_schedule_on_mse(tiny_data, tm
     assert before and after and max(after) < min(before)  # squared errors of ~0.2 are far below their L1
     with pytest.raises(ValueError, match="mse-phase"):
         tiny_config(tiny_data, out, mse_phase=1.5)
+
+
+def test_train_checks_the_packages_it_needs_before_the_first_step(tiny_data, tmp_path, monkeypatch):
+    import importlib.util
+
+    from training.errors import TrainingError
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *rest: None if name == "torchmetrics" else real(name, *rest))
+    with pytest.raises(TrainingError, match=r"needs torchmetrics: install the train extra"):
+        train(tiny_config(tiny_data, tmp_path / "run"))
+    assert not (tmp_path / "run").exists()  # refused before anything was written
