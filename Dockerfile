@@ -23,7 +23,7 @@ RUN python -m venv /opt/venv
 # when the context holds the wheel, else from PyTorch's index. The optional .wheel[s] glob needs a
 # file that always exists beside it; pyproject.toml is that file.
 WORKDIR /build
-COPY pyproject.toml .wheel[s] ./
+COPY pyproject.toml constraints.txt .wheel[s] ./
 RUN if compgen -G "torch-${TORCH_VERSION}+${TORCH_VARIANT}-*.whl" > /dev/null; then \
         pip install --find-links . "torch==${TORCH_VERSION}+${TORCH_VARIANT}"; \
     else \
@@ -33,7 +33,7 @@ RUN if compgen -G "torch-${TORCH_VERSION}+${TORCH_VARIANT}-*.whl" > /dev/null; t
 # the project's dependencies in a layer that only pyproject.toml invalidates, then the project
 RUN python -c 'import tomllib; print("\n".join(tomllib.load(open("pyproject.toml", "rb"))["project"]["dependencies"]))' \
         > requirements.txt \
-    && pip install --requirement requirements.txt
+    && pip install --requirement requirements.txt --constraint constraints.txt
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY cli/ cli/

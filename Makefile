@@ -10,11 +10,11 @@ PORT   ?= 8000
 
 .PHONY: venv vendor test serve bench soak reliability data gpu-check gpu-train clean
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH)"
-	$(PY) -m pip install -q -e '.[dev,diffusers,train,export]'
+	$(PY) -m pip install -q -c constraints.txt -e '.[dev,diffusers,train,export]'
 	touch $@
 
 venv: $(VENV)/.installed vendor

@@ -1,7 +1,8 @@
 """``tessera serve``: run the HTTP service under uvicorn.
 
-Flags override the matching ``TESSERA_*`` variables; every other setting comes from the
-environment (see ``service.settings``).
+Every setting (``service.settings``) is a ``TESSERA_*`` variable and a flag of the same name
+(``max_tiles_per_request``: ``TESSERA_MAX_TILES_PER_REQUEST``, ``--max-tiles-per-request``); a
+flag overrides the variable. Both are read and checked the same way.
 """
 
 from __future__ import annotations
@@ -10,37 +11,27 @@ import argparse
 import logging
 import sys
 
-# flag -> Settings field; None means "not given, keep the environment's value"
-FLAGS = {
-    "host": str,
-    "port": int,
-    "checkpoints": str,
-    "default_model": str,
-    "device": str,
-    "cuda_dtype": str,
-    "graph": str,
-    "max_batch_tiles": int,
-    "max_wait_ms": float,
-    "max_queue_tiles": int,
-    "request_timeout_s": float,
-    "torch_threads": int,
-    "redis_url": str,
-}
-HELP = {
-    "host": "address to listen on (TESSERA_HOST, default 127.0.0.1)",
-    "port": "port to listen on (TESSERA_PORT, default 8000)",
-    "checkpoints": "checkpoint folders or .safetensors files, comma-separated (TESSERA_CHECKPOINTS, default checkpoints)",
-    "default_model": "model for requests that name none (TESSERA_DEFAULT_MODEL)",
-    "device": "auto, cpu, cuda or cuda:N (TESSERA_DEVICE, default auto)",
-    "cuda_dtype": "fp32, fp16 or bf16 on CUDA (TESSERA_CUDA_DTYPE, default fp32)",
-    "graph": "trace (TorchScript graphs checked against eager) or eager (TESSERA_GRAPH, default trace)",
-    "max_batch_tiles": "most tiles per model call (TESSERA_MAX_BATCH_TILES, default 64)",
-    "max_wait_ms": "batch window after its first tile (TESSERA_MAX_WAIT_MS, default 5)",
-    "max_queue_tiles": "most tiles waiting per model and op; beyond: 503 (TESSERA_MAX_QUEUE_TILES, default 4096)",
-    "request_timeout_s": "504 after this (TESSERA_REQUEST_TIMEOUT_S, default 30)",
-    "torch_threads": "torch intra-op threads (TESSERA_TORCH_THREADS)",
-    "redis_url": "Redis for the latent cache, redis://host:port/db (TESSERA_REDIS_URL)",
-}
+def _default(field) -> str:
+    """A setting's default as a user would type it."""
+    value = field.default
+    if value is None:
+        return "unset"
+    if isinstance(value, tuple):
+        return ",".join(map(str, value))
+    if isinstance(value, bool):
+        return str(value).lower()
+    return str(value)
+
+
+def flags() -> dict[str, str]:
+    """Flag name -> help, one per ``Settings`` field, both derived from the field (its description
+    and default); the value is passed on as text and checked as the environment's is."""
+    from service.settings import Settings
+
+    return {
+        name: f"{field.description} (TESSERA_{name.upper()}, default: {_default(field)})"
+        for name, field in Settings.model_fields.items()
+    }
 
 
 def register(subparsers) -> None:
@@ -49,8 +40,9 @@ def register(subparsers) -> None:
         help="run the HTTP service",
         description="Serve /v1/encode and /v1/decode with dynamic batching. Flags override TESSERA_* variables.",
     )
-    for name, kind in FLAGS.items():
-        parser.add_argument("--" + name.replace("_", "-"), dest=name, type=kind, default=None, help=HELP[name])
+    for name, help_text in flags().items():
+        parser.add_argument("--" + name.replace("_", "-"), dest=name, default=None, metavar="VALUE",
+                            help=help_text.replace("%", "%%"))
     parser.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     parser.add_argument("--no-access-log", dest="access_log", action="store_false", help="do not log every request")
     parser.set_defaults(func=serve)
@@ -61,7 +53,7 @@ def serve(args: argparse.Namespace) -> int:
 
     from service.settings import Settings
 
-    overrides = {name: getattr(args, name) for name in FLAGS if getattr(args, name) is not None}
+    overrides = {name: getattr(args, name) for name in flags() if getattr(args, name) is not None}
     try:
         settings = Settings(**overrides)
     except ValidationError as exc:

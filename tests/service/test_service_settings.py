@@ -80,8 +80,26 @@ def test_default_model_choice():
 
 def test_serve_is_registered_with_its_flags():
     args = build_parser(["service.cli"]).parse_args(["serve", "--port", "9000", "--max-batch-tiles", "8", "--checkpoints", "x"])
-    assert (args.port, args.max_batch_tiles, args.checkpoints, args.host) == (9000, 8, "x", None)
+    assert (args.port, args.max_batch_tiles, args.checkpoints, args.host) == ("9000", "8", "x", None)
     assert callable(args.func)
+
+
+def test_every_setting_is_a_flag_whose_help_comes_from_the_field():
+    import argparse
+
+    from service.cli import flags, register
+
+    commands = argparse.ArgumentParser().add_subparsers()
+    register(commands)
+    by_dest = {action.dest: action for action in commands.choices["serve"]._actions}
+    parser = build_parser(["service.cli"])
+    for name, field in Settings.model_fields.items():
+        assert name in by_dest, f"--{name.replace('_', '-')} is missing"
+        assert by_dest[name].help.startswith(field.description) and f"TESSERA_{name.upper()}" in by_dest[name].help
+    assert "default: 1024" in flags()["max_tiles_per_request"] and "default: true" in flags()["batch_close_early"]
+    given = parser.parse_args(["serve", "--max-tiles-per-request", "10", "--batch-close-early", "false"])
+    settings = Settings(**{k: getattr(given, k) for k in flags() if getattr(given, k) is not None})
+    assert (settings.max_tiles_per_request, settings.batch_close_early) == (10, False)
 
 
 def test_serve_refuses_bad_settings_in_one_line():
