@@ -150,6 +150,15 @@ def render(data: dict, soak: dict | None) -> str:
                 table(["client", "server's answer", "after"], [[c["case"], c["answer"], f"{c['after_s']:.2f} s"]
                                                                 for c in limits["cases"]]), ""]
 
+    loris = data.get("slowloris")
+    if loris:
+        out += ["### Slow uploads (slowloris)", "",
+                f"{loris['attackers']} connections each sent a request head and 3 bytes of its body, reopened as the "
+                f"server dropped them ({loris['attack_connections_opened']:,} connections in all), while a normal client "
+                f"sent one tile a second for {loris['seconds']:.0f} s with a 5 s timeout: **{loris['served_within_5s']:.0%} "
+                f"served** ({', '.join(f'{s}: {n}' for s, n in sorted(loris['outcomes'].items()))}). Uploads hold slots of "
+                "their own pool, never the work's, and a body under the minimum rate is dropped after its grace period.", ""]
+
     images = data.get("slow_images")
     if images:
         out += ["### Images built to be slow to decode", "",

@@ -65,7 +65,8 @@ def serving(settings: Settings, metrics: Metrics, events: EventSink, registry: R
         start = time.monotonic()
         registry, preloaded = preloaded or load_registry(settings), None
         if app.state.lifecycle.phase is Phase.STOPPED:  # the app serves again
-            app.state.lifecycle = Lifecycle(max_in_flight=settings.max_requests_in_flight)
+            app.state.lifecycle = Lifecycle(max_in_flight=settings.max_requests_in_flight,
+                                            max_uploads=settings.max_uploads_in_flight)
         lifecycle = app.state.lifecycle
         for served in registry.models.values():
             info = served.describe(registry.default)
@@ -128,7 +129,8 @@ def create_app(settings: Settings | None = None, registry: Registry | None = Non
     app.state.metrics = metrics
     app.state.events = events
     app.state.keys = keys
-    app.state.lifecycle = Lifecycle(max_in_flight=settings.max_requests_in_flight)
+    app.state.lifecycle = Lifecycle(max_in_flight=settings.max_requests_in_flight,
+                                            max_uploads=settings.max_uploads_in_flight)
     app.state.tessera = None
     install_error_handlers(app)
     app.include_router(router)

@@ -87,7 +87,8 @@ def serve(args: argparse.Namespace) -> int:
         access_log=args.access_log,
         timeout_graceful_shutdown=settings.shutdown_grace_s,
         timeout_keep_alive=settings.keep_alive_s,
-        http=guarded_protocol(HttpLimits(settings.max_header_bytes, settings.header_timeout_s, settings.body_timeout_s)),
+        http=guarded_protocol(HttpLimits(settings.max_header_bytes, settings.header_timeout_s, settings.body_timeout_s,
+                                         settings.min_body_bytes_per_s, settings.body_grace_s)),
     )
     server = DrainingServer(config, app, settings)
     server.run()

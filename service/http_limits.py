@@ -11,7 +11,10 @@ httptools protocol with three limits added, all per connection:
   byte after a previous answer; an idle new connection is closed when it expires, a
   half-sent head gets 408;
 - the body must arrive within ``body_timeout_s`` of the head: else 408 and the connection closes.
-  The app sees the client as gone, so the request's slot is freed.
+  The app sees the client as gone, so the request's upload slot is freed;
+- from ``body_grace_s`` after the head on, the body must have arrived at ``min_body_bytes_per_s``
+  on average (checked every ``RATE_CHECK_S``): a client that trickles its body is dropped in
+  seconds, not at the body timeout, so stalled uploads cannot pile up (408, connection closed).
 
 Idle keep-alive connections between requests are closed by uvicorn's own ``timeout_keep_alive``.
 """
@@ -25,6 +28,7 @@ from dataclasses import dataclass
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 REASONS = {408: b"Request Timeout", 431: b"Request Header Fields Too Large"}
+RATE_CHECK_S = 1.0  # how often a body's average rate is checked once its grace period is over
 
 
 @dataclass(frozen=True)
@@ -32,6 +36,8 @@ class HttpLimits:
     max_header_bytes: int
     header_timeout_s: float
     body_timeout_s: float
+    min_body_bytes_per_s: int = 0  # 0: no minimum
+    body_grace_s: float = 2.0
 
 
 def guarded_protocol(limits: HttpLimits) -> type[asyncio.Protocol]:
@@ -48,6 +54,9 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._head_bytes = 0
         self._timer: asyncio.TimerHandle | None = None
         self._events = 0  # heads and messages completed on this connection
+        self._rate_timer: asyncio.TimerHandle | None = None
+        self._body_started = 0.0  # loop time the current body began (its head ended)
+        self._body_bytes = 0  # of the current body, so far
 
     # -- timers
 
@@ -59,6 +68,20 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        if self._rate_timer is not None:
+            self._rate_timer.cancel()
+            self._rate_timer = None
+
+    def _check_rate(self) -> None:
+        self._rate_timer = None
+        if self.transport is None or self.transport.is_closing():
+            return
+        rate = self._body_bytes / max(1e-9, self.loop.time() - self._body_started)
+        if rate < self.limits.min_body_bytes_per_s:
+            self._refuse(408, f"the request body arrived at {rate:.0f} bytes/s, under the minimum of "
+                              f"{self.limits.min_body_bytes_per_s} bytes/s; send it at once")
+            return
+        self._rate_timer = self.loop.call_later(RATE_CHECK_S, self._check_rate)
 
     def _expired(self, what: str) -> None:
         self._timer = None
@@ -118,8 +141,15 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         length = next((value for name, value in self.headers if name == b"content-length"), b"0")
         if chunked or length.strip() not in (b"", b"0"):
             self._arm(self.limits.body_timeout_s, "body")
+            self._body_started, self._body_bytes = self.loop.time(), 0
+            if self.limits.min_body_bytes_per_s:
+                self._rate_timer = self.loop.call_later(self.limits.body_grace_s, self._check_rate)
         else:
             self._disarm()
+
+    def on_body(self, body: bytes) -> None:
+        self._body_bytes += len(body)
+        super().on_body(body)
 
     def on_message_complete(self) -> None:
         self._events += 1

@@ -33,15 +33,24 @@ class Phase(enum.Enum):
 class Lifecycle:
     """Phase, warm-up and in-flight requests of one server.
 
+    A request first uploads (``upload()``: its body is read, bounded by ``max_uploads``), then is
+    admitted (``admit()``: bounded by ``max_in_flight``) for the work that needs the models. So a
+    client that sends its body slowly, or never, holds an upload slot, never a slot of the work:
+    uploads cannot starve the requests whose bodies have arrived.
+
     Args:
         max_in_flight: most requests admitted at once (``TESSERA_MAX_REQUESTS_IN_FLIGHT``);
             None: no limit.
+        max_uploads: most requests reading their body at once (``TESSERA_MAX_UPLOADS_IN_FLIGHT``);
+            None: no limit.
     """
 
-    def __init__(self, max_in_flight: int | None = None) -> None:
+    def __init__(self, max_in_flight: int | None = None, max_uploads: int | None = None) -> None:
         self.phase = Phase.LOADING
         self.max_in_flight = max_in_flight
         self.in_flight = 0  # admitted requests not answered yet
+        self.max_uploads = max_uploads
+        self.uploading = 0  # requests reading their body
         self.drain_started_at: float | None = None  # time.monotonic() of the drain's start
         self._warming: list[str] = []  # batchers whose warm-up has not ended, in start order
         self.on_ready: Callable[[], None] | None = None  # called once, when the server becomes ready
@@ -99,10 +108,24 @@ class Lifecycle:
             return f"{self._warming[0]} is warming up"
         return "models are loading"
 
-    def admit(self) -> _Admitted:
-        """Count one request as in flight for its whole life (``with lifecycle.admit():``); 503
-        while draining or at the limit."""
+    def upload(self) -> _Uploading:
+        """Count one request as reading its body (``with lifecycle.upload():``); 503 while draining
+        or at the limit."""
         if not self.accepting:
+            raise ShuttingDown("the server is shutting down; retry on another instance", retry_after_s=5)
+        if self.max_uploads is not None and self.uploading >= self.max_uploads:
+            raise Overloaded(
+                f"{self.uploading} requests are sending their body (limit {self.max_uploads}, "
+                f"TESSERA_MAX_UPLOADS_IN_FLIGHT); retry later"
+            )
+        self.uploading += 1
+        return _Uploading(self)
+
+    def admit(self, uploaded: bool = False) -> _Admitted:
+        """Count one request as in flight for its whole life (``with lifecycle.admit():``); 503
+        while draining or at the limit. A request whose upload began before the drain
+        (``uploaded``) is still admitted while draining: the drain waits for it."""
+        if not self.accepting and not (uploaded and self.phase is Phase.DRAINING):
             raise ShuttingDown("the server is shutting down; retry on another instance", retry_after_s=5)
         if self.max_in_flight is not None and self.in_flight >= self.max_in_flight:
             raise Overloaded(
@@ -114,12 +137,20 @@ class Lifecycle:
 
     def _left(self) -> None:
         self.in_flight -= 1
-        if self.in_flight == 0 and self._idle is not None and not self._idle.done():
+        self._maybe_idle()
+
+    def _uploaded(self) -> None:
+        self.uploading -= 1
+        self._maybe_idle()
+
+    def _maybe_idle(self) -> None:
+        if self.in_flight == 0 and self.uploading == 0 and self._idle is not None and not self._idle.done():
             self._idle.set_result(None)
 
     async def wait_idle(self, timeout_s: float) -> int:
-        """Wait up to ``timeout_s`` for every admitted request to be answered; how many were not."""
-        if self.in_flight:
+        """Wait up to ``timeout_s`` for every admitted or uploading request to be answered; how
+        many admitted ones were not."""
+        if self.in_flight or self.uploading:
             self._idle = asyncio.get_running_loop().create_future()
             try:
                 await asyncio.wait_for(asyncio.shield(self._idle), max(timeout_s, 0.0))
@@ -144,3 +175,18 @@ class _Admitted:
 
     def __exit__(self, *exc_info) -> None:
         self._lifecycle._left()
+
+
+class _Uploading:
+    """One request reading its body; leaving the ``with`` block ends the upload."""
+
+    __slots__ = ("_lifecycle",)
+
+    def __init__(self, lifecycle: Lifecycle) -> None:
+        self._lifecycle = lifecycle
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc_info) -> None:
+        self._lifecycle._uploaded()

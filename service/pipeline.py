@@ -1,8 +1,11 @@
-"""One pipeline per operation: admit -> read and decode the body -> cache -> batch -> answer.
+"""One pipeline per operation: read the body -> admit -> decode the body -> cache -> batch -> answer.
 
-A request touches each layer once. Its batcher ticket (``Batcher.expect``) is taken before the
-body is read, so that a batch waiting for company waits for it, and given back the moment the
-request will not submit (every tile a cache hit, or an error). Encode hashes its tiles once:
+A request touches each layer once. It reads its body in an upload slot (``Lifecycle.upload``)
+and takes its slot of the work (``Lifecycle.admit``) and its batcher ticket only once the body
+has arrived, so a client that uploads slowly, or stops, holds neither. The ticket
+(``Batcher.expect``) makes a batch waiting for company wait for the request while its body is
+decoded, and is given back the moment the request will not submit (every tile a cache hit, or
+an error). Encode hashes its tiles once:
 the hashes are the cache keys and, for the misses, the keys the batcher computes equal tiles
 once by. Without a cache nothing is hashed and the batcher keys rows by their bytes.
 """
@@ -36,13 +39,14 @@ REFINE_RESERVE = 0.05  # of the request timeout: refinement stops that long befo
 async def encode(request: Request, state: ServiceState, model: str | None, layout: Layout, refine: int = 0) -> Response:
     """``POST /v1/encode``: tiles (an image, a sheet laid out by ``layout``, npy or JSON) -> latents,
     refined for ``refine`` steps through the decoder when asked (``refine_tiles``)."""
-    with state.lifecycle.admit():
+    served = state.registry.get(model)
+    read = formats.reader(request, ENCODE_READERS)
+    write = formats.writer(request, ENCODE_WRITERS)
+    with state.lifecycle.upload():
+        body = await read_body(request, state.settings.max_body_bytes)
+    with state.lifecycle.admit(uploaded=True):
         deadline = state.clock.now() + state.settings.request_timeout_s
-        served = state.registry.get(model)
-        read = formats.reader(request, ENCODE_READERS)
-        write = formats.writer(request, ENCODE_WRITERS)
         with served.encoder.expect() as ticket:  # a batch waiting for company waits for this request
-            body = await read_body(request, state.settings.max_body_bytes)
             batch = await decode_body(read, body, state.settings.decode_timeout_s, state.limits, layout, served.channels)
             if refine:
                 latents, cached, refined = await refine_tiles(state, served, batch.tiles, refine, deadline,
@@ -57,14 +61,15 @@ async def decode(request: Request, state: ServiceState, model: str | None, colum
                  decoder: str | None = None) -> Response:
     """``POST /v1/decode``: latents (npy or JSON) -> tiles (a PNG sheet laid out by ``layout``, npy
     or JSON), RGBA for RGBA models, by the model's ``decoder`` (its own when None)."""
-    with state.lifecycle.admit():
+    served = state.registry.get(model)
+    batcher = served.decoder_for(decoder)
+    read = formats.reader(request, DECODE_READERS)
+    write = formats.writer(request, DECODE_WRITERS)
+    with state.lifecycle.upload():
+        body = await read_body(request, state.settings.max_body_bytes)
+    with state.lifecycle.admit(uploaded=True):
         deadline = state.clock.now() + state.settings.request_timeout_s
-        served = state.registry.get(model)
-        batcher = served.decoder_for(decoder)
-        read = formats.reader(request, DECODE_READERS)
-        write = formats.writer(request, DECODE_WRITERS)
         with batcher.expect() as ticket:
-            body = await read_body(request, state.settings.max_body_bytes)
             latents, body_columns = await decode_body(
                 read, body, state.settings.decode_timeout_s, served.latent_shape, state.limits.max_tiles, served.name
             )

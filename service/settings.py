@@ -63,7 +63,12 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(default=16 * 1024 * 1024, ge=1024, description="largest request body; beyond: 413")
     max_image_pixels: int = Field(default=4 * 1024 * 1024, ge=1024, description="largest image (width x height) accepted")
     max_requests_in_flight: int = Field(
-        default=256, ge=1, description="most /v1/encode and /v1/decode requests handled at once; beyond: 503 with Retry-After"
+        default=256, ge=1, description="most /v1/encode and /v1/decode requests handled at once, counted from when "
+        "their body has arrived; beyond: 503 with Retry-After"
+    )
+    max_uploads_in_flight: int = Field(
+        default=512, ge=1, description="most /v1/encode and /v1/decode requests reading their body at once (a pool "
+        "of its own, so slow uploads never hold the slots model work needs); beyond: 503 with Retry-After"
     )
     decode_timeout_s: float = Field(
         default=2.0, gt=0, description="an image that takes longer to decode is refused (422 decode_timeout)"
@@ -75,6 +80,11 @@ class Settings(BaseSettings):
         default=10.0, gt=0, description="a request head must arrive within this; beyond: 408 (an idle new connection is closed)"
     )
     body_timeout_s: float = Field(default=30.0, gt=0, description="a request body must arrive within this after its head; beyond: 408")
+    min_body_bytes_per_s: int = Field(
+        default=1024, ge=0, description="after TESSERA_BODY_GRACE_S, a request body must have arrived at this many bytes "
+        "per second on average, else 408 and the connection closes; 0: no minimum")
+    body_grace_s: float = Field(default=2.0, gt=0, description="how long a body may arrive at any rate before "
+                                                              "TESSERA_MIN_BODY_BYTES_PER_S applies")
     keep_alive_s: float = Field(default=5.0, gt=0, description="an idle keep-alive connection is closed after this")
 
     # cache (service.cache)
