@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import fields
 from pathlib import Path
 
-from training.config import CHECKPOINT_DTYPES, DEVICES, FIELDS, LOSSES, SharpenConfig, TrainConfig
+from training.config import FIELDS, SharpenConfig, TrainConfig
 
 
 def friendly(command: str, handler: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
@@ -128,42 +128,42 @@ def command_line(args: argparse.Namespace) -> str:
     return prefix + shlex.join([*program, *words])
 
 
+def _default_text(value) -> str:
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, int) and value >= 10_000:
+        return f"{value:,}"
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+def add_options(parser: argparse.ArgumentParser, config: type) -> None:
+    """A flag for every field of the dataclass ``config`` that has a help text, derived from the
+    field: its name, type, choices, help and default. Every flag defaults to None, so that what
+    was given can be told from what was not (a resume keeps the run's settings)."""
+    for f in fields(config):
+        meta = f.metadata
+        if "help" not in meta:
+            continue
+        name = f.name.replace("_", "-")
+        kind = meta.get("flag")
+        if kind == "switch":
+            parser.add_argument(f"--{name}", dest=f.name, action="store_true", default=None,
+                                help=f"{meta['help']} (default: off)")
+        elif kind == "negate":
+            parser.add_argument(f"--no-{name}", dest=f.name, action="store_false", default=None,
+                                help=f"no {meta['help']} (default: on)")
+        else:
+            type_name = str(f.type).split("|")[0].strip()
+            parser.add_argument(f"--{name}", dest=f.name, type={"int": int, "float": float}.get(type_name, str),
+                                choices=meta.get("choices"), default=None,
+                                help=f"{meta['help']} (default: {meta.get('default_text') or _default_text(f.default)})")
+
+
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:
-    """Options of `tessera train`; run-shaping ones default to None so a resume can tell what was given."""
-    d = TrainConfig(model="baseline")  # the defaults, for the help text
-    add = parser.add_argument
-    add("--model", help="preset name (dcae-s48, dcae-t48, baseline, dcae-04, ...) or a seed dot-list string")
-    add("--data", help=f"data set folder from `tessera data` (default: {d.data})")
-    add("--out", help="run folder for checkpoints and logs (default: runs/<model>)")
-    add("--max-inputs", type=int, help=f"training inputs; the cosine schedule spans them (default: {d.max_inputs:,})")
-    add("--batch-size", type=int, help=f"global batch size (default: {d.batch_size})")
-    add("--lr", type=float, help="peak learning rate (default: 3e-4 for baseline, 9.375e-5 for DC-AE)")
-    add("--warmup", type=int, help="inputs of linear learning-rate warm-up before the cosine decay (default: 0)")
-    add("--ema", type=float, help="decay of an exponential moving average of the weights, which the checkpoints "
-                                  "then hold, e.g. 0.999 (default: 0, off)")
-    add("--loss", choices=LOSSES, help="l1 (the seed), l1+grad (plus image-gradient L1) or l1+ssim (default: l1)")
-    add("--structure-weight", type=float, help="weight of the loss's structure term (default: 0.5 for l1+grad, "
-                                               "0.2 for l1+ssim)")
-    add("--weight-decay", type=float, help=f"AdamW weight decay (default: {d.weight_decay})")
-    add("--latent-reg", type=float, help=f"weight of the latent regulariser, 0 turns it off (default: {d.latent_reg})")
-    add("--mse-phase", type=float, help="fraction of the schedule, at its end, that trains on MSE instead of the "
-                                        f"loss given (RGB models; default: {d.mse_phase:g}, off)")
-    add("--alpha-weight", type=float, help=f"RGBA models: weight of the alpha error against the colour error, "
-                                          f"which is weighted by coverage (default: {d.alpha_weight:g})")
-    add("--augment", action="store_true", default=None, help="random flips and quarter turns (off by default)")
-    add("--seed", type=int, help=f"random seed (default: {d.seed})")
-    add("--eval-every", type=int, help=f"inputs between validations and checkpoints (default: {d.eval_every:,})")
-    add("--log-every", type=int, help=f"steps between rows of train.csv (default: {d.log_every})")
-    add("--stop-after", type=int, help="stop after this many inputs, resumable; the schedule still spans --max-inputs")
-    add("--resume", action="store_true", help="continue the run in --out from its last state, with its settings")
-    add("--device", choices=DEVICES, help="default: CUDA when present, else CPU")
-    add("--threads", type=int, help="torch CPU threads; kept by --resume (the same count gives bit-identical results)")
-    add("--num-workers", type=int, help=f"DataLoader workers (default: {d.num_workers})")
-    add("--checkpoint-dtype", choices=CHECKPOINT_DTYPES,
-        help=f"dtype of best/last .safetensors (default: {d.checkpoint_dtype})")
-    add("--no-tensorboard", dest="tensorboard", action="store_false", default=None,
-        help="do not write TensorBoard events")
-    add("--no-progress", dest="progress", action="store_false", default=None, help="no progress bar")
+    """Options of `tessera train`, one per TrainConfig field."""
+    add_options(parser, TrainConfig)
 
 
 def config_from_args(args: argparse.Namespace) -> tuple[TrainConfig, frozenset[str]]:
@@ -295,17 +295,7 @@ def _add_sharpen(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser("sharpen", help="fine-tune a sharp decoder for a model's latents (frozen encoder, "
                                             "decoder head with an adversarial loss)")
     parser.add_argument("checkpoint", help="the model whose latents the sharp decoder decodes")
-    for f in fields(SharpenConfig):
-        flag, help_text = f"--{f.name.replace('_', '-')}", f.metadata.get("help")
-        if help_text is None:
-            continue
-        if f.type in ("bool", bool):
-            parser.add_argument(f"--no-{f.name.replace('_', '-')}", dest=f.name, action="store_false", default=None,
-                                help=f"no {help_text} (on by default)" if f.default else help_text)
-        else:
-            kind = {"str": str, "int": int, "float": float, "int | None": int}[f.type]
-            suffix = "" if f.default is None else f" (default: {f.default})"
-            parser.add_argument(flag, type=kind, default=None, help=help_text + suffix)
+    add_options(parser, SharpenConfig)
     parser.set_defaults(func=friendly("sharpen", _sharpen))
 
 

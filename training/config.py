@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, fields
 
 BASELINE_LR = 3e-4  # seed: lr of the CNN baseline
@@ -12,35 +13,54 @@ DEFAULT_STRUCTURE_WEIGHT = {"l1": 0.0, "l1+grad": 0.5, "l1+ssim": 0.2}
 DEVICES = ("auto", "cpu", "cuda")
 
 
+def option(default, help: str, **more):
+    """A dataclass field whose command-line flag is described with it: ``metadata["help"]`` and,
+    in ``more``, ``choices``, ``default_text`` (when the default needs words) and ``flag``
+    (``"switch"``: a flag that turns the setting on, ``"negate"``: ``--no-NAME`` turns it off)."""
+    return field(default=default, metadata={"help": help, **more})
+
+
 @dataclass(frozen=True)
 class TrainConfig:
-    model: str | None  # preset name ("dcae-s48", "baseline", ...) or a seed dot-list; None only on resume
-    data: str = "data/dcss"  # folder written by `tessera data`
-    out: str = "runs/run"  # run folder: checkpoints, state, logs
-    max_inputs: int = 1_000_000  # seed: one million training inputs; the cosine schedule spans them
-    batch_size: int = 64  # seed; the global batch, split evenly over processes
-    lr: float | None = None  # None: BASELINE_LR or DCAE_LR by architecture
-    warmup: int = 0  # inputs of linear learning-rate warm-up before the cosine decay; 0: none (the seed)
-    ema: float = 0.0  # decay of an exponential moving average of the weights; 0: off (the seed)
-    loss: str = "l1"  # l1 (the seed), l1+grad or l1+ssim (training.losses)
-    structure_weight: float | None = None  # weight of the structure term; None: the loss's default
-    weight_decay: float = 0.01  # AdamW's default, which the seed kept
-    latent_reg: float = 1e-4  # seed: 1e-4 * (|0.5 - std| + |mean|) of the latents; 0 turns it off
-    mse_phase: float = 0.0  # the last fraction of the schedule trains on MSE, the loss PSNR measures; 0: off
-    alpha_weight: float = 1.0  # RGBA models: weight of the alpha L1 against the coverage-weighted colour L1
-    augment: bool = False  # seed trained without flips/rotations
-    seed: int = 0  # weights init, data order, augmentation
-    eval_every: int = 20_000  # inputs between validations (each one also saves the last checkpoint)
-    log_every: int = 10  # steps between rows of train.csv
-    stop_after: int | None = None  # stop resumably after this many inputs; the schedule still spans max_inputs
-    resume: bool = False  # continue the run in `out` from its last state
-    device: str = "auto"  # auto: CUDA when present, else CPU
-    threads: int | None = None  # torch CPU threads; None: torch's default
-    num_workers: int = 0  # DataLoader worker processes; tiles live in memory, so 0 is usually fastest
-    checkpoint_dtype: str = "float32"  # dtype of best/last .safetensors (the resume state stays fp32)
-    tensorboard: bool = True
-    progress: bool = True  # tqdm bar on the main process
-    command: str = ""  # the command line that started the run, recorded in checkpoints
+    """`tessera train`: each field is one option, its flag's help beside it (``training.cli``)."""
+
+    model: str | None = option(None, "preset name (dcae-s48-f8c4, dcae-t48, baseline, ...) or a seed dot-list "
+                                     "string; None only on resume")
+    data: str = option("data/dcss", "data set folder from `tessera data`")
+    out: str = option("runs/run", "run folder for checkpoints and logs", default_text="runs/<model>")
+    max_inputs: int = option(1_000_000, "training inputs; the cosine schedule spans them (the seed: one million)")
+    batch_size: int = option(64, "global batch size, split evenly over processes (the seed's)")
+    lr: float | None = option(None, "peak learning rate",
+                              default_text=f"{BASELINE_LR:g} for baseline, {DCAE_LR:g} for DC-AE, the seed's")
+    warmup: int = option(0, "inputs of linear learning-rate warm-up before the cosine decay")
+    ema: float = option(0.0, "decay of an exponential moving average of the weights, which the checkpoints then "
+                             "hold, e.g. 0.999; 0: off")
+    loss: str = option("l1", "l1 (the seed), l1+grad (plus image-gradient L1) or l1+ssim", choices=LOSSES)
+    structure_weight: float | None = option(None, "weight of the loss's structure term",
+                                            default_text="0.5 for l1+grad, 0.2 for l1+ssim")
+    weight_decay: float = option(0.01, "AdamW weight decay (AdamW's default, which the seed kept)")
+    latent_reg: float = option(1e-4, "weight of the latent regulariser 1e-4 x (|0.5 - std| + |mean|) of the "
+                                     "latents; 0 turns it off")
+    mse_phase: float = option(0.0, "fraction of the schedule, at its end, that trains on MSE (the loss PSNR "
+                                   "measures) instead of the loss given; RGB models; 0: off")
+    alpha_weight: float = option(1.0, "RGBA models: weight of the alpha error against the colour error, which is "
+                                      "weighted by coverage")
+    augment: bool = option(False, "random flips and quarter turns (the seed trained without)", flag="switch")
+    seed: int = option(0, "random seed: weights, data order, augmentation")
+    eval_every: int = option(20_000, "inputs between validations and checkpoints")
+    log_every: int = option(10, "steps between rows of train.csv")
+    stop_after: int | None = option(None, "stop after this many inputs, resumable; the schedule still spans "
+                                          "--max-inputs", default_text="the end of the schedule")
+    resume: bool = option(False, "continue the run in --out from its last state, with its settings", flag="switch")
+    device: str = option("auto", "auto: CUDA when present, else CPU", choices=DEVICES)
+    threads: int | None = option(None, "torch CPU threads; kept by --resume (the same count gives bit-identical "
+                                       "results)", default_text="torch's")
+    num_workers: int = option(0, "DataLoader workers (tiles live in memory, so 0 is usually fastest)")
+    checkpoint_dtype: str = option("float32", "dtype of best/last .safetensors (the resume state stays float32)",
+                                   choices=CHECKPOINT_DTYPES)
+    tensorboard: bool = option(True, "TensorBoard events", flag="negate")
+    progress: bool = option(True, "progress bar", flag="negate")
+    command: str = ""  # the command line that started the run, recorded in checkpoints (no flag)
 
     def __post_init__(self) -> None:
         if not self.model and not self.resume:
@@ -86,13 +106,13 @@ def default_lr(arch: str) -> float:
     return BASELINE_LR if arch == "baseline" else DCAE_LR
 
 
+def warmup_steps(config: TrainConfig) -> int:
+    """Optimizer steps of the learning-rate warm-up."""
+    return math.ceil(config.warmup / config.batch_size)
+
+
 def structure_weight(config: TrainConfig) -> float:
     return DEFAULT_STRUCTURE_WEIGHT[config.loss] if config.structure_weight is None else config.structure_weight
-
-
-def option(default, help: str):
-    """A dataclass field whose command-line help lives with it (``metadata["help"]``)."""
-    return field(default=default, metadata={"help": help})
 
 
 @dataclass(frozen=True)
@@ -108,7 +128,7 @@ class SharpenConfig:
     adv_weight: float = option(0.1, "weight of the head's adversarial (hinge) loss against its L1 loss")
     adv_start: int = option(10_000, "inputs that train the discriminator alone before the head sees its loss")
     eval_every: int = option(20_000, "inputs between validations")
-    augment: bool = option(True, "flips and quarter turns of the training tiles")
+    augment: bool = option(True, "flips and quarter turns of the training tiles", flag="negate")
     seed: int = option(0, "random seed")
-    threads: int | None = option(None, "torch CPU threads (default: torch's)")
+    threads: int | None = option(None, "torch CPU threads", default_text="torch's")
     checkpoint_dtype: str = option("float16", "dtype of the written weights")

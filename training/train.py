@@ -34,7 +34,7 @@ from tqdm import tqdm
 import model as models
 from model.presets import parse_spec
 from training.atomic import atomic_write_text
-from training.config import DEFAULTS, FIELDS, RUN_KEYS, TrainConfig, default_lr, structure_weight
+from training.config import DEFAULTS, FIELDS, RUN_KEYS, TrainConfig, default_lr, structure_weight, warmup_steps
 from training.dataset import TileData, TileDataset, keep_batch
 from training.errors import TrainingError
 from training.logs import CsvLog, TensorBoardLog
@@ -350,8 +350,7 @@ def build_model(config: TrainConfig, procs: Processes, state: dict | None, total
         torch.backends.cudnn.benchmark = True
     optimizer = torch.optim.AdamW(autoencoder.parameters(), lr=config.lr, weight_decay=config.weight_decay,
                                   fused=cuda or None)
-    warmup_steps = math.ceil(config.warmup / config.batch_size)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule(total_steps, warmup_steps))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule(total_steps, warmup_steps(config)))
     ema = ema_of(autoencoder, config.ema) if config.ema else None
     if state is not None:
         autoencoder.load_state_dict(state["model"])
@@ -392,7 +391,7 @@ def prepare(config: TrainConfig, procs: Processes, state: dict | None, commands:
 
 def describe_run(run: Run) -> dict:
     config, weight = run.config, structure_weight(run.config)
-    warmup_steps = math.ceil(config.warmup / config.batch_size)
+    warmup = warmup_steps(config)
     rgba = f"rgba (coverage-weighted L1 + {config.alpha_weight:g} x alpha L1)"
     loss = rgba if run.rgba else config.loss
     return {
@@ -406,7 +405,7 @@ def describe_run(run: Run) -> dict:
         "loss": (loss if loss in ("l1", rgba) else f"{loss} (weight {weight:g})")
         + (f", then MSE from step {run.mse_from}" if run.mse_from < run.total_steps and not run.rgba else ""),
         "optimizer": "AdamW",
-        "schedule": (f"linear warm-up over {warmup_steps} steps, then " if warmup_steps else "")
+        "schedule": (f"linear warm-up over {warmup} steps, then " if warmup else "")
         + f"cosine over {run.total_steps} steps",
         "weights": f"EMA (decay {config.ema:g})" if run.ema is not None else "last step",
         "world_size": run.procs.world,
