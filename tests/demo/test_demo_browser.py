@@ -15,6 +15,7 @@ import io
 import json
 import math
 import os
+import shutil
 
 import httpx
 import numpy as np
@@ -25,6 +26,7 @@ from PIL import Image
 from service.demo import vendored
 from service.demo_onnx import export_unavailable
 from tests.support.bodies import NPY, load_npy, npy
+from tests.support.checkpoints import save_sharpened
 from tests.support.serve import local_server
 from tests.support.waiting import wait_until
 
@@ -68,7 +70,11 @@ def post(server, op: str, body: bytes, content_type: str) -> bytes:
 
 @pytest.fixture(scope="module")
 def server(checkpoint_dir, tmp_path_factory):
-    with local_server(checkpoint_dir, tmp_path_factory.mktemp("demo-server") / "serve.log", TESSERA_API_KEYS=KEY) as server:
+    """The suite's tiny model with a second, sharp decoder of its latents."""
+    folder = tmp_path_factory.mktemp("demo-checkpoints")
+    shutil.copy(checkpoint_dir / "tiny.safetensors", folder / "tiny.safetensors")
+    save_sharpened(folder / "tiny.safetensors", folder / "tiny.sharp.safetensors")
+    with local_server(folder, tmp_path_factory.mktemp("demo-server") / "serve.log", TESSERA_API_KEYS=KEY) as server:
         yield server
 
 
@@ -141,6 +147,19 @@ def test_demo_page_in_chromium(chromium_binary, server, tmp_path):
             decoded = load_npy(post(server, "decode", npy(mixed), NPY))[0]
             difference = np.abs(shown_tile.astype(int) - decoded.astype(int)).max()
             assert difference <= tolerance, (weight, difference)
+
+        # the model's sharp decoder is a choice of its own: the round trip then decodes with it
+        options = page.evaluate("Array.from(document.getElementById('model').options).map((o) => o.value)")
+        assert options == ["tiny", "tiny|sharp"], options
+        page.evaluate("(() => { const s = document.getElementById('model'); s.value = 'tiny|sharp';"
+                      " s.dispatchEvent(new Event('change')); })()")
+        sharp_psnr = psnr(premultiplied_tiles(rgba), load_npy(post(server, "decode?decoder=sharp", npy(latents), NPY)))
+        assert abs(sharp_psnr - expected_psnr) > 1e-3  # the two decoders differ
+        shown(f"(() => {{ const v = document.getElementById('psnr').dataset.value;"
+              f" return v !== undefined && Math.abs(Number(v) - {sharp_psnr!r}) <= 1e-6; }})()", "the sharp decoder's PSNR")
+        shown("document.getElementById('decode-path').dataset.state !== 'loading'", "the sharp decoder ONNX settled",
+              ONNX_READY_S)
+        assert "sharp decoder" in page.evaluate("document.getElementById('decode-path').textContent")
 
         shot = page.screenshot(tmp_path / "demo.png")
         with Image.open(io.BytesIO(shot.read_bytes())) as image:

@@ -184,10 +184,9 @@ def test_the_export_child_exits_with_the_server(checkpoint_dir, tmp_path):
 def test_the_sharp_decoder_has_its_own_onnx_file(tmp_path):
     ort = pytest.importorskip("onnxruntime", reason="needs the export extra (pip install -e '.[export]')")
     pytest.importorskip("onnx", reason="needs the export extra (pip install -e '.[export]')")
-    from tests.service.test_service_decoders import sharpened
-    from tests.support.checkpoints import save_checkpoint
+    from tests.support.checkpoints import save_checkpoint, save_sharpened
 
-    sharpened(save_checkpoint(tmp_path / "tiny.safetensors"), tmp_path / "tiny.sharp.safetensors")
+    save_sharpened(save_checkpoint(tmp_path / "tiny.safetensors"), tmp_path / "tiny.sharp.safetensors")
     save_checkpoint(tmp_path / "plain.safetensors", seed=1)
     with serving(tmp_path, default_model="tiny") as client:
         served = client.app.state.tessera.registry.get("tiny")

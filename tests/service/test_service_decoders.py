@@ -8,26 +8,9 @@ import io
 
 import numpy as np
 import pytest
-import torch
-
-import model
-from model import load_checkpoint
 from tests.support.apps import serving
 from tests.support.bodies import NPY
-from tests.support.checkpoints import save_checkpoint
-
-
-def sharpened(base: str, path, encoder_too: bool = False):
-    """A copy of checkpoint ``base`` whose decoder head (and, with ``encoder_too``, encoder) moved."""
-    module, info = load_checkpoint(base)
-    with torch.no_grad():
-        for p in module.decoder.conv_out.parameters():
-            p.add_(0.5)
-        if encoder_too:
-            for p in module.encoder.conv_out.parameters():
-                p.add_(0.5)
-    model.save_checkpoint(module, path, info.get("training"))
-    return path
+from tests.support.checkpoints import save_checkpoint, save_sharpened
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +18,7 @@ def two_decoders(tmp_path_factory):
     folder = tmp_path_factory.mktemp("decoders")
     base = save_checkpoint(folder / "tiny.safetensors")
     save_checkpoint(folder / "other.safetensors", seed=1)
-    sharpened(base, folder / "tiny.sharp.safetensors")
+    save_sharpened(base, folder / "tiny.sharp.safetensors")
     return folder
 
 
@@ -68,7 +51,7 @@ def test_the_sharp_decoder_decodes_the_same_latents_its_own_way(two_decoders):
 
 def test_a_decoder_whose_encoder_differs_is_refused(tmp_path):
     base = save_checkpoint(tmp_path / "tiny.safetensors")
-    sharpened(base, tmp_path / "tiny.sharp.safetensors", encoder_too=True)
+    save_sharpened(base, tmp_path / "tiny.sharp.safetensors", encoder_too=True)
     with pytest.raises(Exception, match="encoder weights differ"):
         with serving(tmp_path):
             pass

@@ -28,3 +28,22 @@ def save_checkpoint(path: Path, preset: str = TINY, seed: int = 0, metrics: dict
     record = {**({"metrics": metrics} if metrics is not None else {}), **(training or {})}
     model.save_checkpoint(model.build(preset), path, metadata=record or None)
     return path
+
+
+def save_sharpened(base: Path, path: Path, encoder_too: bool = False) -> Path:
+    """A copy of checkpoint ``base`` whose decoder's output layer (and, with ``encoder_too``, the
+    encoder's) moved: a second decoder of its latents, as `tessera sharpen` writes one."""
+    import torch
+
+    import model
+
+    module, info = model.load_checkpoint(base)
+    with torch.no_grad():
+        for p in module.decoder.conv_out.parameters():
+            p.add_(0.5)
+        if encoder_too:
+            for p in module.encoder.conv_out.parameters():
+                p.add_(0.5)
+    model.save_checkpoint(module, path, info.get("training"))
+    return path
+

@@ -199,7 +199,7 @@
     state.decoder = null;
     const missing = state.config.onnxruntime_web_missing || state.config.onnx_export_missing;
     if (missing) {
-      setPath('unavailable', 'server', `/v1/decode on the server: ${missing}`);
+      setPath('unavailable', 'server', `/v1/decode on the server for ${label(model)}: ${missing}`);
       return;
     }
     setPath('loading', 'server', `/v1/decode on the server while the decoder ONNX of ${label(model)} is prepared…`);
@@ -213,7 +213,7 @@
       setPath('ready', 'onnx', `onnxruntime-web ${ort.env.versions.web} in this page (the decoder ONNX of ${label(model)})`);
       renderMix();
     } catch (err) {
-      if (token === state.decoderToken) setPath('unavailable', 'server', `/v1/decode on the server (${err.message})`);
+      if (token === state.decoderToken) setPath('unavailable', 'server', `/v1/decode on the server for ${label(model)} (${err.message})`);
     }
   }
 
