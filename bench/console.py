@@ -8,6 +8,7 @@ import dataclasses
 import logging
 from collections.abc import Callable
 from pathlib import Path
+from service.settings import DEFAULT_MODEL
 
 
 def setup_logging() -> None:
@@ -23,7 +24,7 @@ def served_stage(argv: list[str] | None, prog: str, doc: str, out: Path, plan, q
     from bench import results
 
     parser = argparse.ArgumentParser(prog=prog, description=doc.split("\n\n")[0])
-    parser.add_argument("--checkpoint", type=Path, default=Path("checkpoints/dcae-s48-f8c4.safetensors"), help="the model to serve")
+    parser.add_argument("--checkpoint", type=Path, default=Path(f"checkpoints/{DEFAULT_MODEL}.safetensors"), help="the model to serve")
     parser.add_argument("--threads", type=int, default=plan.threads, help="TESSERA_TORCH_THREADS of the server")
     parser.add_argument("--quick", action="store_true", help="a few seconds per point, to check the harness")
     parser.add_argument("--out", type=Path, default=out)

@@ -20,7 +20,7 @@ NPY = "application/x-npy"
 
 
 def answer() -> bytes:
-    """What the server answers a single-tile encode of the default dcae-s48-f8c4 with: float32
+    """What the server answers a single-tile encode of the default ratio-48 model with: float32
     [1, 4, 4, 4] as npy."""
     buffer = io.BytesIO()
     np.save(buffer, np.zeros((1, 4, 4, 4), np.float32))

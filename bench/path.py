@@ -21,6 +21,7 @@ from bench import results
 from bench.bodies import sheet_png
 from bench.console import setup_logging
 from bench.machine import describe
+from service.settings import DEFAULT_MODEL
 
 logger = logging.getLogger(__name__)
 
@@ -103,7 +104,7 @@ def measure(checkpoint: Path, threads: int, min_time_s: float) -> list[dict]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.path", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--checkpoint", type=Path, default=Path("checkpoints/dcae-s48-f8c4.safetensors"))
+    parser.add_argument("--checkpoint", type=Path, default=Path(f"checkpoints/{DEFAULT_MODEL}.safetensors"))
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads for the model call")
     parser.add_argument("--min-time", type=float, default=0.3, help="seconds of timing per step")
     parser.add_argument("--out", type=Path, default=results.RESULTS / "path.json")

@@ -27,6 +27,7 @@ from bench.console import setup_logging
 from bench.machine import describe
 from tests.support.serve import tessera_server
 from bench.service import Plan, SingleTiles, measured, server_env
+from service.settings import DEFAULT_MODEL
 
 logger = logging.getLogger(__name__)
 
@@ -118,7 +119,7 @@ def run(checkpoint: Path, py_spy: str, clients: int, seconds: float, sheet: bool
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.profile", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--checkpoint", type=Path, default=Path("checkpoints/dcae-s48-f8c4.safetensors"))
+    parser.add_argument("--checkpoint", type=Path, default=Path(f"checkpoints/{DEFAULT_MODEL}.safetensors"))
     parser.add_argument("--clients", type=int, default=64)
     parser.add_argument("--seconds", type=float, default=8.0)
     parser.add_argument("--sheet", action="store_true", help="profile 1,024-tile sheets (one client) instead")

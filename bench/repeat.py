@@ -26,6 +26,7 @@ from bench.console import setup_logging
 from bench.machine import ROOT, describe
 from tests.support.serve import tessera_server
 from bench.service import QUICK, Plan, SingleTiles, measured, server_env, sheet
+from service.settings import DEFAULT_MODEL
 
 logger = logging.getLogger(__name__)
 
@@ -58,7 +59,7 @@ def run(checkpoint: Path, plan: Plan, repeats: int, logs: Path, min_run_time: fl
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.repeat", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--checkpoint", type=Path, default=Path("checkpoints/dcae-s48-f8c4.safetensors"))
+    parser.add_argument("--checkpoint", type=Path, default=Path(f"checkpoints/{DEFAULT_MODEL}.safetensors"))
     parser.add_argument("--threads", type=int, default=Plan.threads, help="TESSERA_TORCH_THREADS of the server")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--min-run-time", type=float, default=1.0, help="seconds of raw timing per repeat")

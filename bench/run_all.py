@@ -23,6 +23,7 @@ from pathlib import Path
 from bench import report, results
 from bench.console import setup_logging
 from bench.machine import ROOT
+from service.settings import DEFAULT_MODEL
 
 logger = logging.getLogger(__name__)
 
@@ -50,7 +51,7 @@ def stage_commands(args: argparse.Namespace, checkpoint: Path) -> dict[str, list
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.run_all", description=__doc__.split("\n\n")[0])
     parser.add_argument("--checkpoints", type=Path, default=Path("checkpoints"), help="folder of the bundled checkpoints")
-    parser.add_argument("--model", default="dcae-s48-f8c4", help="the model the service stages serve")
+    parser.add_argument("--model", default=DEFAULT_MODEL, help="the model the service stages serve")
     parser.add_argument("--threads", type=int, default=1, help="TESSERA_TORCH_THREADS of the server (and the raw reference)")
     parser.add_argument("--stages", default="raw,path,service,repeat,cache,profile,cpu", help="which stages to run, comma-separated")
     parser.add_argument("--quick", action="store_true", help="seconds per stage; the numbers mean nothing")

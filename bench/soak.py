@@ -37,6 +37,7 @@ from bench.console import setup_logging
 from bench.machine import ROOT, describe
 from tests.support.redis_server import redis_server
 from tests.support.serve import ProcessStartError, tessera_server
+from service.settings import DEFAULT_MODEL
 
 logger = logging.getLogger(__name__)
 
@@ -177,7 +178,7 @@ def run(args: argparse.Namespace) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.soak", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--checkpoint", type=Path, default=ROOT / "checkpoints" / "dcae-s48-f8c4.safetensors", help="the model to serve")
+    parser.add_argument("--checkpoint", type=Path, default=ROOT / "checkpoints" / f"{DEFAULT_MODEL}.safetensors", help="the model to serve")
     parser.add_argument("--duration", type=float, default=300.0, help="seconds of load (default 300)")
     parser.add_argument("--clients", type=int, default=8, help="closed-loop clients (default 8)")
     parser.add_argument("--sample", type=float, default=None, help="seconds between memory samples (default duration/60, at least 1)")

@@ -10,9 +10,10 @@ import pytest
 from tests.support.apps import serving
 from tests.support.bodies import NPY, load_npy, npy
 from tests.support.serve import ROOT
+from service.settings import DEFAULT_MODEL
 
 DATA = ROOT / "data" / "dcss"
-BUNDLED = ROOT / "checkpoints" / "dcae-s48-f8c4.safetensors"
+BUNDLED = ROOT / "checkpoints" / f"{DEFAULT_MODEL}.safetensors"
 TILES = 256  # a fixed slice of the validation split keeps the test fast
 
 
