@@ -14,7 +14,7 @@ from typing import Annotated, Literal
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-DEFAULT_MODEL = "dcae-s48-f8c4"  # the bundled ratio-48 DC-AE (4x4x4 latent)
+DEFAULT_MODEL = "dcae-s48-f8c4-d32"  # the bundled ratio-48 DC-AE (4x4x4 latent, a decoder block at 32x32)
 
 
 class Settings(BaseSettings):

@@ -40,11 +40,13 @@ import model
 from tests.support.serve import tessera_server
 from client import Client
 from service.graphs import make_calls
+from service.registry import split_variants
 from tiles import cut, to_channels
 
 ROOT = Path(__file__).resolve().parents[2]
 CHECKPOINTS = ROOT / "checkpoints"
 BUNDLED = sorted(p.stem for p in CHECKPOINTS.glob("*.safetensors"))
+SERVED_MODELS = sorted(split_variants({p.stem: p for p in CHECKPOINTS.glob("*.safetensors")})[0])  # not <model>.sharp
 MODELS = [*BUNDLED, "dcae-04"]  # the presets not bundled get random weights (seed 0)
 PRECISIONS = {"fp32": torch.float32, "tf32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 TOLERANCE = {"fp32": 1e-4, "tf32": 1.5e-2, "fp16": 1.5e-2, "bf16": 3e-2}
@@ -162,7 +164,7 @@ def test_tessera_serve_round_trips_a_sheet(tmp_path, device, cuda_dtype):
     tiles, grid = cut(pixels)
     with tessera_server(env, tmp_path / "serve.log") as server, Client(server.url) as client:
         served = httpx.get(f"{server.url}/v1/models", timeout=10).json()["models"]
-        assert sorted(m["name"] for m in served) == BUNDLED
+        assert sorted(m["name"] for m in served) == SERVED_MODELS
         for info in served:
             assert (info["device"], info["dtype"]) == (device, "bfloat16" if precision == "bf16" else "float32"), info
             result = client.encode(Image.fromarray(pixels, "RGB"), model=info["name"])
@@ -170,12 +172,16 @@ def test_tessera_serve_round_trips_a_sheet(tmp_path, device, cuda_dtype):
             eager_encode, eager_decode, _ = make_calls(cpu_model(info["name"]), "cpu", torch.float32, "eager", info["name"])
             sent = to_channels(tiles, 4 if info["channels"] == "RGBA" else 3)  # an RGBA model takes RGB as opaque
             assert relative_error(result.latents, eager_encode(sent)) <= TOLERANCE[precision], info["name"]
-            back, _ = cut(np.asarray(client.decode_sheet(result)))
-            expected = eager_decode(result.latents)  # the same latents decoded on the CPU
-            if precision == "fp32":
-                assert np.abs(back.astype(int) - expected.astype(int)).max() <= 1, info["name"]
-            else:
-                assert relative_error(back, expected) <= TOLERANCE[precision], info["name"]
+            for decoder in info["decoders"]:  # the model's own decoder, and its sharp one where it has one
+                back, _ = cut(np.asarray(client.decode_sheet(result, decoder=decoder)))
+                if decoder != "faithful":
+                    name = f"{info['name']}.{decoder}"
+                    _, eager_decode, _ = make_calls(cpu_model(name), "cpu", torch.float32, "eager", name)
+                expected = eager_decode(result.latents)  # the same latents decoded on the CPU
+                if precision == "fp32":
+                    assert np.abs(back.astype(int) - expected.astype(int)).max() <= 1, (info["name"], decoder)
+                else:
+                    assert relative_error(back, expected) <= TOLERANCE[precision], (info["name"], decoder)
 
 
 @on_gpu

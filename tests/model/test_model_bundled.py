@@ -21,7 +21,9 @@ DECODERS = [name for name in FILES if "." in name]  # <model>.<decoder>: a secon
 
 
 def test_there_are_bundled_checkpoints():
-    assert "dcae-s48-f8c4" in BUNDLED  # the default model
+    from service.settings import DEFAULT_MODEL
+
+    assert DEFAULT_MODEL in BUNDLED
 
 
 @pytest.mark.parametrize("name", BUNDLED)

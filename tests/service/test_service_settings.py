@@ -13,7 +13,7 @@ from pydantic import ValidationError
 
 from cli.main import build_parser
 from service.registry import RegistryError, choose_default, find_checkpoints
-from service.settings import Settings
+from service.settings import DEFAULT_MODEL, Settings
 from tests.support.serve import ROOT
 
 
@@ -71,7 +71,7 @@ def test_find_checkpoints(tmp_path, checkpoint_dir):
 
 
 def test_default_model_choice():
-    assert choose_default(Settings(), ["baseline", "dcae-s12-f8c16", "dcae-s48-f8c4"]) == "dcae-s48-f8c4"
+    assert choose_default(Settings(), ["baseline", "dcae-s12-f8c16", DEFAULT_MODEL]) == DEFAULT_MODEL
     assert choose_default(Settings(), ["b", "a"]) == "b"
     assert choose_default(Settings(default_model="a"), ["b", "a"]) == "a"
     with pytest.raises(RegistryError, match="TESSERA_DEFAULT_MODEL='x'"):
