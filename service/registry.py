@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import threading
 import time
 from dataclasses import dataclass, field
@@ -268,8 +267,6 @@ def choose_default(settings: Settings, names: list[str], skipped: tuple[Skipped,
 def serve_checkpoint(name: str, path: Path, settings: Settings, device: str, dtype, clock: Clock) -> ServedModel:
     """One checkpoint loaded, its calls made (traced or eager) and its two batchers set up;
     raises ``model.CheckpointError``."""
-    from model.refine import row_width
-
     start = time.monotonic()
     module, info = read_checkpoint(path, device, dtype)
     module.eval()
@@ -287,8 +284,9 @@ def serve_checkpoint(name: str, path: Path, settings: Settings, device: str, dty
     }
     encoder = Batcher(name, "encode", encode, warmup=np.zeros((warm, TILE, TILE, channels), np.uint8), **common)
     decoder = Batcher(name, "decode", decode, warmup=np.zeros((warm, *latent_shape), np.float32), **common)
-    refiner = Batcher(name, "refine", make_refine_call(module, device, dtype),
-                      warmup=np.zeros((warm, row_width(channels, math.prod(latent_shape))), np.float32), **common)
+    # no warm-up sweep for the refiner: opt-in work, whose eager steps at every batch size would
+    # double the time to ready
+    refiner = Batcher(name, "refine", make_refine_call(module, device, dtype), **common)
     dtype_name = str(dtype).removeprefix("torch.")
     logger.info(
         "loaded %s from %s (%s, %s, latent %s, %s on %s, %s) in %.2f s",
