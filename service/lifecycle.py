@@ -108,7 +108,7 @@ class Lifecycle:
             return f"{self._warming[0]} is warming up"
         return "models are loading"
 
-    def upload(self) -> _Uploading:
+    def upload(self) -> _Slot:
         """Count one request as reading its body (``with lifecycle.upload():``); 503 while draining
         or at the limit."""
         if not self.accepting:
@@ -119,9 +119,9 @@ class Lifecycle:
                 f"TESSERA_MAX_UPLOADS_IN_FLIGHT); retry later"
             )
         self.uploading += 1
-        return _Uploading(self)
+        return _Slot(self._uploaded)
 
-    def admit(self, uploaded: bool = False) -> _Admitted:
+    def admit(self, uploaded: bool = False) -> _Slot:
         """Count one request as in flight for its whole life (``with lifecycle.admit():``); 503
         while draining or at the limit. A request whose upload began before the drain
         (``uploaded``) is still admitted while draining: the drain waits for it."""
@@ -133,7 +133,7 @@ class Lifecycle:
                 f"TESSERA_MAX_REQUESTS_IN_FLIGHT); retry later"
             )
         self.in_flight += 1
-        return _Admitted(self)
+        return _Slot(self._left)
 
     def _left(self) -> None:
         self.in_flight -= 1
@@ -161,32 +161,17 @@ class Lifecycle:
         return self.in_flight
 
 
-class _Admitted:
-    """One admitted request; leaving the ``with`` block ends it (a class, not a generator: it
-    runs for every request)."""
+class _Slot:
+    """One admitted or uploading request; leaving the ``with`` block gives its slot back (a class,
+    not a generator: it runs for every request)."""
 
-    __slots__ = ("_lifecycle",)
+    __slots__ = ("_release",)
 
-    def __init__(self, lifecycle: Lifecycle) -> None:
-        self._lifecycle = lifecycle
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc_info) -> None:
-        self._lifecycle._left()
-
-
-class _Uploading:
-    """One request reading its body; leaving the ``with`` block ends the upload."""
-
-    __slots__ = ("_lifecycle",)
-
-    def __init__(self, lifecycle: Lifecycle) -> None:
-        self._lifecycle = lifecycle
+    def __init__(self, release: Callable[[], None]) -> None:
+        self._release = release
 
     def __enter__(self) -> None:
         return None
 
     def __exit__(self, *exc_info) -> None:
-        self._lifecycle._uploaded()
+        self._release()

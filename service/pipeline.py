@@ -16,12 +16,13 @@ from collections.abc import Hashable, Sequence
 from typing import Any
 
 import numpy as np
+import torch
 from fastapi import Request
 from fastapi.responses import Response
 from starlette.requests import ClientDisconnect
 from starlette.types import Receive
 
-from model.refine import REFINE_LR
+from model.refine import REFINE_LR, pack, unpack
 from service import formats
 from service.batcher import Batcher
 from service.batching import Ticket
@@ -117,15 +118,21 @@ async def decode_body(reader: Reader, body: bytes, timeout_s: float, *args: Any)
     return await off_loop(lambda: reader.read(body, *args), timeout_s, "the body")
 
 
+async def hashes(tiles: np.ndarray) -> list[bytes]:
+    """The tiles' cache keys: on the event loop for a few tiles, else in the decode pool."""
+    return tile_hashes(tiles) if len(tiles) <= INLINE_TILES else await in_pool(lambda: tile_hashes(tiles))
+
+
 async def encode_tiles(
-    state: ServiceState, served: ServedModel, tiles: np.ndarray, deadline: float, receive: Receive, ticket: Ticket
+    state: ServiceState, served: ServedModel, tiles: np.ndarray, deadline: float, receive: Receive, ticket: Ticket,
+    keys: list[bytes] | None = None,
 ) -> tuple[np.ndarray, int]:
     """Latents of uint8 ``tiles`` [N, 32, 32, channels of the model], from the cache where it has them, and how
-    many tiles it had."""
+    many tiles it had; ``keys``: the tiles' hashes, when the caller has them already."""
     cache = state.cache
     if cache is None:
         return finite(served, await submit(served.encoder, tiles, None, deadline, receive, ticket)), 0
-    keys = tile_hashes(tiles) if len(tiles) <= INLINE_TILES else await in_pool(lambda: tile_hashes(tiles))
+    keys = keys if keys is not None else await hashes(tiles)
     found = await cache.get_many(served.key, keys)
     hits = {k: z for k, z in found.items() if z.shape == served.latent_shape} if found else found
     missing = [i for i, key in enumerate(keys) if key not in hits] if hits else None  # None: every tile
@@ -157,7 +164,7 @@ async def refine_tiles(
     keys = missing = None
     rows = tiles
     if cache is not None:
-        keys = tile_hashes(tiles) if len(tiles) <= INLINE_TILES else await in_pool(lambda: tile_hashes(tiles))
+        keys = await hashes(tiles)
         found = await cache.get_many(namespace, keys)
         hits = {k: z for k, z in found.items() if z.shape == served.latent_shape} if found else {}
         missing = [i for i, key in enumerate(keys) if key not in hits]
@@ -166,7 +173,8 @@ async def refine_tiles(
             state.events.tiles_from_cache(served.name, len(keys), "refine")
             return np.stack([hits[key] for key in keys]).astype(np.float32, copy=False), len(keys), steps
         rows = tiles[missing]
-    start, _ = await encode_tiles(state, served, rows, deadline, receive, ticket)
+    miss_keys = [keys[i] for i in missing] if missing is not None else None
+    start, _ = await encode_tiles(state, served, rows, deadline, receive, ticket, miss_keys)
     stop_at = deadline - REFINE_RESERVE * state.settings.request_timeout_s
     packed = pack_rows(rows, start) if len(rows) <= INLINE_TILES else await in_pool(lambda: pack_rows(rows, start))
     done = 0
@@ -176,12 +184,12 @@ async def refine_tiles(
         except (DeadlineExceeded, Overloaded):
             break
         done += 1
-    refined = finite(served, latents_of(packed, served.latent_shape))
+    refined = finite(served, unpack(torch.from_numpy(packed), served.channels, served.latent_shape)[1].numpy())
     state.events.tiles_refined(served.name, len(rows), steps, done)
     if missing is None:
         return refined, 0, done
     if done == steps:
-        await cache.put_many(namespace, dict(zip([keys[i] for i in missing], refined)))
+        await cache.put_many(namespace, dict(zip(miss_keys, refined)))
     if not hits:
         return refined, 0, done
     state.events.tiles_from_cache(served.name, len(keys) - len(missing), "refine")
@@ -189,19 +197,9 @@ async def refine_tiles(
 
 
 def pack_rows(tiles: np.ndarray, latents: np.ndarray) -> np.ndarray:
-    """Refinement rows (``model.refine.pack``'s layout) of uint8 tiles [N, 32, 32, C] and their
-    latents: the tile channels-first in [0, 1], the latent, two zero moments, step 0."""
-    n = len(tiles)
-    pixels = tiles.transpose(0, 3, 1, 2).reshape(n, -1).astype(np.float32) / 255.0
-    latent = latents.reshape(n, -1).astype(np.float32, copy=False)
-    return np.concatenate([pixels, latent, np.zeros((n, 2 * latent.shape[1] + 1), np.float32)], axis=1)
-
-
-def latents_of(rows: np.ndarray, latent_shape: tuple[int, ...]) -> np.ndarray:
-    """The latents in refinement rows, [N, *latent_shape]."""
-    size = int(np.prod(latent_shape))
-    start = rows.shape[1] - 3 * size - 1
-    return np.ascontiguousarray(rows[:, start : start + size]).reshape(len(rows), *latent_shape)
+    """Refinement rows (``model.refine.pack``) of uint8 tiles [N, 32, 32, C] and their latents."""
+    x = torch.from_numpy(np.ascontiguousarray(tiles.transpose(0, 3, 1, 2))).float().div_(255.0)
+    return pack(x, torch.from_numpy(latents)).numpy()
 
 
 def merge(keys: list[bytes], hits: dict[bytes, np.ndarray], missing: list[int], computed: np.ndarray) -> np.ndarray:
