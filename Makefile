@@ -8,7 +8,7 @@ TORCH  ?= torch==2.13.0
 HOST   ?= 127.0.0.1
 PORT   ?= 8000
 
-.PHONY: venv vendor test serve bench soak reliability data gpu-check gpu-train clean
+.PHONY: venv vendor test docs-test serve bench soak reliability data gpu-check gpu-train clean
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -30,6 +30,11 @@ vendor:
 PYTEST_WORKERS ?= -n 2 --dist loadscope
 test: venv
 	$(PY) -m pytest $(PYTEST_WORKERS) $(PYTEST_ARGS)
+
+# every shell and Python block of README.md and docs/*.md, pasted in order against `make serve` in a
+# scratch copy of the clone, printed output checked (tests/docs/examples.py); downloads crawl-tiles-data
+docs-test: venv
+	TESSERA_DOCS_TEST=1 $(PY) -m pytest tests/docs/test_docs_examples.py -p no:cacheprovider $(PYTEST_ARGS)
 
 serve: venv
 	$(VENV)/bin/tessera serve --host $(HOST) --port $(PORT)
