@@ -7,7 +7,7 @@ and 64 connections, every tile distinct:
 - *server*: the CPU time of the whole ``tessera serve`` process (every thread, from
   ``/proc/<pid>/stat``) over the measured window, per tile answered. Process CPU time is what
   this machine's hypervisor steal does not inflate the way it inflates wall time;
-- *model*: the raw model call the server makes (``service.graphs``, traced, the same torch
+- *model*: the raw model call the server makes (``service.batching.graphs``, traced, the same torch
   threads), CPU time of this process per tile, at the server's mean batch size for that
   connection count (from its ``tessera_batch_size_tiles`` histogram), timed right after that
   connection count's window while the server idles: the machine's speed drifts by tens of per
@@ -117,8 +117,8 @@ class RawModel:
         import torch
 
         import model
-        from service.graphs import make_calls
-        from service.malloc_tuning import keep_freed_memory
+        from service.batching.graphs import make_calls
+        from service.runtime.malloc_tuning import keep_freed_memory
 
         keep_freed_memory()  # as the server does
         torch.set_num_threads(threads)

@@ -65,9 +65,9 @@ WALL_LIMIT_S = 9 * 60  # the whole GPU run, start-up and summary included
 SEED_1M_MINUTES = 78.0  # the seed's dcae-04: one million training inputs on its GPU
 TESTS_DEADLINE_ENV = "TESSERA_GPU_TESTS_DEADLINE"  # read by tests/gpu/conftest.py
 NEEDS = {  # what each stage imports (the first module missing is reported): a GPU machine may have a Python of its own
-    "tests": ("pytest", "pytest_timeout", "client", "service.app"),
-    "raw": ("model", "service.graphs"),
-    "service": ("service.app", "bench.service"),
+    "tests": ("pytest", "pytest_timeout", "client", "service.http.app"),
+    "raw": ("model", "service.batching.graphs"),
+    "service": ("service.http.app", "bench.service"),
     "train": ("training.train", "torchmetrics"),
 }
 
@@ -236,8 +236,8 @@ def run_raw(stage: Stage) -> None:
     import torch
 
     from bench import raw
-    from service.malloc_tuning import keep_freed_memory
-    from service.registry import find_checkpoints
+    from service.runtime.malloc_tuning import keep_freed_memory
+    from service.batching.registry import find_checkpoints
 
     keep_freed_memory()
     plan = stage.plan

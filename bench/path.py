@@ -21,7 +21,7 @@ from bench import results
 from bench.bodies import sheet_png
 from bench.console import setup_logging
 from bench.machine import describe
-from service.settings import DEFAULT_MODEL
+from service.runtime.settings import DEFAULT_MODEL
 
 logger = logging.getLogger(__name__)
 
@@ -53,12 +53,12 @@ def measure(checkpoint: Path, threads: int, min_time_s: float) -> list[dict]:
     from fastapi.responses import JSONResponse
 
     import model
-    from service import codecs
-    from service.cache import MemoryLatentCache, tile_hashes
-    from service.graphs import make_calls
-    from service.npy import npy_bytes
+    from service.pipeline import codecs
+    from service.pipeline.cache import MemoryLatentCache, tile_hashes
+    from service.batching.graphs import make_calls
+    from service.pipeline.npy import npy_bytes
 
-    from service.malloc_tuning import keep_freed_memory
+    from service.runtime.malloc_tuning import keep_freed_memory
 
     keep_freed_memory()  # as the server does
     torch.set_num_threads(threads)

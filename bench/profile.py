@@ -27,24 +27,24 @@ from bench.console import setup_logging
 from bench.machine import describe
 from tests.support.serve import tessera_server
 from bench.service import Plan, SingleTiles, measured, server_env
-from service.settings import DEFAULT_MODEL
+from service.runtime.settings import DEFAULT_MODEL
 
 logger = logging.getLogger(__name__)
 
 # group -> (file, function) patterns; a None function matches any function of that file. A
 # sample belongs to the group of its innermost matching frame.
 GROUPS: dict[str, tuple[tuple[str, str | None], ...]] = {
-    "read body": (("service/pipeline.py", "read_body"),),
-    "decode body (npy, PNG)": (("service/codecs.py", "tiles_from_npy"), ("service/codecs.py", "tiles_from_image"),
-                               ("service/codecs.py", "tiles_from_json")),
-    "hash tiles": (("service/cache.py", "tile_hashes"),),
-    "latent cache": (("service/cache.py", None),),
-    "batching (queue, wait, hand back)": (("service/batcher.py", None), ("service/batching.py", None),
-                                          ("service/admission.py", None)),
-    "answer (npy, JSON)": (("service/codecs.py", "npy_bytes"), ("service/formats.py", None), ("starlette/responses.py", None)),
-    "metrics": (("prometheus_client/", None), ("service/metrics.py", None)),
-    "route and pipeline code": (("service/routes.py", None), ("service/pipeline.py", None), ("service/dependencies.py", None),
-                                ("service/fastpath.py", None), ("service/lifecycle.py", None)),
+    "read body": (("service/http/front_door.py", "body"),),
+    "decode body (npy, PNG)": (("service/pipeline/codecs.py", "tiles_from_npy"), ("service/pipeline/codecs.py", "tiles_from_image"),
+                               ("service/pipeline/codecs.py", "tiles_from_json")),
+    "hash tiles": (("service/pipeline/cache.py", "tile_hashes"),),
+    "latent cache": (("service/pipeline/cache.py", None),),
+    "batching (queue, wait, hand back)": (("service/batching/batcher.py", None), ("service/batching/queue.py", None),
+                                          ("service/batching/admission.py", None)),
+    "answer (npy, JSON)": (("service/pipeline/codecs.py", "npy_bytes"), ("service/pipeline/formats.py", None), ("starlette/responses.py", None)),
+    "metrics": (("prometheus_client/", None), ("service/runtime/metrics.py", None)),
+    "route and pipeline code": (("service/http/routes.py", None), ("service/pipeline/operations.py", None), ("service/http/dependencies.py", None),
+                                ("service/http/front_door.py", None), ("service/runtime/lifecycle.py", None)),
 }
 FRAMEWORK = "HTTP and framework (uvicorn, Starlette, FastAPI)"
 LOOP = "event loop and sockets"

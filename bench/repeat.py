@@ -26,7 +26,7 @@ from bench.console import setup_logging
 from bench.machine import ROOT, describe
 from tests.support.serve import tessera_server
 from bench.service import QUICK, Plan, SingleTiles, measured, server_env, sheet
-from service.settings import DEFAULT_MODEL
+from service.runtime.settings import DEFAULT_MODEL
 
 logger = logging.getLogger(__name__)
 

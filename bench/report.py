@@ -201,7 +201,7 @@ def raw_section(raw: dict) -> list[str]:
     return [
         "## Raw model", "",
         "In-process, fp32, no HTTP; median of `torch.utils.benchmark.Timer.blocked_autorange`. *eager*: the model module on "
-        "float tensors prepared in advance. *trace*: the call the server makes (`service/graphs.py`): numpy uint8 tiles "
+        "float tensors prepared in advance. *trace*: the call the server makes (`service/batching/graphs.py`): numpy uint8 tiles "
         "(or float32 latents) in, numpy out, through the frozen TorchScript graph. The service is compared with the faster "
         "of the two. Tiles/s by batch size:", "",
         *table(["model", "op", "graph", "threads", *(f"batch {b}" for b in batches)], rows), "",

@@ -37,7 +37,7 @@ from bench.console import setup_logging
 from bench.machine import ROOT, describe
 from tests.support.redis_server import redis_server
 from tests.support.serve import ProcessStartError, tessera_server
-from service.settings import DEFAULT_MODEL
+from service.runtime.settings import DEFAULT_MODEL
 
 logger = logging.getLogger(__name__)
 

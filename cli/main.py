@@ -15,7 +15,7 @@ import sys
 # module that registers them -> subcommands it owns
 GROUPS = {
     "training.cli": ("data", "train", "plot", "evaluate", "latent-stats"),
-    "service.cli": ("serve",),
+    "service.runtime.cli": ("serve",),
     "client.cli": ("encode", "decode", "roundtrip", "models"),
     "model.cli": ("export",),
 }

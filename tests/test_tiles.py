@@ -73,7 +73,7 @@ def test_tsx_files_are_read_and_written(tmp_path):
 
 
 def test_training_reads_sixteen_bit_grey_as_serving_does(tmp_path):
-    from service.codecs import Limits, decode_image
+    from service.pipeline.codecs import Limits, decode_image
     from training.tiles import sheet_tiles
 
     grey = np.random.default_rng(1).integers(0, 65536, size=(32, 64), dtype=np.uint16)

@@ -3,7 +3,7 @@ import asyncio
 import numpy as np
 import pytest
 
-from service.cache import MemoryLatentCache, cache_key
+from service.pipeline.cache import MemoryLatentCache, cache_key
 from tests.support.clock import FakeClock
 from tests.support.events import RecordingSink
 

@@ -6,7 +6,7 @@ import asyncio
 import numpy as np
 import redis
 
-from service.cache import KEY_PREFIX, CircuitBreaker, MemoryLatentCache, RedisLatentCache, make_cache
+from service.pipeline.cache import KEY_PREFIX, CircuitBreaker, MemoryLatentCache, RedisLatentCache, make_cache
 from tests.support.clock import FakeClock
 from tests.support.events import RecordingSink
 
@@ -120,7 +120,7 @@ def test_a_hung_redis_times_out_as_a_miss(redis_server):
 
 
 def test_make_cache_picks_backend_from_settings(redis_server):
-    from service.settings import Settings
+    from service.runtime.settings import Settings
 
     events = RecordingSink()
     redis = make_cache(Settings(redis_url=redis_server.url, cache_ttl_s=30, cache_timeout_s=0.5, cache_breaker_cooldown_s=2), events)

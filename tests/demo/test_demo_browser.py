@@ -23,8 +23,8 @@ import pytest
 from cdp_client import Chromium
 from PIL import Image
 
-from service.demo import vendored
-from service.demo_onnx import export_unavailable
+from service.http.demo import vendored
+from service.http.demo_onnx import export_unavailable
 from tests.support.bodies import NPY, load_npy, npy
 from tests.support.checkpoints import save_sharpened
 from tests.support.serve import local_server

@@ -13,9 +13,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import service.demo
-from service.demo import PAGE, vendored
-from service.demo_onnx import DecoderFiles, ExportFailed, export_unavailable
+import service.http.demo
+from service.http.demo import PAGE, vendored
+from service.http.demo_onnx import DecoderFiles, ExportFailed, export_unavailable
 from tests.support.apps import serving
 from tests.support.bodies import NPY, load_npy, npy
 from tests.support.waiting import wait_until
@@ -118,10 +118,10 @@ def test_decoder_follows_the_key_rule(checkpoint_dir):
 
 
 def test_decoder_without_the_export_extra_is_404(client, monkeypatch):
-    monkeypatch.setattr("service.demo_onnx.EXTRA_MODULES", ("onnx", "tessera_no_such_module"))
+    monkeypatch.setattr("service.http.demo_onnx.EXTRA_MODULES", ("onnx", "tessera_no_such_module"))
     reason = export_unavailable()
     assert "tessera_no_such_module not installed" in reason and "tessera[export]" in reason
-    monkeypatch.setattr(service.demo, "export_unavailable", lambda: reason)
+    monkeypatch.setattr(service.http.demo, "export_unavailable", lambda: reason)
     response = client.get("/demo/models/tiny/decoder.onnx")
     assert response.status_code == 404
     assert response.json() == {"detail": reason, "code": "onnx_unavailable"}
@@ -174,7 +174,7 @@ def test_a_failed_export_is_reported_not_retried_at_once(tmp_path):
 def test_the_export_child_exits_with_the_server(checkpoint_dir, tmp_path):
     """Its stdin is a pipe from the server: once that closes, the child exits, export unfinished."""
     out = tmp_path / "tiny.decoder.onnx"
-    child = subprocess.Popen([sys.executable, "-m", "service.demo_onnx", str(checkpoint_dir / "tiny.safetensors"),
+    child = subprocess.Popen([sys.executable, "-m", "service.http.demo_onnx", str(checkpoint_dir / "tiny.safetensors"),
                               str(out), "0" * 64], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     child.stdin.close()
     assert child.wait(timeout=120) == 1

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import yaml
 
-from service.settings import Settings
+from service.runtime.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "deploy" / "compose"

@@ -18,7 +18,7 @@ The tolerances (``TOLERANCE``):
   kernel: errors near 1; overflow: inf or NaN, which fail the finiteness check).
 - bf16 (unit roundoff 3.9e-3, 8x fp16's): measured on the CPU at 2.4e-3 to 1.2e-2: 3e-2.
 
-Traced graphs against eager on the same device use service/graphs.py's own bounds
+Traced graphs against eager on the same device use service/batching/graphs.py's own bounds
 (``TRACE_TOLERANCE``): a graph that misses them is the one the service would refuse and run
 eager, which these tests report as a failure.
 """
@@ -39,8 +39,8 @@ from PIL import Image
 import model
 from tests.support.serve import tessera_server
 from client import Client
-from service.graphs import make_calls
-from service.registry import split_variants
+from service.batching.graphs import make_calls
+from service.batching.registry import split_variants
 from tiles import cut, to_channels
 
 ROOT = Path(__file__).resolve().parents[2]

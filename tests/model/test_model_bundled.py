@@ -21,7 +21,7 @@ DECODERS = [name for name in FILES if "." in name]  # <model>.<decoder>: a secon
 
 
 def test_there_are_bundled_checkpoints():
-    from service.settings import DEFAULT_MODEL
+    from service.runtime.settings import DEFAULT_MODEL
 
     assert DEFAULT_MODEL in BUNDLED
 

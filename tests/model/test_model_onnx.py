@@ -58,7 +58,7 @@ def test_onnxruntime_matches_pytorch(exported, batch):
 def test_the_bundled_default_model_gives_finite_values_where_attention_sums_to_zero(tmp_path):
     """A black tile makes a LiteMLA normaliser sum to zero; only its eps keeps the division finite
     (some real tiles' latents do the same in the decoder)."""
-    from service.settings import DEFAULT_MODEL
+    from service.runtime.settings import DEFAULT_MODEL
     from tests.support.serve import ROOT
 
     checkpoint = ROOT / "checkpoints" / f"{DEFAULT_MODEL}.safetensors"

@@ -11,7 +11,7 @@ import time
 import httpx
 import pytest
 
-from service.auth import KeyCheck
+from service.http.auth import KeyCheck
 from service.errors import Unauthorized
 from tests.support.bodies import NPY, npy, random_tiles
 from tests.support.measuring import measuring
@@ -114,7 +114,7 @@ def test_key_check_compares_every_key_in_constant_time(monkeypatch):
         return hmac_compare(a, b)
 
     hmac_compare = hmac.compare_digest
-    monkeypatch.setattr("service.auth.hmac.compare_digest", counting)
+    monkeypatch.setattr("service.http.auth.hmac.compare_digest", counting)
     check = KeyCheck(KEYS)
     for presented, known in ((KEYS[0], True), (KEYS[2], True), ("short", False), ("x" * 1000, False)):
         calls.clear()

@@ -1,4 +1,4 @@
-"""Limits of the HTTP layer against slow and huge requests (service.http_limits), on a real
+"""Limits of the HTTP layer against slow and huge requests (service.http.limits), on a real
 `tessera serve`: an oversized head is refused with 431, a head or body that does not arrive
 gets 408 and the connection closes, idle connections are closed, and stalled uploads are
 dropped at the body timeout without holding a slot of the work.

@@ -243,7 +243,7 @@ def test_a_content_encoding_is_415_not_ignored(client, encoding):
 
 
 def test_a_bug_is_one_log_line_with_a_request_id_and_closes_the_connection(client, monkeypatch, caplog):
-    from service import formats
+    from service.pipeline import formats
 
     def broken(body, *options):
         raise RuntimeError("a bug")

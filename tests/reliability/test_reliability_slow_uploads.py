@@ -1,4 +1,4 @@
-"""Slow uploads cannot lock anyone out (service.lifecycle's upload pool, service.http_limits'
+"""Slow uploads cannot lock anyone out (service.runtime.lifecycle's upload pool, service.http.limits'
 minimum body rate), on a real `tessera serve`:
 
 - a request takes a slot of the work only once its body has arrived: with twice as many stalled

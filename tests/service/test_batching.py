@@ -1,5 +1,5 @@
 """Batching on its own, with a numpy stand-in for the model: the tile queue and batch collection
-(``service.batching``) and the batcher (``service.batcher``). Batch windows run on a
+(``service.batching.queue``) and the batcher (``service.batching.batcher``). Batch windows run on a
 ``FakeClock``; a model that must be busy waits on an event, never on a sleep."""
 
 from __future__ import annotations
@@ -10,10 +10,10 @@ import threading
 import numpy as np
 import pytest
 
-from service.batcher import Batcher
-from service.batching import Job, QueueClosed, Slice, TileQueue, collect_batch, dedupe
+from service.batching.batcher import Batcher
+from service.batching.queue import Job, QueueClosed, Slice, TileQueue, collect_batch, dedupe
 from service.errors import ClientDisconnected, DeadlineExceeded, InferenceFailed, Overloaded, ShuttingDown
-from service.lifecycle import Lifecycle
+from service.runtime.lifecycle import Lifecycle
 from tests.support.clock import FakeClock
 from tests.support.events import RecordingSink
 from tests.support.waiting import until, wait_until

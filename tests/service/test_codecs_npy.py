@@ -7,7 +7,7 @@ import io
 import numpy as np
 import pytest
 
-from service import npy as npy_codec
+from service.pipeline import npy as npy_codec
 from service.errors import BadRequest, InvalidInput
 
 

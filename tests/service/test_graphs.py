@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import model
-from service.graphs import make_calls
+from service.batching.graphs import make_calls
 from tests.support.apps import serving
 from tests.support.bodies import NPY, random_tiles
 
@@ -58,7 +58,7 @@ class BatchDependent(torch.nn.Module):
 
 def test_a_model_the_trace_gets_wrong_runs_eager(caplog):
     module = BatchDependent()
-    with caplog.at_level(logging.WARNING, logger="service.graphs"):
+    with caplog.at_level(logging.WARNING, logger="service.batching.graphs"):
         encode, _, graph = make_calls(module, "cpu", torch.float32, "trace", "odd")
     assert graph == "eager"
     assert "odd runs eager" in caplog.text and "encode" in caplog.text

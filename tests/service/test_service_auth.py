@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from service.auth import KeyCheck, load_keys
+from service.http.auth import KeyCheck, load_keys
 from service.errors import Unauthorized
 from tests.support.apps import serving
 from tests.support.bodies import NPY, npy, random_tiles

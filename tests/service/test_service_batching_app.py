@@ -13,9 +13,9 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import numpy as np
 
-from service.app import create_app
-from service.lifecycle import Phase
-from service.registry import load_registry
+from service.http.app import create_app
+from service.runtime.lifecycle import Phase
+from service.batching.registry import load_registry
 from tests.support.apps import batcher, serving, settings_for
 from tests.support.bodies import NPY, load_npy, npy, random_tiles
 from tests.support.clock import FakeClock

@@ -10,7 +10,7 @@ import pytest
 from tests.support.apps import serving
 from tests.support.bodies import NPY, load_npy, npy
 from tests.support.serve import ROOT
-from service.settings import DEFAULT_MODEL
+from service.runtime.settings import DEFAULT_MODEL
 
 DATA = ROOT / "data" / "dcss"
 BUNDLED = ROOT / "checkpoints" / f"{DEFAULT_MODEL}.safetensors"

@@ -186,7 +186,7 @@ def test_bad_query_parameters_are_422(client):
 
 
 def test_query_values_the_fast_path_does_not_judge_get_fastapis_answer(client):
-    """/v1/encode and /v1/decode check plain query values themselves (service.fastpath) and
+    """/v1/encode and /v1/decode check plain query values themselves (service.http.front_door) and
     leave the rest to FastAPI: the answers are FastAPI's either way."""
     latents = npy(np.zeros((1, 64, 1, 1), np.float32))
     for query in ("columns=%2B3", "columns=%203", "columns=3.0", f"model={'x' * 201}"):

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from service.dependencies import MAX_REFINE_STEPS
+from tiles import MAX_REFINE_STEPS
 from tests.support.apps import serving
 from tests.support.bodies import NPY
 

@@ -12,8 +12,8 @@ import pytest
 from pydantic import ValidationError
 
 from cli.main import build_parser
-from service.registry import RegistryError, choose_default, find_checkpoints
-from service.settings import DEFAULT_MODEL, Settings
+from service.batching.registry import RegistryError, choose_default, find_checkpoints
+from service.runtime.settings import DEFAULT_MODEL, Settings
 from tests.support.serve import ROOT
 
 
@@ -79,7 +79,7 @@ def test_default_model_choice():
 
 
 def test_serve_is_registered_with_its_flags():
-    args = build_parser(["service.cli"]).parse_args(["serve", "--port", "9000", "--max-batch-tiles", "8", "--checkpoints", "x"])
+    args = build_parser(["service.runtime.cli"]).parse_args(["serve", "--port", "9000", "--max-batch-tiles", "8", "--checkpoints", "x"])
     assert (args.port, args.max_batch_tiles, args.checkpoints, args.host) == ("9000", "8", "x", None)
     assert callable(args.func)
 
@@ -87,12 +87,12 @@ def test_serve_is_registered_with_its_flags():
 def test_every_setting_is_a_flag_whose_help_comes_from_the_field():
     import argparse
 
-    from service.cli import flags, register
+    from service.runtime.cli import flags, register
 
     commands = argparse.ArgumentParser().add_subparsers()
     register(commands)
     by_dest = {action.dest: action for action in commands.choices["serve"]._actions}
-    parser = build_parser(["service.cli"])
+    parser = build_parser(["service.runtime.cli"])
     for name, field in Settings.model_fields.items():
         assert name in by_dest, f"--{name.replace('_', '-')} is missing"
         assert by_dest[name].help.startswith(field.description) and f"TESSERA_{name.upper()}" in by_dest[name].help

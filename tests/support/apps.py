@@ -8,10 +8,10 @@ from pathlib import Path
 
 from fastapi.testclient import TestClient
 
-from service.app import create_app
-from service.clock import MONOTONIC, Clock
-from service.registry import load_registry
-from service.settings import Settings
+from service.http.app import create_app
+from service.runtime.clock import MONOTONIC, Clock
+from service.batching.registry import load_registry
+from service.runtime.settings import Settings
 from tests.support.events import RecordingSink
 from tests.support.waiting import wait_until
 

@@ -1,4 +1,4 @@
-// Tessera's try-it page (/demo, service/demo.py): plain JavaScript, no build step, no framework.
+// Tessera's try-it page (/demo, service/http/demo.py): plain JavaScript, no build step, no framework.
 //
 // A sheet is cut into 32x32 tiles here (RGB multiplied by alpha, rounded as the service does),
 // sent to POST /v1/encode as uint8 npy, and its latents to POST /v1/decode; the PSNR compares the

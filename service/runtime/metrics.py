@@ -1,5 +1,5 @@
 """Prometheus metrics of one app, all ``tessera_``-prefixed, with bounded labels only: the
-``EventSink`` (``service.events``) the app reports to.
+``EventSink`` (``service.runtime.events``) the app reports to.
 
 Labels are model names, operations (encode|decode), endpoints (the fixed routes, else
 ``other``), status classes (2xx..5xx), reasons, sources and cache backends: never a tile hash,
@@ -24,13 +24,12 @@ share series; ``/metrics`` exposes it with the process collector (memory, CPU, o
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 from typing import NamedTuple
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector, generate_latest
 
-from service.events import EventSink
+from service.runtime.events import EventSink
 
 ENDPOINTS = ("/v1/encode", "/v1/decode", "/v1/models", "/healthz", "/readyz", "/metrics")
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
@@ -184,31 +183,3 @@ class Metrics:
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
-
-
-class RequestMetricsMiddleware:
-    """ASGI middleware: report every HTTP request, by endpoint and status, with its duration."""
-
-    def __init__(self, app, events: EventSink) -> None:
-        self.app = app
-        self.events = events
-
-    async def __call__(self, scope, receive, send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        path = scope.get("path", "")
-        endpoint = path if path in ENDPOINTS else "other"
-        start = time.perf_counter()
-        status = 500
-
-        async def send_and_record(message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_and_record)
-        finally:
-            self.events.request_answered(endpoint, status, time.perf_counter() - start)

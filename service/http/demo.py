@@ -19,15 +19,19 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Annotated, Literal
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
 
-from service.dependencies import Decoder
-from service.demo_onnx import DecoderFiles, ExportFailed, export_unavailable
+from service.http.front_door import DECODER
+from service.http.demo_onnx import DecoderFiles, ExportFailed, export_unavailable
 from service.errors import NotReady, TesseraError, Unavailable
+from tiles import DECODERS
 
-STATIC = Path(__file__).resolve().parent / "static"
+Decoder = Annotated[Literal[DECODERS], Query(description=DECODER.description)]  # the decode endpoint's parameter
+
+STATIC = Path(__file__).resolve().parents[1] / "static"
 PAGE = STATIC / "demo"
 VENDOR = STATIC / "vendor" / "onnxruntime-web"
 MEDIA_TYPES = {

@@ -74,7 +74,7 @@ class Settings(BaseSettings):
         default=2.0, gt=0, description="an image that takes longer to decode is refused (422 decode_timeout)"
     )
 
-    # HTTP layer (service.http_limits; `tessera serve` only)
+    # HTTP layer (service.http.limits; `tessera serve` only)
     max_header_bytes: int = Field(default=64 * 1024, ge=1024, description="largest request head (request line + headers); beyond: 431")
     header_timeout_s: float = Field(
         default=10.0, gt=0, description="a request head must arrive within this; beyond: 408 (an idle new connection is closed)"
@@ -87,7 +87,7 @@ class Settings(BaseSettings):
                                                               "TESSERA_MIN_BODY_BYTES_PER_S applies")
     keep_alive_s: float = Field(default=5.0, gt=0, description="an idle keep-alive connection is closed after this")
 
-    # cache (service.cache)
+    # cache (service.pipeline.cache)
     redis_url: str | None = Field(default=None, description="redis://host:port/db for the latent cache; unset: in-process cache")
     cache_ttl_s: int = Field(default=7 * 24 * 3600, ge=1, description="lifetime of a cached latent")
     cache_max_bytes: int = Field(default=256 * 1024 * 1024, ge=0, description="size of the in-process cache; 0 disables it")
@@ -101,7 +101,7 @@ class Settings(BaseSettings):
         default=False, description="whether /openapi.json and /docs are readable without an API key (they name the models and limits)"
     )
     demo: bool = Field(
-        default=True, description="serve the try-it page at /demo and its decoder ONNX files (service.demo); false: 404"
+        default=True, description="serve the try-it page at /demo and its decoder ONNX files (service.http.demo); false: 404"
     )
 
     # `tessera serve` only

@@ -21,7 +21,7 @@ from typing import Any
 
 from fastapi import FastAPI
 
-from service.codecs import JSON
+from service.pipeline.codecs import JSON
 
 FLOAT32_MAX = 3.4028234663852886e38
 

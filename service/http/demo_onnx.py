@@ -7,7 +7,7 @@ never waits for it, and the exporter's GIL time and its memory (returned to the 
 child exits, not kept by the server's malloc settings) stay out of the serving process. The child
 watches its stdin, a pipe from the server, and exits when the server does.
 
-    python -m service.demo_onnx CHECKPOINT OUT.onnx WEIGHTS_SHA256 [--threads N]   # the child
+    python -m service.http.demo_onnx CHECKPOINT OUT.onnx WEIGHTS_SHA256 [--threads N]   # the child
 """
 
 from __future__ import annotations
@@ -97,7 +97,7 @@ def run_export(checkpoint: Path, weights_sha256: str, threads: int | None = None
     """The decoder ONNX of ``checkpoint``, exported by a child process (this module's ``main``)."""
     with tempfile.TemporaryDirectory(prefix="tessera-onnx-") as tmp:
         out, log = Path(tmp) / "decoder.onnx", Path(tmp) / "export.log"
-        cmd = [sys.executable, "-m", "service.demo_onnx", str(checkpoint), str(out), weights_sha256]
+        cmd = [sys.executable, "-m", "service.http.demo_onnx", str(checkpoint), str(out), weights_sha256]
         if threads is not None:
             cmd += ["--threads", str(threads)]
         with open(log, "wb") as log_file:
@@ -124,7 +124,7 @@ def _exit_with_parent() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m service.demo_onnx", description="export a decoder for /demo")
+    parser = argparse.ArgumentParser(prog="python -m service.http.demo_onnx", description="export a decoder for /demo")
     parser.add_argument("checkpoint", type=Path)
     parser.add_argument("out", type=Path)
     parser.add_argument("weights_sha256", help="the weights the server serves; another file is refused")

@@ -19,12 +19,12 @@ from __future__ import annotations
 import logging
 import time
 from types import FrameType
+from typing import Any
 
 import uvicorn
-from fastapi import FastAPI
 
-from service.lifecycle import Lifecycle, Phase
-from service.settings import Settings
+from service.runtime.lifecycle import Lifecycle, Phase
+from service.runtime.settings import Settings
 
 logger = logging.getLogger(__name__)
 
@@ -32,7 +32,7 @@ logger = logging.getLogger(__name__)
 class DrainingServer(uvicorn.Server):
     """A ``uvicorn.Server`` whose first shutdown signal drains the app's ``Lifecycle`` before exiting."""
 
-    def __init__(self, config: uvicorn.Config, app: FastAPI, settings: Settings) -> None:
+    def __init__(self, config: uvicorn.Config, app: Any, settings: Settings) -> None:  # app: its state.lifecycle drains
         super().__init__(config)
         self.app = app
         self.settings = settings

@@ -1,9 +1,9 @@
-"""The media types each endpoint reads and answers, each with its codec (``service.codecs``):
+"""The media types each endpoint reads and answers, each with its codec (``service.pipeline.codecs``):
 the registry the pipeline picks from by ``Content-Type`` and ``Accept``.
 
 Readers turn a checked body into arrays; small npy bodies decode on the event loop (a hand-off
 to a thread costs more than reading them), everything else in the decode threads
-(``service.offload``). Writers turn results into responses; the first writer of an endpoint
+(``service.pipeline.offload``). Writers turn results into answers (``Answer``: bytes, media type, headers); the first writer of an endpoint
 answers requests that state no preference. JSON answers are written by orjson, numpy arrays
 included (float32 values in their shortest exact form).
 """
@@ -16,14 +16,11 @@ from typing import Any
 
 import numpy as np
 import orjson
-from fastapi import Request
-from fastapi.responses import Response
-
-from service import codecs
-from service.codecs import IMAGE_TYPES, JSON, NPY, PNG, PLAIN, Layout, TileBatch
+from service.pipeline import codecs
+from service.pipeline.codecs import IMAGE_TYPES, JSON, NPY, PNG, PLAIN, Layout, TileBatch
 from service.errors import TooLarge, UnsupportedMediaType
-from service.npy import npy_bytes
-from service.offload import INLINE_BYTES
+from service.pipeline.npy import npy_bytes
+from service.pipeline.offload import INLINE_BYTES
 from tiles import assemble, default_columns, sheet_shape
 
 
@@ -51,14 +48,12 @@ ENCODE_READERS: dict[str, Reader] = {
 DECODE_READERS: dict[str, Reader] = {NPY: Reader(_latents_npy, INLINE_BYTES), JSON: Reader(codecs.latents_from_json)}
 
 
-def reader(request: Request, readers: dict[str, Reader]) -> Reader:
-    """The reader of the request's body; 415 for an encoding or media type it cannot read."""
-    headers = request.headers
-    encoding = headers.get("content-encoding")
-    if encoding is not None and encoding.strip().lower() not in ("identity", ""):
-        raise UnsupportedMediaType(f"Content-Encoding {encoding.strip().lower()!r} is not accepted; send the body "
+def reader(content_type: str | None, content_encoding: str | None, readers: dict[str, Reader]) -> Reader:
+    """The reader of a body sent with these headers; 415 for an encoding or media type it cannot read."""
+    if content_encoding is not None and content_encoding.strip().lower() not in ("identity", ""):
+        raise UnsupportedMediaType(f"Content-Encoding {content_encoding.strip().lower()!r} is not accepted; send the body "
                                    f"uncompressed (PNG and npy bodies are compact already)", code="unsupported_encoding")
-    kind = codecs.media_type(headers.get("content-type"))
+    kind = codecs.media_type(content_type)
     found = readers.get(kind)
     if found is None:
         raise UnsupportedMediaType(f"cannot read {kind or 'no Content-Type'}; send one of: {', '.join(readers)}")
@@ -68,8 +63,17 @@ def reader(request: Request, readers: dict[str, Reader]) -> Reader:
 # -- answers -------------------------------------------------------------------------------------
 
 
-def json_response(content: Any, headers: dict[str, str] | None = None) -> Response:
-    return Response(orjson.dumps(content, option=orjson.OPT_SERIALIZE_NUMPY), media_type=JSON, headers=headers)
+@dataclass(frozen=True)
+class Answer:
+    """A successful answer, for the HTTP layer to send: the body, its media type and headers."""
+
+    body: bytes
+    media_type: str
+    headers: dict[str, str]
+
+
+def json_answer(content: Any, headers: dict[str, str]) -> Answer:
+    return Answer(orjson.dumps(content, option=orjson.OPT_SERIALIZE_NUMPY), JSON, headers)
 
 
 @dataclass(frozen=True)
@@ -97,9 +101,9 @@ class Encoded:
         return headers
 
 
-def _encode_json(result: Encoded) -> Response:
+def _encode_json(result: Encoded) -> Answer:
     grid = result.batch.grid
-    return json_response({
+    return json_answer({
         "model": result.model,
         "latent_shape": list(result.latent_shape),
         "dtype": "float32",
@@ -112,8 +116,8 @@ def _encode_json(result: Encoded) -> Response:
     }, result.headers())
 
 
-def _encode_npy(result: Encoded) -> Response:
-    return Response(npy_bytes(result.latents), media_type=NPY, headers=result.headers())
+def _encode_npy(result: Encoded) -> Answer:
+    return Answer(npy_bytes(result.latents), NPY, result.headers())
 
 
 @dataclass(frozen=True)
@@ -138,27 +142,27 @@ def check_sheet(count: int, columns: int | None, layout: Layout, max_pixels: int
                        f"spacing, or ask for npy (Accept: application/x-npy)")
 
 
-def _decode_png(result: Decoded) -> Response:
+def _decode_png(result: Decoded) -> Answer:
     width = result.columns or default_columns(len(result.tiles))
     rows = sheet_shape(len(result.tiles), width)[0]
     headers = {"X-Tessera-Model": result.model, "X-Tessera-Grid": f"{rows},{width}"}
     sheet = assemble(result.tiles, width, result.layout.margin, result.layout.spacing)
-    return Response(codecs.png_bytes(sheet), media_type=PNG, headers=headers)
+    return Answer(codecs.png_bytes(sheet), PNG, headers)
 
 
-def _decode_npy(result: Decoded) -> Response:
-    return Response(npy_bytes(result.tiles), media_type=NPY, headers={"X-Tessera-Model": result.model})
+def _decode_npy(result: Decoded) -> Answer:
+    return Answer(npy_bytes(result.tiles), NPY, {"X-Tessera-Model": result.model})
 
 
-def _decode_json(result: Decoded) -> Response:
+def _decode_json(result: Decoded) -> Answer:
     body = {"model": result.model, "count": len(result.tiles), "tiles": codecs.tiles_base64(result.tiles)}
-    return json_response(body, {"X-Tessera-Model": result.model})
+    return json_answer(body, {"X-Tessera-Model": result.model})
 
 
-ENCODE_WRITERS: dict[str, Callable[[Encoded], Response]] = {JSON: _encode_json, NPY: _encode_npy}
-DECODE_WRITERS: dict[str, Callable[[Decoded], Response]] = {PNG: _decode_png, NPY: _decode_npy, JSON: _decode_json}
+ENCODE_WRITERS: dict[str, Callable[[Encoded], Answer]] = {JSON: _encode_json, NPY: _encode_npy}
+DECODE_WRITERS: dict[str, Callable[[Decoded], Answer]] = {PNG: _decode_png, NPY: _decode_npy, JSON: _decode_json}
 
 
-def writer(request: Request, writers: dict[str, Callable]) -> Callable:
-    """The writer the request's ``Accept`` prefers; 406 when it accepts none of them."""
-    return writers[codecs.negotiate(request.headers.get("accept"), tuple(writers))]
+def writer(accept: str | None, writers: dict[str, Callable]) -> Callable:
+    """The writer an ``Accept`` header prefers; 406 when it accepts none of them."""
+    return writers[codecs.negotiate(accept, tuple(writers))]

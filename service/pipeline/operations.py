@@ -8,106 +8,123 @@ decoded, and is given back the moment the request will not submit (every tile a 
 an error). Encode hashes its tiles once:
 the hashes are the cache keys and, for the misses, the keys the batcher computes equal tiles
 once by. Without a cache nothing is hashed and the batcher keys rows by their bytes.
+
+The operations know no web framework: a request reaches them as a parsed call (``EncodeCall``,
+``DecodeCall``, built by the front door, ``service.http.front_door``) and an ``Upload``; they
+return an ``Answer`` (``service.pipeline.formats``) for the HTTP layer to send.
 """
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Sequence
-from typing import Any
+from collections.abc import Awaitable, Callable, Hashable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 import numpy as np
 import torch
-from fastapi import Request
-from fastapi.responses import Response
-from starlette.requests import ClientDisconnect
-from starlette.types import Receive
-
 from model.refine import REFINE_LR, pack, unpack
-from service import formats
-from service.batcher import Batcher
-from service.batching import Ticket
-from service.cache import tile_hashes
-from service.errors import BadRequest, DeadlineExceeded, InferenceFailed, Overloaded, TooLarge
-from service.codecs import PNG, Layout
-from service.formats import DECODE_READERS, DECODE_WRITERS, ENCODE_READERS, ENCODE_WRITERS, Decoded, Encoded, Reader
-from service.offload import INLINE_TILES, in_pool, off_loop
-from service.registry import ServedModel
-from service.state import ServiceState
+from service.pipeline import formats
+from service.batching.batcher import Batcher
+from service.batching.queue import Ticket
+from service.pipeline.cache import tile_hashes
+from service.errors import DeadlineExceeded, InferenceFailed, Overloaded
+from service.pipeline.codecs import PNG, Layout
+from service.pipeline.formats import (DECODE_READERS, DECODE_WRITERS, ENCODE_READERS, ENCODE_WRITERS, Answer, Decoded,
+                                      Encoded, Reader)
+from service.pipeline.offload import INLINE_TILES, in_pool, off_loop
+from service.batching.registry import ServedModel
+from service.runtime.state import ServiceState
 
 REFINE_RESERVE = 0.05  # of the request timeout: refinement stops that long before the deadline, to answer in
 
+Gone = Callable[[], Awaitable[None]]  # returns when the client has left (call only after its body was read)
 
-async def encode(request: Request, state: ServiceState, model: str | None, layout: Layout, refine: int = 0) -> Response:
-    """``POST /v1/encode``: tiles (an image, a sheet laid out by ``layout``, npy or JSON) -> latents,
-    refined for ``refine`` steps through the decoder when asked (``refine_tiles``)."""
-    served = state.registry.get(model)
-    read = formats.reader(request, ENCODE_READERS)
-    write = formats.writer(request, ENCODE_WRITERS)
-    with state.lifecycle.upload():
-        body = await read_body(request, state.settings.max_body_bytes)
+
+class Upload(Protocol):
+    """What an operation needs of its request, whatever the web framework: the headers that say
+    how to read the body and how to answer, the body, and a way to notice the client leaving."""
+
+    content_type: str | None
+    content_encoding: str | None
+    accept: str | None
+
+    async def body(self, max_bytes: int) -> bytes:
+        """The body; ``TooLarge`` as soon as it is known to exceed ``max_bytes``."""
+
+    async def gone(self) -> None:
+        """Returns when the client disconnects."""
+
+
+@dataclass(frozen=True)
+class EncodeCall:
+    """``POST /v1/encode``, its query parsed: the model (None: the default), the sheet's layout and
+    the refinement steps asked for."""
+
+    model: str | None = None
+    layout: Layout = Layout()
+    refine: int = 0
+
+
+@dataclass(frozen=True)
+class DecodeCall:
+    """``POST /v1/decode``, its query parsed: the model, the sheet's width in tiles (None: from the
+    body or the default), its layout and which of the model's decoders."""
+
+    model: str | None = None
+    columns: int | None = None
+    layout: Layout = Layout()
+    decoder: str | None = None
+
+
+async def encode(state: ServiceState, call: EncodeCall, upload: Upload) -> Answer:
+    """Tiles (an image, a sheet laid out by the call's layout, npy or JSON) -> latents, refined for
+    ``call.refine`` steps through the decoder when asked (``refine_tiles``)."""
+    served = state.registry.get(call.model)
+    read, write, body = await arrive(state, upload, ENCODE_READERS, ENCODE_WRITERS)
     with state.lifecycle.admit(uploaded=True):
         deadline = state.clock.now() + state.settings.request_timeout_s
         with served.encoder.expect() as ticket:  # a batch waiting for company waits for this request
-            batch = await decode_body(read, body, state.settings.decode_timeout_s, state.limits, layout, served.channels)
-            if refine:
-                latents, cached, refined = await refine_tiles(state, served, batch.tiles, refine, deadline,
-                                                              request.receive, ticket)
+            batch = await decode_body(read, body, state.settings.decode_timeout_s, state.limits, call.layout, served.channels)
+            if call.refine:
+                latents, cached, refined = await refine_tiles(state, served, batch.tiles, call.refine, deadline,
+                                                              upload.gone, ticket)
             else:
-                (latents, cached), refined = await encode_tiles(state, served, batch.tiles, deadline, request.receive,
+                (latents, cached), refined = await encode_tiles(state, served, batch.tiles, deadline, upload.gone,
                                                                 ticket), None
         return write(Encoded(served.name, served.latent_shape, latents, cached, batch, refined))
 
 
-async def decode(request: Request, state: ServiceState, model: str | None, columns: int | None, layout: Layout,
-                 decoder: str | None = None) -> Response:
-    """``POST /v1/decode``: latents (npy or JSON) -> tiles (a PNG sheet laid out by ``layout``, npy
-    or JSON), RGBA for RGBA models, by the model's ``decoder`` (its own when None)."""
-    served = state.registry.get(model)
-    batcher = served.decoder_for(decoder)
-    read = formats.reader(request, DECODE_READERS)
-    write = formats.writer(request, DECODE_WRITERS)
-    with state.lifecycle.upload():
-        body = await read_body(request, state.settings.max_body_bytes)
+async def decode(state: ServiceState, call: DecodeCall, upload: Upload) -> Answer:
+    """Latents (npy or JSON) -> tiles (a PNG sheet laid out by the call's layout, npy or JSON), RGBA
+    for RGBA models, by the model's ``call.decoder`` (its own when None)."""
+    served = state.registry.get(call.model)
+    batcher = served.decoder_for(call.decoder)
+    read, write, body = await arrive(state, upload, DECODE_READERS, DECODE_WRITERS)
     with state.lifecycle.admit(uploaded=True):
         deadline = state.clock.now() + state.settings.request_timeout_s
         with batcher.expect() as ticket:
             latents, body_columns = await decode_body(
                 read, body, state.settings.decode_timeout_s, served.latent_shape, state.limits.max_tiles, served.name
             )
+            columns = call.columns or body_columns
             if write is DECODE_WRITERS[PNG]:
-                formats.check_sheet(len(latents), columns or body_columns, layout, state.limits.max_pixels)
-            tiles = await submit(batcher, latents, None, deadline, request.receive, ticket)
-        return write(Decoded(served.name, tiles, columns or body_columns, layout))
+                formats.check_sheet(len(latents), columns, call.layout, state.limits.max_pixels)
+            tiles = await submit(batcher, latents, None, deadline, upload.gone, ticket)
+        return write(Decoded(served.name, tiles, columns, call.layout))
 
 
 # -- steps -----------------------------------------------------------------------------------------
 
 
-async def read_body(request: Request, max_bytes: int) -> bytes:
-    """The request body, refused with 413 as soon as it is known to exceed ``max_bytes``."""
-    declared = request.headers.get("content-length")
-    if declared is not None:
-        try:
-            length = int(declared)
-        except ValueError:
-            raise BadRequest(f"Content-Length {declared!r} is not a number") from None
-        if length > max_bytes:
-            raise TooLarge(f"body of {length} bytes exceeds the limit of {max_bytes} bytes; send fewer tiles per request")
-    receive = request.receive
-    chunks: list[bytes] = []
-    size = 0
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise ClientDisconnect()
-        chunk = message.get("body", b"")
-        if chunk:
-            size += len(chunk)
-            if size > max_bytes:
-                raise TooLarge(f"body exceeds the limit of {max_bytes} bytes; send fewer tiles per request")
-            chunks.append(chunk)
-        if not message.get("more_body", False):
-            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+async def arrive(state: ServiceState, upload: Upload, readers: dict[str, Reader],
+                 writers: dict[str, Callable[..., Answer]]) -> tuple[Reader, Callable[..., Answer], bytes]:
+    """The body's reader and the answer's writer (415 and 406 before a byte is read), then the
+    body, read in an upload slot."""
+    read = formats.reader(upload.content_type, upload.content_encoding, readers)
+    write = formats.writer(upload.accept, writers)
+    with state.lifecycle.upload():
+        body = await upload.body(state.settings.max_body_bytes)
+    return read, write, body
 
 
 async def decode_body(reader: Reader, body: bytes, timeout_s: float, *args: Any) -> Any:
@@ -124,14 +141,14 @@ async def hashes(tiles: np.ndarray) -> list[bytes]:
 
 
 async def encode_tiles(
-    state: ServiceState, served: ServedModel, tiles: np.ndarray, deadline: float, receive: Receive, ticket: Ticket,
+    state: ServiceState, served: ServedModel, tiles: np.ndarray, deadline: float, gone: Gone, ticket: Ticket,
     keys: list[bytes] | None = None,
 ) -> tuple[np.ndarray, int]:
     """Latents of uint8 ``tiles`` [N, 32, 32, channels of the model], from the cache where it has them, and how
     many tiles it had; ``keys``: the tiles' hashes, when the caller has them already."""
     cache = state.cache
     if cache is None:
-        return finite(served, await submit(served.encoder, tiles, None, deadline, receive, ticket)), 0
+        return finite(served, await submit(served.encoder, tiles, None, deadline, gone, ticket)), 0
     keys = keys if keys is not None else await hashes(tiles)
     found = await cache.get_many(served.key, keys)
     hits = {k: z for k, z in found.items() if z.shape == served.latent_shape} if found else found
@@ -141,7 +158,7 @@ async def encode_tiles(
         state.events.tiles_from_cache(served.name, len(keys))
         return np.stack([hits[key] for key in keys]).astype(np.float32, copy=False), len(keys)
     rows, miss_keys = (tiles, keys) if missing is None else (tiles[missing], [keys[i] for i in missing])
-    computed = finite(served, await submit(served.encoder, rows, miss_keys, deadline, receive, ticket))
+    computed = finite(served, await submit(served.encoder, rows, miss_keys, deadline, gone, ticket))
     await cache.put_many(served.key, dict(zip(miss_keys, computed)))
     if missing is None:
         return computed, 0
@@ -150,7 +167,7 @@ async def encode_tiles(
 
 
 async def refine_tiles(
-    state: ServiceState, served: ServedModel, tiles: np.ndarray, steps: int, deadline: float, receive: Receive,
+    state: ServiceState, served: ServedModel, tiles: np.ndarray, steps: int, deadline: float, gone: Gone,
     ticket: Ticket,
 ) -> tuple[np.ndarray, int, int]:
     """Latents of ``tiles`` refined for ``steps`` steps (``model.refine``), how many tiles the cache
@@ -174,13 +191,13 @@ async def refine_tiles(
             return np.stack([hits[key] for key in keys]).astype(np.float32, copy=False), len(keys), steps
         rows = tiles[missing]
     miss_keys = [keys[i] for i in missing] if missing is not None else None
-    start, _ = await encode_tiles(state, served, rows, deadline, receive, ticket, miss_keys)
+    start, _ = await encode_tiles(state, served, rows, deadline, gone, ticket, miss_keys)
     stop_at = deadline - REFINE_RESERVE * state.settings.request_timeout_s
     packed = pack_rows(rows, start) if len(rows) <= INLINE_TILES else await in_pool(lambda: pack_rows(rows, start))
     done = 0
     for _ in range(steps):
         try:
-            packed = await submit(served.refiner, packed, None, stop_at, receive, None)
+            packed = await submit(served.refiner, packed, None, stop_at, gone, None)
         except (DeadlineExceeded, Overloaded):
             break
         done += 1
@@ -212,16 +229,10 @@ def merge(keys: list[bytes], hits: dict[bytes, np.ndarray], missing: list[int], 
 
 
 async def submit(
-    batcher: Batcher, rows: np.ndarray, keys: Sequence[Hashable] | None, deadline: float, receive: Receive, ticket: Ticket
+    batcher: Batcher, rows: np.ndarray, keys: Sequence[Hashable] | None, deadline: float, gone: Gone, ticket: Ticket
 ) -> np.ndarray:
     """``batcher.submit``, which watches for the client to leave (its tiles are then dropped)."""
-    return await batcher.submit(rows, keys=keys, deadline=deadline, gone=lambda: _disconnected(receive), ticket=ticket)
-
-
-async def _disconnected(receive: Receive) -> None:
-    """Returns when the client disconnects (call only after the body was read)."""
-    while (await receive())["type"] != "http.disconnect":
-        pass
+    return await batcher.submit(rows, keys=keys, deadline=deadline, gone=gone, ticket=ticket)
 
 
 def finite(served: ServedModel, latents: np.ndarray) -> np.ndarray:

@@ -24,8 +24,8 @@ from PIL import Image, UnidentifiedImageError
 from pydantic import ValidationError
 
 from service.errors import BadRequest, InvalidInput, NotAcceptable, TooLarge
-from service.npy import read_npy
-from service.schemas import DecodeJSONRequest, EncodeJSONRequest
+from service.pipeline.npy import read_npy
+from service.http.schemas import DecodeJSONRequest, EncodeJSONRequest
 from tiles import TILE, cut, grid_of, to_channels, to_pixels
 
 IMAGE_FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "BMP")  # Pillow decoders accepted from clients
@@ -130,7 +130,7 @@ def decode_image(data: bytes, limits: Limits, label: str = "image", layout: Layo
     """One image (a 32x32 tile or a sheet of them, laid out by ``layout``) -> its tiles (RGB, or
     RGBA when it has transparency) and [rows, cols].
 
-    Slow to run on large images: call it off the event loop (service.offload)."""
+    Slow to run on large images: call it off the event loop (service.pipeline.offload)."""
     if not data:
         raise BadRequest(f"{label} is empty; send PNG bytes (a 32x32 tile or a sheet)")
     check_structure(data, label)

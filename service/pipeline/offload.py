@@ -4,7 +4,7 @@ Decoding an image, a large npy array or a JSON body of base64 images, and hashin
 run in ``DECODE_THREADS`` threads (Pillow, zlib and hashlib release the GIL while they work).
 The event loop waits for the result at most ``timeout_s``: a body that takes longer is refused
 with 422 ``decode_timeout``, and its thread finishes in the background (the structure checks in
-``service.codecs`` bound how long that can be).
+``service.pipeline.codecs`` bound how long that can be).
 """
 
 from __future__ import annotations

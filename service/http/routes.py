@@ -1,20 +1,20 @@
 """HTTP routes: what each endpoint declares (parameters, bodies, answers, errors) for the OpenAPI
-document, and the pipeline that serves it (``service.pipeline``)."""
+document, and the pipeline that serves it (``service.pipeline.operations``)."""
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Request
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from service import pipeline
-from service.codecs import IMAGE_TYPES, JSON, NPY, PNG, Layout
-from service.dependencies import KEY, Decoder, Margin, ModelName, Refine, Spacing, State, known_query
 from service.errors import error_body
-from service.schemas import (
+from service.http.dependencies import KEY, State
+from service.http.front_door import DECODE, ENCODE, ENDPOINTS_SERVED, answer
+from service.pipeline.codecs import IMAGE_TYPES, JSON, NPY, PNG
+from service.http.schemas import (
     DecodeJSONRequest,
     DecodeResponse,
     EncodeJSONRequest,
@@ -25,8 +25,8 @@ from service.schemas import (
 )
 
 router = APIRouter()
-ENCODE, DECODE = "/v1/encode", "/v1/decode"  # served the short way too (service.fastpath)
 DOCS_ASSETS = "docs-assets"  # relative, so the page works behind a proxy's path prefix
+BEARER = [{"HTTPBearer": []}]  # the API key, as the routes with the KEY dependency declare it
 
 
 def _binary(description: str) -> dict[str, Any]:
@@ -56,7 +56,9 @@ ENCODE_BODY = {
             NPY: _binary("uint8 [N, 32, 32, 3] or [N, 32, 32, 4] (RGBA)"),
             JSON: {"schema": EncodeJSONRequest.model_json_schema(), "example": EncodeJSONRequest.model_config["json_schema_extra"]["examples"][0]},
         },
-    }
+    },
+    "parameters": ENDPOINTS_SERVED[ENCODE].openapi(),
+    "security": BEARER,
 }
 DECODE_BODY = {
     "requestBody": {
@@ -65,7 +67,9 @@ DECODE_BODY = {
             NPY: _binary("float [N, *latent_shape]"),
             JSON: {"schema": DecodeJSONRequest.model_json_schema(), "example": DecodeJSONRequest.model_config["json_schema_extra"]["examples"][0]},
         },
-    }
+    },
+    "parameters": ENDPOINTS_SERVED[DECODE].openapi(),
+    "security": BEARER,
 }
 
 
@@ -75,7 +79,6 @@ DECODE_BODY = {
 @router.post(
     ENCODE,
     summary="Encode tiles to latents",
-    dependencies=[*KEY, known_query("model", "margin", "spacing", "refine")],
     response_model=EncodeResponse,
     responses={
         200: {
@@ -87,8 +90,7 @@ DECODE_BODY = {
     },
     openapi_extra=ENCODE_BODY,
 )
-async def encode(request: Request, state: State, model: ModelName = None, margin: Margin = 0, spacing: Spacing = 0,
-                 refine: Refine = 0) -> Response:
+async def encode(request: Request) -> Response:
     """Encode a tile, a sprite sheet (cut row-major into 32x32 tiles) or many tiles.
 
     Body by Content-Type: an image, ``application/x-npy`` uint8 tiles, or JSON with base64
@@ -98,13 +100,12 @@ async def encode(request: Request, state: State, model: ModelName = None, margin
     JSON (default) or ``application/x-npy`` by Accept. ``refine`` spends encode effort: the
     latents are refined through the decoder, closer to what the tiles decode from.
     """
-    return await pipeline.encode(request, state, model, Layout(margin, spacing), refine)
+    return await answer(ENDPOINTS_SERVED[ENCODE], request.app, request.scope, request.receive)
 
 
 @router.post(
     DECODE,
     summary="Decode latents to tiles",
-    dependencies=[*KEY, known_query("model", "columns", "margin", "spacing", "decoder")],
     response_class=Response,
     responses={
         200: {
@@ -120,19 +121,11 @@ async def encode(request: Request, state: State, model: ModelName = None, margin
     },
     openapi_extra=DECODE_BODY,
 )
-async def decode(
-    request: Request,
-    state: State,
-    model: ModelName = None,
-    columns: Annotated[int | None, Query(ge=1, le=4096, description="sheet width in tiles; default N if N <= 16 else ceil(sqrt(N))")] = None,
-    margin: Margin = 0,
-    spacing: Spacing = 0,
-    decoder: Decoder = "faithful",
-) -> Response:
+async def decode(request: Request) -> Response:
     """Decode latents ``[N, *latent_shape]`` (npy or JSON) back to 32x32 tiles: RGB, or RGBA for
     RGBA models. A PNG sheet is laid out with ``margin`` and ``spacing`` when given (Tiled's).
     ``decoder=sharp`` decodes with the model's sharp decoder, where it has one."""
-    return await pipeline.decode(request, state, model, columns, Layout(margin, spacing), decoder)
+    return await answer(ENDPOINTS_SERVED[DECODE], request.app, request.scope, request.receive)
 
 
 @router.get(

@@ -1,7 +1,7 @@
 """One way for "something happened" to leave the service: an ``EventSink``.
 
 The request middleware, the batchers, the latent cache and the pipeline report what they did
-to the sink they were given, and nothing else counts: ``service.metrics.Metrics`` turns the
+to the sink they were given, and nothing else counts: ``service.runtime.metrics.Metrics`` turns the
 events into Prometheus series, tests record them (``tests.support.events.RecordingSink``),
 and ``Fanout`` hands each event to several sinks. Sinks are called on the event loop's thread.
 

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from service.cache import LatentCache
-from service.clock import Clock
-from service.codecs import Limits
-from service.events import EventSink
-from service.lifecycle import Lifecycle
-from service.registry import Registry
-from service.settings import Settings
+from service.pipeline.cache import LatentCache
+from service.runtime.clock import Clock
+from service.pipeline.codecs import Limits
+from service.runtime.events import EventSink
+from service.runtime.lifecycle import Lifecycle
+from service.batching.registry import Registry
+from service.runtime.settings import Settings
 
 
 @dataclass

@@ -3,7 +3,7 @@ metrics); its lifespan loads the models, starts their batchers (warm-up first) a
 server's ``Lifecycle`` on: ready once warm, and on shutdown draining (admitted requests finish
 within the grace period), then stopped.
 
-    uvicorn --factory service.app:create_app     # settings from TESSERA_* variables
+    uvicorn --factory service.http.app:create_app     # settings from TESSERA_* variables
 """
 
 from __future__ import annotations
@@ -13,25 +13,24 @@ import logging
 import time
 from collections.abc import AsyncIterator, Sequence
 
-from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 from swagger_ui_bundle import swagger_ui_path
 
-from service.auth import KeyCheck, load_keys
-from service.codecs import Limits
-from service.demo import router as demo_router
-from service.errors import install_error_handlers
-from service.events import EventSink, Fanout
-from service.interpreter_tuning import tune_for_serving
-from service.lifecycle import Lifecycle, Phase
-from service.malloc_tuning import keep_freed_memory
-from service.metrics import Metrics, RequestMetricsMiddleware
-from service.openapi import install_openapi
-from service.registry import Registry, load_registry
-from service.fastpath import TesseraApp
-from service.routes import DECODE, DOCS_ASSETS, ENCODE, router
-from service.settings import Settings
-from service.state import ServiceState
+from service.http.auth import KeyCheck, load_keys
+from service.pipeline.codecs import Limits
+from service.http.demo import router as demo_router
+from service.http.answers import install_error_handlers
+from service.runtime.events import EventSink, Fanout
+from service.runtime.interpreter_tuning import tune_for_serving
+from service.runtime.lifecycle import Lifecycle, Phase
+from service.runtime.malloc_tuning import keep_freed_memory
+from service.runtime.metrics import Metrics
+from service.http.openapi import install_openapi
+from service.batching.registry import Registry, load_registry
+from service.http.front_door import FrontDoor
+from service.http.routes import DOCS_ASSETS, router
+from service.runtime.settings import Settings
+from service.runtime.state import ServiceState
 
 logger = logging.getLogger(__name__)
 
@@ -49,7 +48,7 @@ def open_cache(settings: Settings, events: EventSink):
     """The latent cache the settings ask for, or None when it is disabled."""
     if not settings.redis_url and settings.cache_max_bytes == 0:
         return None
-    from service.cache import make_cache
+    from service.pipeline.cache import make_cache
 
     return make_cache(settings, events)
 
@@ -60,8 +59,9 @@ def serving(settings: Settings, metrics: Metrics, events: EventSink, registry: R
     preloaded = registry
 
     @contextlib.asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    async def lifespan(app: FrontDoor) -> AsyncIterator[None]:
         nonlocal preloaded
+        app.check()  # nothing the front door would skip (service.http.front_door)
         start = time.monotonic()
         registry, preloaded = preloaded or load_registry(settings), None
         if app.state.lifecycle.phase is Phase.STOPPED:  # the app serves again
@@ -74,7 +74,7 @@ def serving(settings: Settings, metrics: Metrics, events: EventSink, registry: R
         cache = open_cache(settings, events)
         limits = Limits(max_tiles=settings.max_tiles_per_request, max_pixels=settings.max_image_pixels)
         app.state.tessera = ServiceState(settings, registry, events, cache, limits, lifecycle)
-        keep_freed_memory()  # model calls reuse their activation memory (service.malloc_tuning)
+        keep_freed_memory()  # model calls reuse their activation memory (service.runtime.malloc_tuning)
         lifecycle.on_ready = lambda: logger.info(
             "ready on http://%s:%d: %d models (%s, default %s), %.1f s after the app started",
             settings.host, settings.port,
@@ -100,7 +100,7 @@ def serving(settings: Settings, metrics: Metrics, events: EventSink, registry: R
     return lifespan
 
 
-def create_app(settings: Settings | None = None, registry: Registry | None = None, sinks: Sequence[EventSink] = ()) -> TesseraApp:
+def create_app(settings: Settings | None = None, registry: Registry | None = None, sinks: Sequence[EventSink] = ()) -> FrontDoor:
     """A Tessera app; nothing is loaded until its lifespan starts.
 
     Raises ``ValueError`` when ``TESSERA_API_KEYS`` names an unreadable or empty key file.
@@ -110,20 +110,20 @@ def create_app(settings: Settings | None = None, registry: Registry | None = Non
         registry: models already loaded by ``load_registry(settings)`` (``tessera serve``
             loads them first so that a bad checkpoint is reported before the server starts);
             it serves one lifespan. None: the lifespan loads them.
-        sinks: event sinks that get every event besides the Prometheus metrics (``service.events``).
+        sinks: event sinks that get every event besides the Prometheus metrics (``service.runtime.events``).
     """
     settings = settings if settings is not None else Settings()
     keys = KeyCheck(load_keys(settings.api_keys))  # a bad key file fails here, before serving
     metrics = Metrics()
     events: EventSink = Fanout(metrics, *sinks) if sinks else metrics
-    app = TesseraApp(
+    app = FrontDoor(
         title="Tessera",
         version="0.1.0",
         summary="32x32 game tiles <-> DC-AE latents",
         description=DESCRIPTION,
         lifespan=serving(settings, metrics, events, registry),
         redirect_slashes=False,  # a redirect would be built from the client's Host header
-        openapi_url=None, docs_url=None, redoc_url=None,  # served by service.routes: local assets, key rule
+        openapi_url=None, docs_url=None, redoc_url=None,  # served by service.http.routes: local assets, key rule
     )
     app.state.settings = settings
     app.state.metrics = metrics
@@ -134,9 +134,7 @@ def create_app(settings: Settings | None = None, registry: Registry | None = Non
     app.state.tessera = None
     install_error_handlers(app)
     app.include_router(router)
-    app.serve_short(router, ENCODE, DECODE)  # the common request skips the framework's stack (service.fastpath)
     app.include_router(demo_router)  # /demo, the try-it page (TESSERA_DEMO)
     install_openapi(app)
     app.mount(f"/{DOCS_ASSETS}", StaticFiles(directory=swagger_ui_path), name="docs-assets")
-    app.add_middleware(RequestMetricsMiddleware, events=events)
     return app

@@ -17,14 +17,14 @@ from typing import Any
 
 import numpy as np
 
-from service.batcher import Batcher
-from service.clock import MONOTONIC, Clock
-from service.codecs import TILE
+from service.batching.batcher import Batcher
+from service.runtime.clock import MONOTONIC, Clock
+from service.pipeline.codecs import TILE
 from service.errors import UnknownDecoder, UnknownModel
-from service.events import EventSink
-from service.graphs import channels_of, make_calls, make_refine_call
-from service.lifecycle import Lifecycle
-from service.settings import DEFAULT_MODEL, Settings
+from service.runtime.events import EventSink
+from service.batching.graphs import channels_of, make_calls, make_refine_call
+from service.runtime.lifecycle import Lifecycle
+from service.runtime.settings import DEFAULT_MODEL, Settings
 from tiles import DECODERS
 
 logger = logging.getLogger(__name__)
@@ -144,7 +144,7 @@ class ServedModel:
     encoder: Batcher = field(repr=False)
     decoder: Batcher = field(repr=False)
     refiner: Batcher = field(repr=False)  # one refinement step of many tiles' latents (encode ?refine=)
-    graph: str  # how the model calls run: "trace" (TorchScript graphs, service.graphs) or "eager"
+    graph: str  # how the model calls run: "trace" (TorchScript graphs, service.batching.graphs) or "eager"
     variants: dict[str, Variant] = field(default_factory=dict, repr=False)  # other decoders of its latents, by name
 
     def variant(self, name: str | None) -> Variant:
