@@ -31,11 +31,13 @@ RUN if compgen -G "torch-${TORCH_VERSION}+${TORCH_VARIANT}-*.whl" > /dev/null; t
     fi
 
 # the project's dependencies in a layer that only pyproject.toml invalidates, then the project
-RUN python -c 'import tomllib; print("\n".join(tomllib.load(open("pyproject.toml", "rb"))["project"]["dependencies"]))' \
+RUN python -c 'import tomllib; p = tomllib.load(open("pyproject.toml", "rb"))["project"]; \
+print("\n".join(p["dependencies"] + p["optional-dependencies"]["serve"]))' \
         > requirements.txt \
     && pip install --requirement requirements.txt --constraint constraints.txt
 WORKDIR /src
 COPY pyproject.toml README.md ./
+COPY tessera/ tessera/
 COPY cli/ cli/
 COPY tiles/ tiles/
 COPY client/ client/

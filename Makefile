@@ -14,7 +14,7 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH)"
-	$(PY) -m pip install -q -c constraints.txt -e '.[dev,diffusers,train,export]'
+	$(PY) -m pip install -q -c constraints.txt -e '.[serve,train,export,diffusers,dev]'
 	touch $@
 
 venv: $(VENV)/.installed vendor

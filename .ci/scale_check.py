@@ -33,8 +33,8 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests" / "reliability")]
 
-from client import AsyncClient  # noqa: E402
-from client.errors import TesseraError  # noqa: E402
+from tessera.client import AsyncClient  # noqa: E402
+from tessera.client.errors import TesseraError  # noqa: E402
 from reliability_load import BackgroundLoad  # noqa: E402
 
 NPY = "application/x-npy"

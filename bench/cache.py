@@ -18,8 +18,8 @@ from bench import load, results
 from bench.bodies import Sheets
 from bench.console import served_stage
 from bench.machine import describe
-from tests.support.redis_server import redis_server
-from tests.support.serve import TesseraServer, tessera_server
+from tessera.testing.redis_server import redis_server
+from tessera.testing.serve import TesseraServer, tessera_server
 from bench.service import Plan, measured, server_env
 
 logger = logging.getLogger(__name__)

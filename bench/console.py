@@ -8,7 +8,7 @@ import dataclasses
 import logging
 from collections.abc import Callable
 from pathlib import Path
-from service.runtime.settings import DEFAULT_MODEL
+from tessera.service.runtime.settings import DEFAULT_MODEL
 
 
 def setup_logging() -> None:

@@ -7,7 +7,7 @@ and 64 connections, every tile distinct:
 - *server*: the CPU time of the whole ``tessera serve`` process (every thread, from
   ``/proc/<pid>/stat``) over the measured window, per tile answered. Process CPU time is what
   this machine's hypervisor steal does not inflate the way it inflates wall time;
-- *model*: the raw model call the server makes (``service.batching.graphs``, traced, the same torch
+- *model*: the raw model call the server makes (``tessera.service.batching.graphs``, traced, the same torch
   threads), CPU time of this process per tile, at the server's mean batch size for that
   connection count (from its ``tessera_batch_size_tiles`` histogram), timed right after that
   connection count's window while the server idles: the machine's speed drifts by tens of per
@@ -37,7 +37,7 @@ from bench.console import served_stage
 from bench.machine import describe
 from bench.procs import machine_busy_s, process_cpu_s, thread_cpu_s
 from bench.service import SingleTiles
-from tests.support.serve import ServerProcess, tessera_server
+from tessera.testing.serve import ServerProcess, tessera_server
 
 logger = logging.getLogger(__name__)
 
@@ -116,9 +116,9 @@ class RawModel:
         import numpy as np
         import torch
 
-        import model
-        from service.batching.graphs import make_calls
-        from service.runtime.malloc_tuning import keep_freed_memory
+        from tessera import model
+        from tessera.service.batching.graphs import make_calls
+        from tessera.service.runtime.malloc_tuning import keep_freed_memory
 
         keep_freed_memory()  # as the server does
         torch.set_num_threads(threads)

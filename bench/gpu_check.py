@@ -56,7 +56,7 @@ from bench import results
 from bench.console import setup_logging
 from bench.machine import ROOT, describe, describe_cuda
 from bench.procs import run_group
-from tests.support.serve import TesseraServer, tessera_command
+from tessera.testing.serve import TesseraServer, tessera_command
 
 logger = logging.getLogger(__name__)
 
@@ -65,10 +65,10 @@ WALL_LIMIT_S = 9 * 60  # the whole GPU run, start-up and summary included
 SEED_1M_MINUTES = 78.0  # the seed's dcae-04: one million training inputs on its GPU
 TESTS_DEADLINE_ENV = "TESSERA_GPU_TESTS_DEADLINE"  # read by tests/gpu/conftest.py
 NEEDS = {  # what each stage imports (the first module missing is reported): a GPU machine may have a Python of its own
-    "tests": ("pytest", "pytest_timeout", "client", "service.http.app"),
-    "raw": ("model", "service.batching.graphs"),
-    "service": ("service.http.app", "bench.service"),
-    "train": ("training.train", "torchmetrics"),
+    "tests": ("pytest", "pytest_timeout", "tessera.client", "tessera.service.http.app"),
+    "raw": ("tessera.model", "tessera.service.batching.graphs"),
+    "service": ("tessera.service.http.app", "bench.service"),
+    "train": ("tessera.training.train", "torchmetrics"),
 }
 
 
@@ -164,8 +164,7 @@ def big_checkpoint(stage: Stage) -> Path:
     if not path.exists():
         import torch
 
-        import model
-
+        from tessera import model
         path.parent.mkdir(parents=True, exist_ok=True)
         torch.manual_seed(0)
         model.save_checkpoint(model.build(stage.plan.big_model), path, {"weights": "random (seed 0), written by bench.gpu_check"})
@@ -236,8 +235,8 @@ def run_raw(stage: Stage) -> None:
     import torch
 
     from bench import raw
-    from service.runtime.malloc_tuning import keep_freed_memory
-    from service.batching.registry import find_checkpoints
+    from tessera.service.runtime.malloc_tuning import keep_freed_memory
+    from tessera.service.batching.registry import find_checkpoints
 
     keep_freed_memory()
     plan = stage.plan
@@ -346,7 +345,7 @@ def serve_parts(
     import httpx
 
     from bench.service import measured
-    from tests.support.serve import tessera_server
+    from tessera.testing.serve import tessera_server
 
     begun = time.monotonic()
     with tessera_server(env, stage.work / "service-serve.log", ready_timeout_s=max(10.0, stage.left_s() - 20)) as server:
@@ -443,7 +442,7 @@ def _torch_threads() -> int:
 def dry_data(work: Path) -> Path:
     """The dry run's stand-in for data/dcss: a data set cut from two synthetic noise sheets."""
     from bench.bodies import sheet_png
-    from training.data import build_folder
+    from tessera.training.data import build_folder
 
     sheets, out = work / "sheets", work / "data"
     sheets.mkdir(parents=True, exist_ok=True)
@@ -455,7 +454,7 @@ def dry_data(work: Path) -> Path:
 
 def train_rows(path: Path) -> list[dict]:
     """The whole rows of a run's train.csv so far (the last line may still be half written)."""
-    from training.logs import read_csv
+    from tessera.training.logs import read_csv
 
     rows = []
     for row in read_csv(path) if path.exists() else []:
@@ -552,7 +551,7 @@ def run_train(stage: Stage) -> None:
         stop_after = max(batch, int(rate * processes * window * 0.8) // batch * batch)
         ddp = stage.work / "train" / "torchrun"
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}",
-               "-m", "training.train", *arguments(ddp, batch, stop_after)]
+               "-m", "tessera.training.train", *arguments(ddp, batch, stop_after)]
         runs.append(train_once(stage, "torchrun", cmd, ddp, window * 1.5, env))
         runs[-1]["speedup"] = runs[-1]["inputs_per_s"] / rate if runs[-1].get("inputs_per_s") else None
     problems = [f"{r['kind']}: {r['problem']}" for r in runs if r.get("problem")]

@@ -32,7 +32,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from bench.machine import ROOT
-from tests.support.serve import tessera_command
+from tessera.testing.serve import tessera_command
 
 
 @dataclass(frozen=True)
@@ -80,7 +80,7 @@ def run(cmd: list[str], log: Path) -> float:
 
 def rate_of(run_dir: Path) -> float:
     """Inputs per second of training in a run's train.csv (its second half: past the warm-up)."""
-    from training.logs import read_csv
+    from tessera.training.logs import read_csv
 
     rows = [(int(r["inputs"]), float(r["elapsed_s"])) for r in read_csv(run_dir / "train.csv")]
     first, last = rows[len(rows) // 2], rows[-1]

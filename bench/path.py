@@ -21,7 +21,7 @@ from bench import results
 from bench.bodies import sheet_png
 from bench.console import setup_logging
 from bench.machine import describe
-from service.runtime.settings import DEFAULT_MODEL
+from tessera.service.runtime.settings import DEFAULT_MODEL
 
 logger = logging.getLogger(__name__)
 
@@ -52,13 +52,13 @@ def measure(checkpoint: Path, threads: int, min_time_s: float) -> list[dict]:
     import torch
     from fastapi.responses import JSONResponse
 
-    import model
-    from service.pipeline import codecs
-    from service.pipeline.cache import MemoryLatentCache, tile_hashes
-    from service.batching.graphs import make_calls
-    from service.pipeline.npy import npy_bytes
+    from tessera import model
+    from tessera.service.pipeline import codecs
+    from tessera.service.pipeline.cache import MemoryLatentCache, tile_hashes
+    from tessera.service.batching.graphs import make_calls
+    from tessera.service.pipeline.npy import npy_bytes
 
-    from service.runtime.malloc_tuning import keep_freed_memory
+    from tessera.service.runtime.malloc_tuning import keep_freed_memory
 
     keep_freed_memory()  # as the server does
     torch.set_num_threads(threads)

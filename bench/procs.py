@@ -1,6 +1,6 @@
 """What a benchmark measures of its processes (CPU time from /proc) and how it runs a stage's
 command in a process group. ``tessera serve`` and ``redis-server`` themselves come from the test
-support package (``tests.support.serve``, ``tests.support.redis_server``), shared with the tests."""
+support package (``tessera.testing.serve``, ``tessera.testing.redis_server``), shared with the tests."""
 
 from __future__ import annotations
 

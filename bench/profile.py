@@ -25,9 +25,9 @@ from bench import load, results
 from bench.bodies import Sheets
 from bench.console import setup_logging
 from bench.machine import describe
-from tests.support.serve import tessera_server
+from tessera.testing.serve import tessera_server
 from bench.service import Plan, SingleTiles, measured, server_env
-from service.runtime.settings import DEFAULT_MODEL
+from tessera.service.runtime.settings import DEFAULT_MODEL
 
 logger = logging.getLogger(__name__)
 

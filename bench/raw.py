@@ -3,7 +3,7 @@
 This is the limit the service is measured against, in two forms per point:
 
 - ``eager``: the model module itself on float tensors prepared in advance;
-- ``trace``: the call the service makes (``service.batching.graphs``, ``TESSERA_GRAPH=trace``): uint8
+- ``trace``: the call the service makes (``tessera.service.batching.graphs``, ``TESSERA_GRAPH=trace``): uint8
   tiles (or float32 latents) as numpy arrays in, numpy arrays out, through the frozen
   TorchScript graph, conversions included.
 
@@ -98,8 +98,8 @@ def _load_forms(
     encode and decode ({} when not asked for)."""
     import torch
 
-    import model
-    from service.batching.graphs import make_calls
+    from tessera import model
+    from tessera.service.batching.graphs import make_calls
 
     module, _ = model.load_checkpoint(path, device=device, dtype=dtype)
     module.eval()
@@ -173,8 +173,8 @@ def run(
 ) -> dict:
     import torch
 
-    from service.runtime.malloc_tuning import keep_freed_memory
-    from service.batching.registry import find_checkpoints
+    from tessera.service.runtime.malloc_tuning import keep_freed_memory
+    from tessera.service.batching.registry import find_checkpoints
 
     keep_freed_memory()  # as the server does: every process reuses its activation memory
     files = find_checkpoints(checkpoints)

@@ -1,4 +1,4 @@
-"""Encode effort measured: PSNR of refined latents (``model.refine``) against CPU time per tile.
+"""Encode effort measured: PSNR of refined latents (``tessera.model.refine``) against CPU time per tile.
 
 For each optimiser setting, every model's validation tiles are refined step by step; after each
 listed step count the PSNR of the decoded tiles (clamped, as served) and the process CPU time
@@ -17,9 +17,9 @@ from pathlib import Path
 
 import torch
 
-import model as models
-from model.refine import REFINE_LR, refine_step
-from training.dataset import TileData
+from tessera import model as models
+from tessera.model.refine import REFINE_LR, refine_step
+from tessera.training.dataset import TileData
 
 STEPS = (0, 1, 2, 5, 10, 25, 50, 100)
 

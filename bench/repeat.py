@@ -24,9 +24,9 @@ from pathlib import Path
 from bench import results
 from bench.console import setup_logging
 from bench.machine import ROOT, describe
-from tests.support.serve import tessera_server
+from tessera.testing.serve import tessera_server
 from bench.service import QUICK, Plan, SingleTiles, measured, server_env, sheet
-from service.runtime.settings import DEFAULT_MODEL
+from tessera.service.runtime.settings import DEFAULT_MODEL
 
 logger = logging.getLogger(__name__)
 

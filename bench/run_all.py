@@ -23,7 +23,7 @@ from pathlib import Path
 from bench import report, results
 from bench.console import setup_logging
 from bench.machine import ROOT
-from service.runtime.settings import DEFAULT_MODEL
+from tessera.service.runtime.settings import DEFAULT_MODEL
 
 logger = logging.getLogger(__name__)
 
@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     setup_logging()
 
-    from service.batching.registry import find_checkpoints
+    from tessera.service.batching.registry import find_checkpoints
 
     checkpoint = find_checkpoints((args.checkpoints,)).get(args.model)
     if checkpoint is None:

@@ -28,7 +28,7 @@ from bench.bodies import NpyTiles, Sheets
 from bench.console import served_stage
 from bench.machine import describe
 from bench.procs import machine_busy_s, thread_cpu_s
-from tests.support.serve import TesseraServer, tessera_server
+from tessera.testing.serve import TesseraServer, tessera_server
 
 logger = logging.getLogger(__name__)
 

@@ -35,9 +35,9 @@ from bench import load, results, scrape
 from bench.bodies import NPY, PNG, TILE_BYTES, NpyTiles, Sheets, npy_header
 from bench.console import setup_logging
 from bench.machine import ROOT, describe
-from tests.support.redis_server import redis_server
-from tests.support.serve import ProcessStartError, tessera_server
-from service.runtime.settings import DEFAULT_MODEL
+from tessera.testing.redis_server import redis_server
+from tessera.testing.serve import ProcessStartError, tessera_server
+from tessera.service.runtime.settings import DEFAULT_MODEL
 
 logger = logging.getLogger(__name__)
 

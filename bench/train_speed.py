@@ -18,8 +18,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-import model as models
-from model.presets import f8_with_decoder
+from tessera import model as models
+from tessera.model.presets import f8_with_decoder
 
 MODELS = ("dcae-s48-f8c4", "dcae-s48-f8c4-d32", "dcae-s12-f8c16", "dcae-s12-f8c16-d32")
 # the decoder study's ratio-48 rows (docs/training.md): the f8 encoder with decoders that differ at

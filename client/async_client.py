@@ -22,10 +22,10 @@ import httpx
 import numpy as np
 from PIL import Image
 
-from client import errors
-from client.results import EncodeResult, Health, Limits, Models
-from tiles import DECODERS, MAX_REFINE_STEPS
-from client.tiles import ImageSource, assemble_sheet, cut_sheet, image_pixels, load_image, tiles_from_array, to_channels
+from tessera.client import errors
+from tessera.client.results import EncodeResult, Health, Limits, Models
+from tessera.tiles import DECODERS, MAX_REFINE_STEPS
+from tessera.client.tiles import ImageSource, assemble_sheet, cut_sheet, image_pixels, load_image, tiles_from_array, to_channels
 
 logger = logging.getLogger(__name__)
 

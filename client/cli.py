@@ -21,10 +21,10 @@ from typing import Any
 
 import numpy as np
 
-from client import errors
-from client.results import EncodeResult, Models
-from client.sync_client import Client
-from client.tiles import (
+from tessera.client import errors
+from tessera.client.results import EncodeResult, Models
+from tessera.client.sync_client import Client
+from tessera.client.tiles import (
     TILE,
     assemble_sheet,
     cut_atlas,
@@ -35,8 +35,8 @@ from client.tiles import (
     read_tileset,
     to_channels,
 )
-from tiles import DECODERS, MAX_REFINE_STEPS
-from tiles.tsx import write_tsx
+from tessera.tiles import DECODERS, MAX_REFINE_STEPS
+from tessera.tiles.tsx import write_tsx
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from client.errors import ProtocolError
+from tessera.client.errors import ProtocolError
 
 
 @dataclass(frozen=True)

@@ -17,8 +17,8 @@ from typing import Any, TypeVar
 import numpy as np
 from PIL import Image
 
-from client.async_client import AsyncClient, DecodeInput, EncodeInput, Progress
-from client.results import EncodeResult, Health, Models
+from tessera.client.async_client import AsyncClient, DecodeInput, EncodeInput, Progress
+from tessera.client.results import EncodeResult, Health, Models
 
 T = TypeVar("T")
 

@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from client.errors import InputError
-from tiles import (  # noqa: F401 (re-exported)
+from tessera.client.errors import InputError
+from tessera.tiles import (  # noqa: F401 (re-exported)
     TILE,
     assemble,
     cut,
@@ -27,7 +27,7 @@ from tiles import (  # noqa: F401 (re-exported)
     to_pixels,
     to_rgb,
 )
-from tiles.tsx import Tileset, TsxError, apply_colour_key, read_tsx
+from tessera.tiles.tsx import Tileset, TsxError, apply_colour_key, read_tsx
 
 ImageSource = Image.Image | str | os.PathLike
 

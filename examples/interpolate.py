@@ -23,7 +23,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from client import Client, TesseraError
+from tessera.client import Client, TesseraError
 
 SHEET_CANDIDATES = (
     Path("/usr/share/crawl/dat/tiles/floor.png"),  # apt-get install crawl-tiles-data

@@ -11,10 +11,10 @@ from .config import TILE_SIZE, ModelConfig
 
 
 class TileAutoencoder(nn.Module):
-    """Base class of the networks ``model.build`` returns.
+    """Base class of the networks ``tessera.model.build`` returns.
 
     Attributes:
-        spec: preset name or dot-list that rebuilds this network with ``model.build``.
+        spec: preset name or dot-list that rebuilds this network with ``tessera.model.build``.
         config: the frozen config dataclass.
         arch: ``"dcae"`` or ``"baseline"``.
         latent_shape: shape of one tile's latent, e.g. ``(64, 1, 1)`` or ``(128,)``.

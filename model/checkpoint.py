@@ -75,7 +75,7 @@ def save_checkpoint(module: TileAutoencoder, path: str | os.PathLike, metadata: 
     """Write ``module`` to one ``.safetensors`` file (atomically: readers see the old or the new file).
 
     Args:
-        module: a network from ``model.build``.
+        module: a network from ``tessera.model.build``.
         path: destination file.
         metadata: free-form training information (JSON-able), stored as ``info["training"]``;
             training code puts its metrics under ``metadata["metrics"]``.

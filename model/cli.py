@@ -8,10 +8,10 @@ import sys
 
 
 def _export_onnx(args: argparse.Namespace) -> int:
-    from model.checkpoint import CheckpointError
+    from tessera.model.checkpoint import CheckpointError
 
     try:
-        from model.onnx_export import PARTS, export_checkpoint
+        from tessera.model.onnx_export import PARTS, export_checkpoint
     except ImportError as exc:
         print(f"tessera export onnx: needs the 'export' extra (pip install -e '.[export]'): {exc}", file=sys.stderr)
         return 1

@@ -4,7 +4,7 @@ The DC-AE dataclasses mirror efficientvit's ``dc_ae.py`` (same field names, same
 seed's override strings such as ``"latent_channels=64 encoder.width_list=[64,128,256,256,512,512]"``
 apply unchanged. Unlike upstream, every name is checked: an unknown key, block type, norm or
 activation is an error that names the bad value and the known ones. The dot-list parser is
-``model.dotlist``; the named presets and ``parse_spec`` are ``model.presets``.
+``tessera.model.dotlist``; the named presets and ``parse_spec`` are ``tessera.model.presets``.
 """
 
 from __future__ import annotations

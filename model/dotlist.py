@@ -2,7 +2,7 @@
 
 The seed's override strings (efficientvit's ``key=value`` entries, ``section.key`` for the
 encoder and decoder, ``[a,b,c]`` for tuples) read into the fields of the frozen dataclasses of
-``model.config`` and are written back from them. Every key and value is checked against the
+``tessera.model.config`` and are written back from them. Every key and value is checked against the
 dataclass's fields and type hints; a failure is a ``ConfigError`` naming the bad entry.
 """
 

@@ -103,7 +103,7 @@ def diffusers_config(cfg: DCAEConfig) -> dict[str, Any]:
 
 
 def config_from_diffusers(dconf: Any) -> DCAEConfig:
-    """The DC-AE config of a ``diffusers.AutoencoderDC`` config (``model.config``)."""
+    """The DC-AE config of a ``diffusers.AutoencoderDC`` config (``tessera.model.config``)."""
     get = dconf.get if hasattr(dconf, "get") else lambda key, default=None: getattr(dconf, key, default)
     _require(get("attention_head_dim", 32) == 32, "attention_head_dim must be 32")
     stages = {side: len(get(f"{side}_block_out_channels")) for side in ("encoder", "decoder")}

@@ -1,5 +1,5 @@
 """Every error the service answers with: a tree of exceptions that knows no web framework (the
-HTTP layer turns them into answers: ``service.http.answers``).
+HTTP layer turns them into answers: ``tessera.service.http.answers``).
 
     TesseraError                      500 internal_error (never raised for user input)
     ├── BadRequest                    400 undecodable input (image, npy, base64, JSON)

@@ -1,1 +1,1 @@
-"""The test suite; ``tests.support`` is its shared support package (also used by ``bench``)."""
+"""The test suite; ``tessera.testing`` is its shared support package (also used by ``bench``)."""

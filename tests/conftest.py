@@ -1,4 +1,4 @@
-"""Fixtures shared by the whole suite (their machinery lives in ``tests.support``)."""
+"""Fixtures shared by the whole suite (their machinery lives in ``tessera.testing``)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.checkpoints import save_checkpoint
-from tests.support.redis_server import RedisServer
+from tessera.testing.checkpoints import save_checkpoint
+from tessera.testing.redis_server import RedisServer
 
 
 def require_binary(name: str, package: str) -> str:
@@ -33,7 +33,7 @@ def checkpoint_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture
 def redis_server(tmp_path):
-    """A fresh redis-server for one test (``tests.support.redis_server.RedisServer``: ``.url``,
+    """A fresh redis-server for one test (``tessera.testing.redis_server.RedisServer``: ``.url``,
     ``.stop()``, ``.start()``, ``.kill()``, ``.pause()``, ``.resume()``)."""
     binary = require_binary("redis-server", "redis-server")
     workdir = tmp_path / "redis"

@@ -4,9 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import tiles
-
-
+from tessera import tiles
 def test_cut_is_row_major_and_assemble_inverts_it():
     rng = np.random.default_rng(0)
     sheet = rng.integers(0, 256, (2 * 32, 3 * 32, 3), dtype=np.uint8)
@@ -56,7 +54,7 @@ def test_tiled_counts_columns_that_fit_without_a_right_margin():
 
 
 def test_tsx_files_are_read_and_written(tmp_path):
-    from tiles.tsx import TsxError, read_tsx, write_tsx
+    from tessera.tiles.tsx import TsxError, read_tsx, write_tsx
 
     path = write_tsx(tmp_path / "out.tsx", image="out.png", columns=3, count=7, size=(102, 102), margin=2, spacing=1)
     tileset = read_tsx(path)
@@ -73,8 +71,8 @@ def test_tsx_files_are_read_and_written(tmp_path):
 
 
 def test_training_reads_sixteen_bit_grey_as_serving_does(tmp_path):
-    from service.pipeline.codecs import Limits, decode_image
-    from training.tiles import sheet_tiles
+    from tessera.service.pipeline.codecs import Limits, decode_image
+    from tessera.training.tiles import sheet_tiles
 
     grey = np.random.default_rng(1).integers(0, 65536, size=(32, 64), dtype=np.uint16)
     Image.fromarray(grey).save(tmp_path / "grey16.png")

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import fields
 from pathlib import Path
 
-from training.config import FIELDS, SharpenConfig, TrainConfig
+from tessera.training.config import FIELDS, SharpenConfig, TrainConfig
 
 
 def friendly(command: str, handler: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
@@ -24,7 +24,7 @@ def friendly(command: str, handler: Callable[[argparse.Namespace], int]) -> Call
 
     @functools.wraps(handler)
     def run(args: argparse.Namespace) -> int:
-        from training.errors import DataError, TrainingError
+        from tessera.training.errors import DataError, TrainingError
 
         logging.basicConfig(level=logging.INFO, format="%(message)s")
         try:
@@ -40,7 +40,7 @@ def friendly(command: str, handler: Callable[[argparse.Namespace], int]) -> Call
 
 
 def _data_dcss(args: argparse.Namespace) -> int:
-    from training.dcss import build_dcss
+    from tessera.training.dcss import build_dcss
 
     manifest = build_dcss(args.out, deb=args.deb)
     _print_counts(args.out, manifest)
@@ -48,7 +48,7 @@ def _data_dcss(args: argparse.Namespace) -> int:
 
 
 def _data_corpus(args: argparse.Namespace) -> int:
-    from training.corpus import build_corpus, deb_map, packages_named
+    from tessera.training.corpus import build_corpus, deb_map, packages_named
 
     manifest = build_corpus(args.out, debs=deb_map(args.deb or []), packages=packages_named(args.package))
     for source in manifest["sources"]:
@@ -61,7 +61,7 @@ def _data_corpus(args: argparse.Namespace) -> int:
 
 
 def _data_folder(args: argparse.Namespace) -> int:
-    from training.data import build_folder
+    from tessera.training.data import build_folder
 
     manifest = build_folder(args.path, args.out, tile_size=args.tile_size)
     _print_counts(args.out, manifest)
@@ -111,7 +111,7 @@ def _add_data(sub: argparse._SubParsersAction) -> None:
 def command_line(args: argparse.Namespace) -> str:
     """The train command as a user would type it, rebuilt from the parsed options (so it is the
     same however the command line was passed in)."""
-    program = ["python", "-m", "training.train"] if Path(sys.argv[0]).name == "train.py" else ["tessera", "train"]
+    program = ["python", "-m", "tessera.training.train"] if Path(sys.argv[0]).name == "train.py" else ["tessera", "train"]
     words = []
     for name in FIELDS:
         value = getattr(args, name, None)
@@ -180,7 +180,7 @@ def config_from_args(args: argparse.Namespace) -> tuple[TrainConfig, frozenset[s
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from training.train import train
+    from tessera.training.loop import train
 
     config, given = config_from_args(args)
     summary = train(config, given)
@@ -201,7 +201,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 
 
 def _plot(args: argparse.Namespace) -> int:
-    from training.plots import plot_curves, plot_reconstructions
+    from tessera.training.plots import plot_curves, plot_reconstructions
 
     folders = all(Path(run).is_dir() for run in args.runs)
     if args.curves is not None or folders:  # checkpoint files alone: the grid only
@@ -228,7 +228,7 @@ def _add_plot(sub: argparse._SubParsersAction) -> None:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from training.evaluate import evaluate_checkpoints, write_report
+    from tessera.training.evaluate import evaluate_checkpoints, write_report
 
     if args.threads:
         import torch
@@ -262,7 +262,7 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
 
 
 def _latent_stats(args: argparse.Namespace) -> int:
-    from training.latent_stats import add_latent_stats
+    from tessera.training.latent_stats import add_latent_stats
 
     for checkpoint in args.checkpoints:
         stats = add_latent_stats(checkpoint, args.data)
@@ -281,7 +281,7 @@ def _add_latent_stats(sub: argparse._SubParsersAction) -> None:
 
 
 def _sharpen(args: argparse.Namespace) -> int:
-    from training.sharpen import sharpen
+    from tessera.training.sharpen import sharpen
 
     values = {f.name: getattr(args, f.name) for f in fields(SharpenConfig) if getattr(args, f.name, None) is not None}
     config = SharpenConfig(**values)

@@ -22,7 +22,7 @@ def option(default, help: str, **more):
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """`tessera train`: each field is one option, its flag's help beside it (``training.cli``)."""
+    """`tessera train`: each field is one option, its flag's help beside it (``tessera.training.cli``)."""
 
     model: str | None = option(None, "preset name (dcae-s48-f8c4, dcae-t48, baseline, ...) or a seed dot-list "
                                      "string; None only on resume")

@@ -46,13 +46,13 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from training import dcss
-from training.atomic import atomic_write_bytes, atomic_write_text
-from training.data import FORMAT, FORMAT_VERSION, SPLIT_SEED, VAL_EVERY, manifest_json, npy_bytes
-from training.debian import package_root
-from training.errors import DataError
-from tiles import premultiply
-from training.tiles import TILE, constant_mask, sheet_tiles_rgba
+from tessera.training import dcss
+from tessera.training.atomic import atomic_write_bytes, atomic_write_text
+from tessera.training.data import FORMAT, FORMAT_VERSION, SPLIT_SEED, VAL_EVERY, manifest_json, npy_bytes
+from tessera.training.debian import package_root
+from tessera.training.errors import DataError
+from tessera.tiles import premultiply
+from tessera.training.tiles import TILE, constant_mask, sheet_tiles_rgba
 
 CORPUS_VERSION = 1
 
@@ -399,6 +399,6 @@ def build_corpus(out: str | Path, debs: dict[str, Path] | None = None,
 
 def deb_map(paths: list[str]) -> dict[str, Path]:
     """``--deb`` files by the package each one holds (read from the file)."""
-    from training.debian import run
+    from tessera.training.debian import run
 
     return {run(["dpkg-deb", "-f", p, "Package"]): Path(p) for p in paths}

@@ -4,7 +4,7 @@ The result is a folder with ``train.npy`` and ``val.npy`` (uint8, (N, 32, 32, 3)
 by alpha) and ``manifest.json`` (where each tile came from, counts, the source and the hashes of
 the arrays). The same sheets always give byte-identical files.
 
-    from training.data import build_dataset, folder_sheets
+    from tessera.training.data import build_dataset, folder_sheets
     manifest = build_dataset(folder_sheets("art/"), "data/art", tile_size=16, source={...})
 """
 
@@ -18,9 +18,9 @@ from pathlib import Path
 
 import numpy as np
 
-from training.atomic import atomic_write_bytes, atomic_write_text
-from training.errors import DataError
-from training.tiles import IMAGE_SUFFIXES, TILE, constant_mask, sheet_tiles
+from tessera.training.atomic import atomic_write_bytes, atomic_write_text
+from tessera.training.errors import DataError
+from tessera.training.tiles import IMAGE_SUFFIXES, TILE, constant_mask, sheet_tiles
 
 FORMAT = "tessera-tiles"
 FORMAT_VERSION = 1

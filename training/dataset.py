@@ -16,15 +16,15 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from training.data import FORMAT
-from training.errors import DataError
-from training.tiles import TILE
+from tessera.training.data import FORMAT
+from tessera.training.errors import DataError
+from tessera.training.tiles import TILE
 
 
 
 @dataclass(frozen=True)
 class TileData:
-    """A data set folder written by ``training.data.build_dataset``."""
+    """A data set folder written by ``tessera.training.data.build_dataset``."""
 
     path: Path
     manifest: dict = field(repr=False)

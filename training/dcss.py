@@ -10,9 +10,9 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-from training.data import Sheet, build_dataset, sheet_hashes
-from training.debian import package_root
-from training.errors import DataError
+from tessera.training.data import Sheet, build_dataset, sheet_hashes
+from tessera.training.debian import package_root
+from tessera.training.errors import DataError
 
 PACKAGE = "crawl-tiles-data"
 TILES_DIR = Path("usr/share/crawl/dat/tiles")  # inside the package

@@ -11,7 +11,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from training.errors import DataError
+from tessera.training.errors import DataError
 
 log = logging.getLogger(__name__)
 

@@ -4,7 +4,7 @@ with alpha: L1/PSNR/SSIM of the colours multiplied by alpha (the RGB models' tar
 rows compare), alpha IoU (alpha >= 0.5) and PSNR of the colour over covered pixels.
 
 Every model is also measured against its yardstick, PCA with as many components as the model has
-latent values per tile, fitted on the model's own training split (``training.pca``): the PCA's
+latent values per tile, fitted on the model's own training split (``tessera.training.pca``): the PCA's
 PSNR and the model's margin over it, per source and overall, and both reconstructions' sharpness
 (mean image-gradient magnitude over the originals'; 1.0 is as sharp).
 
@@ -21,14 +21,14 @@ from pathlib import Path
 
 import torch
 
-import model as models
-from training.atomic import atomic_write_text
-from training.dataset import TileData
-from training.errors import DataError
-from training.metrics import (RGBA_SUMS, SUMS, metrics_from_sums, reconstruction_sums, rgba_metrics_from_sums,
+from tessera import model as models
+from tessera.training.atomic import atomic_write_text
+from tessera.training.dataset import TileData
+from tessera.training.errors import DataError
+from tessera.training.metrics import (RGBA_SUMS, SUMS, metrics_from_sums, reconstruction_sums, rgba_metrics_from_sums,
                               sharpness_from_sums)
-from training.pca import PCA
-from training.plots import display_name
+from tessera.training.pca import PCA
+from tessera.training.plots import display_name
 
 SPLITS = {"val": "validation", "train": "training"}  # --split: the tiles a report measures
 MIN_TIMING_S = 1.0  # time each direction for at least this long (and at least 3 batches)

@@ -5,7 +5,7 @@ A diffusion model trains best on latents of about unit variance; diffusers scale
 ``z_diffusion = (z - shift_factor) * scaling_factor``. Computing them needs one pass of the
 encoder over the data, so the training package does it once and stores the result in the
 checkpoint's training record (``info["training"]["latent_stats"]``), where
-``model.interop.to_diffusers`` finds it.
+``tessera.model.interop.to_diffusers`` finds it.
 
     tessera latent-stats checkpoints/dcae-s48.safetensors --data data/corpus
 """
@@ -16,9 +16,9 @@ from pathlib import Path
 
 import torch
 
-import model as models
-from training.dataset import TileData
-from training.errors import DataError
+from tessera import model as models
+from tessera.training.dataset import TileData
+from tessera.training.errors import DataError
 
 
 @torch.no_grad()

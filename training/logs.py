@@ -10,8 +10,8 @@ import csv
 import io
 from pathlib import Path
 
-from training.atomic import atomic_write_text
-from training.errors import TrainingError
+from tessera.training.atomic import atomic_write_text
+from tessera.training.errors import TrainingError
 
 
 class CsvLog:

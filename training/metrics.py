@@ -15,7 +15,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from training.losses import ssim
+from tessera.training.losses import ssim
 
 SUMS = 5  # |diff| sum, diff^2 sum, values, SSIM sum, tiles
 

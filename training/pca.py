@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from training.dataset import TileData
+from tessera.training.dataset import TileData
 
 CACHED_COMPONENTS = 512  # components kept in the cache file: more than any bundled latent has values
 CHUNK = 4096  # tiles per block of the covariance sum

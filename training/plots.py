@@ -13,11 +13,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-import model as models
-from training.atomic import atomic_write
-from training.dataset import TileData
-from training.errors import DataError, TrainingError
-from training.logs import read_csv
+from tessera import model as models
+from tessera.training.atomic import atomic_write
+from tessera.training.dataset import TileData
+from tessera.training.errors import DataError, TrainingError
+from tessera.training.logs import read_csv
 
 LABELS = {"val_l1": "validation L1", "val_mse": "validation MSE", "val_psnr": "validation PSNR (dB)"}
 # a column of one validation source: <source>_l1, <source>_psnr, ... (val.csv's per-source columns)

@@ -24,12 +24,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-import model as models
-from training.atomic import atomic_write_text
-from training.config import SharpenConfig
-from training.dataset import TileData, TileDataset
-from training.metrics import gradient_magnitude
-from training.train import git_revision
+from tessera import model as models
+from tessera.training.atomic import atomic_write_text
+from tessera.training.config import SharpenConfig
+from tessera.training.dataset import TileData, TileDataset
+from tessera.training.metrics import gradient_magnitude
+from tessera.training.loop import git_revision
 
 
 def decoder_head(module: nn.Module) -> list[nn.Module]:

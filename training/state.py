@@ -15,8 +15,8 @@ from pathlib import Path
 
 import torch
 
-from training.atomic import atomic_write
-from training.errors import TrainingError
+from tessera.training.atomic import atomic_write
+from tessera.training.errors import TrainingError
 
 FORMAT = "tessera-train-state"
 FORMAT_VERSION = 1

@@ -1,7 +1,7 @@
 """Training studies at a fixed budget: each row one change against a stated base.
 
-    python -m training.study all --jobs 3     # runs what is missing, resumes what was cut short
-    python -m training.study report           # docs/study.json and the markdown tables
+    python -m tessera.training.study all --jobs 3     # runs what is missing, resumes what was cut short
+    python -m tessera.training.study report           # docs/study.json and the markdown tables
 
 Every row is a ``tessera train`` run in ``runs/study/<row>`` on one torch thread (runs go side by
 side, ``--jobs`` at a time), with the same number of inputs. Every run also keeps an EMA of its
@@ -28,7 +28,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from training.train import SOURCE_METRICS
+from tessera.training.loop import SOURCE_METRICS
 
 INPUTS = 200_000
 DATA = "data/corpus"
@@ -96,8 +96,8 @@ def layout_rows(best_lr: Row) -> list[Row]:
 
 def train_command(row: Row, out: Path, data: str, resume: bool) -> list[str]:
     if resume:
-        return [sys.executable, "-m", "training.train", "--out", str(out), "--resume", "--no-progress"]
-    command = [sys.executable, "-m", "training.train", "--out", str(out), "--data", data,
+        return [sys.executable, "-m", "tessera.training.train", "--out", str(out), "--resume", "--no-progress"]
+    command = [sys.executable, "-m", "tessera.training.train", "--out", str(out), "--data", data,
                "--max-inputs", str(INPUTS), "--ema", str(EMA), "--threads", "1", "--eval-every", "20000",
                "--checkpoint-dtype", "float16", "--no-progress", "--no-tensorboard"]
     for key, value in row.settings.items():
@@ -260,7 +260,7 @@ def pick_recipe(results: list[dict], rows: list[Row]) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m training.study", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m tessera.training.study", description=__doc__.splitlines()[0])
     parser.add_argument("stage", choices=("recipe", "layout", "all", "report"),
                         help="recipe or layout: the learning rates, then that study; all: both; report: tables only")
     parser.add_argument("--out", default="runs/study", help="folder of the study's runs (default: %(default)s)")

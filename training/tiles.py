@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from tiles import TILE, cut, premultiply, to_rgba
-from training.errors import DataError
+from tessera.tiles import TILE, cut, premultiply, to_rgba
+from tessera.training.errors import DataError
 
 IMAGE_SUFFIXES = (".png", ".gif", ".bmp", ".jpg", ".jpeg", ".webp", ".tga")
 

@@ -8,7 +8,7 @@ than a slow 504.
 
 from __future__ import annotations
 
-from service.errors import DeadlineExceeded, Overloaded, TesseraError
+from tessera.service.errors import DeadlineExceeded, Overloaded, TesseraError
 
 # A request is admitted only if its expected wait, times this, fits before its deadline: under
 # overload the model gets less CPU than when its throughput was measured, so leave room.

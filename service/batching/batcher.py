@@ -1,7 +1,7 @@
 """Dynamic batching: tiles of many concurrent requests share one model call.
 
 One ``Batcher`` serves one operation (encode or decode) of one model. Requests submit their
-rows and wait on a future; the batcher's model thread collects a batch (``service.batching.queue``),
+rows and wait on a future; the batcher's model thread collects a batch (``tessera.service.batching.queue``),
 runs the model and hands every request its rows back, in order, through the event loop.
 
 The model thread takes its next batch itself, the moment a call ends: tiles that arrived during
@@ -11,7 +11,7 @@ deadlines, events, answers) stays on the event loop.
 
 - Rows with equal keys in a batch are computed once (sheets repeat tiles a lot). Encode passes
   the tile hashes it computed for the cache; without keys a row's bytes are its key.
-- Admission (``service.batching.admission``): a request that does not fit the queue, or would not be
+- Admission (``tessera.service.batching.admission``): a request that does not fit the queue, or would not be
   computed before its deadline, is refused at once with 503 and Retry-After.
 - A request that waits past its deadline gets ``DeadlineExceeded`` (504); a request whose client
   went away is abandoned. In both cases its tiles still waiting are dropped, never computed.
@@ -30,13 +30,13 @@ from collections.abc import Awaitable, Callable, Hashable, Sequence
 
 import numpy as np
 
-from service.batching.admission import Admission
-from service.batching.queue import Job, QueueClosed, Slice, Ticket, TileQueue, collect_batch, dedupe
-from service.runtime.clock import MONOTONIC, Clock
-from service.errors import ClientDisconnected, DeadlineExceeded, InferenceFailed, ShuttingDown
-from service.runtime.events import NULL, EventSink
-from service.runtime.lifecycle import Lifecycle, Phase
-from service.batching.warmup import warm_up
+from tessera.service.batching.admission import Admission
+from tessera.service.batching.queue import Job, QueueClosed, Slice, Ticket, TileQueue, collect_batch, dedupe
+from tessera.service.runtime.clock import MONOTONIC, Clock
+from tessera.service.errors import ClientDisconnected, DeadlineExceeded, InferenceFailed, ShuttingDown
+from tessera.service.runtime.events import NULL, EventSink
+from tessera.service.runtime.lifecycle import Lifecycle, Phase
+from tessera.service.batching.warmup import warm_up
 
 logger = logging.getLogger(__name__)
 
@@ -63,7 +63,7 @@ class Batcher:
         max_batch_tiles: most tiles per model call.
         max_wait_s: how long a batch stays open for more tiles after its first one.
         max_queue_tiles: most tiles waiting; beyond it requests get ``Overloaded``.
-        warmup: rows for the warm-up before serving (``service.batching.warmup``), or None.
+        warmup: rows for the warm-up before serving (``tessera.service.batching.warmup``), or None.
         model_lock: held around every model call; the batchers of one model share one, so
             their calls never overlap (they would only fight over the same cores).
         close_early: a batch waiting for company closes as soon as no request is on its way

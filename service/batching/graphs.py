@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from tiles import TILE
+from tessera.tiles import TILE
 
 logger = logging.getLogger(__name__)
 
@@ -147,12 +147,12 @@ def _numpy_calls(encode_call, decode_call, device: str) -> tuple[Call, Call]:
 
 
 def make_refine_call(module, device: str, dtype) -> Call:
-    """One refinement step (``model.refine``) of packed rows, numpy in and out: rows of many
+    """One refinement step (``tessera.model.refine``) of packed rows, numpy in and out: rows of many
     tiles, each at its own step, move one Adam step together. Eager: it needs the decoder's
     gradient with respect to the latents."""
     import torch
 
-    from model.refine import pack, refine_step, unpack
+    from tessera.model.refine import pack, refine_step, unpack
 
     channels, latent_shape = channels_of(module), tuple(int(d) for d in module.latent_shape)
 

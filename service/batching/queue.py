@@ -20,7 +20,7 @@ from collections.abc import Hashable, Sequence
 
 import numpy as np
 
-from service.runtime.clock import MONOTONIC, Clock
+from tessera.service.runtime.clock import MONOTONIC, Clock
 
 
 class Job:

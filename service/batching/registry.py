@@ -17,15 +17,15 @@ from typing import Any
 
 import numpy as np
 
-from service.batching.batcher import Batcher
-from service.runtime.clock import MONOTONIC, Clock
-from service.pipeline.codecs import TILE
-from service.errors import UnknownDecoder, UnknownModel
-from service.runtime.events import EventSink
-from service.batching.graphs import channels_of, make_calls, make_refine_call
-from service.runtime.lifecycle import Lifecycle
-from service.runtime.settings import DEFAULT_MODEL, Settings
-from tiles import DECODERS
+from tessera.service.batching.batcher import Batcher
+from tessera.service.runtime.clock import MONOTONIC, Clock
+from tessera.service.pipeline.codecs import TILE
+from tessera.service.errors import UnknownDecoder, UnknownModel
+from tessera.service.runtime.events import EventSink
+from tessera.service.batching.graphs import channels_of, make_calls, make_refine_call
+from tessera.service.runtime.lifecycle import Lifecycle
+from tessera.service.runtime.settings import DEFAULT_MODEL, Settings
+from tessera.tiles import DECODERS
 
 logger = logging.getLogger(__name__)
 
@@ -83,7 +83,7 @@ def find_pickles(paths: tuple[Path, ...]) -> list[Path]:
 
 def read_checkpoint(path: Path, device: str, dtype) -> tuple[Any, dict]:
     """``model.load_checkpoint`` with every failure as one ``CheckpointError`` naming the file."""
-    from model import CheckpointError, load_checkpoint
+    from tessera.model import CheckpointError, load_checkpoint
 
     if path.suffix.lower() in PICKLE_SUFFIXES:
         raise CheckpointError(path, PICKLE_PROBLEM)
@@ -314,7 +314,7 @@ def serve_variant(base: ServedModel, decoder: str, path: Path, settings: Setting
     network with the same encoder weights (it decodes the same latents); raises ``CheckpointError``."""
     import torch
 
-    from model import CheckpointError
+    from tessera.model import CheckpointError
 
     module, info = read_checkpoint(path, device, dtype)
     module.eval()
@@ -346,7 +346,7 @@ def load_registry(settings: Settings, clock: Clock = MONOTONIC) -> Registry:
     """
     import torch
 
-    from model import CheckpointError
+    from tessera.model import CheckpointError
 
     if settings.torch_threads is not None:
         torch.set_num_threads(settings.torch_threads)

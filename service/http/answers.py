@@ -1,6 +1,6 @@
 """The one place that turns errors into HTTP answers: the service's error tree
-(``service.errors``), FastAPI's and Starlette's own errors, a client that left, and anything
-unhandled (a 500 with a request id). The front door (``service.http.front_door``) and the
+(``tessera.service.errors``), FastAPI's and Starlette's own errors, a client that left, and anything
+unhandled (a 500 with a request id). The front door (``tessera.service.http.front_door``) and the
 app's exception handlers both answer through ``error_answer``."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
-from service.errors import ClientDisconnected, TesseraError, error_body
+from tessera.service.errors import ClientDisconnected, TesseraError, error_body
 
 logger = logging.getLogger(__name__)
 

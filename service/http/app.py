@@ -16,21 +16,21 @@ from collections.abc import AsyncIterator, Sequence
 from fastapi.staticfiles import StaticFiles
 from swagger_ui_bundle import swagger_ui_path
 
-from service.http.auth import KeyCheck, load_keys
-from service.pipeline.codecs import Limits
-from service.http.demo import router as demo_router
-from service.http.answers import install_error_handlers
-from service.runtime.events import EventSink, Fanout
-from service.runtime.interpreter_tuning import tune_for_serving
-from service.runtime.lifecycle import Lifecycle, Phase
-from service.runtime.malloc_tuning import keep_freed_memory
-from service.runtime.metrics import Metrics
-from service.http.openapi import install_openapi
-from service.batching.registry import Registry, load_registry
-from service.http.front_door import FrontDoor
-from service.http.routes import DOCS_ASSETS, router
-from service.runtime.settings import Settings
-from service.runtime.state import ServiceState
+from tessera.service.http.auth import KeyCheck, load_keys
+from tessera.service.pipeline.codecs import Limits
+from tessera.service.http.demo import router as demo_router
+from tessera.service.http.answers import install_error_handlers
+from tessera.service.runtime.events import EventSink, Fanout
+from tessera.service.runtime.interpreter_tuning import tune_for_serving
+from tessera.service.runtime.lifecycle import Lifecycle, Phase
+from tessera.service.runtime.malloc_tuning import keep_freed_memory
+from tessera.service.runtime.metrics import Metrics
+from tessera.service.http.openapi import install_openapi
+from tessera.service.batching.registry import Registry, load_registry
+from tessera.service.http.front_door import FrontDoor
+from tessera.service.http.routes import DOCS_ASSETS, router
+from tessera.service.runtime.settings import Settings
+from tessera.service.runtime.state import ServiceState
 
 logger = logging.getLogger(__name__)
 
@@ -48,7 +48,7 @@ def open_cache(settings: Settings, events: EventSink):
     """The latent cache the settings ask for, or None when it is disabled."""
     if not settings.redis_url and settings.cache_max_bytes == 0:
         return None
-    from service.pipeline.cache import make_cache
+    from tessera.service.pipeline.cache import make_cache
 
     return make_cache(settings, events)
 
@@ -110,7 +110,7 @@ def create_app(settings: Settings | None = None, registry: Registry | None = Non
         registry: models already loaded by ``load_registry(settings)`` (``tessera serve``
             loads them first so that a bad checkpoint is reported before the server starts);
             it serves one lifespan. None: the lifespan loads them.
-        sinks: event sinks that get every event besides the Prometheus metrics (``service.runtime.events``).
+        sinks: event sinks that get every event besides the Prometheus metrics (``tessera.service.runtime.events``).
     """
     settings = settings if settings is not None else Settings()
     keys = KeyCheck(load_keys(settings.api_keys))  # a bad key file fails here, before serving

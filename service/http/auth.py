@@ -12,7 +12,7 @@ import hashlib
 import hmac
 from pathlib import Path
 
-from service.errors import Unauthorized
+from tessera.service.errors import Unauthorized
 
 
 def load_keys(setting: str | None) -> tuple[str, ...]:

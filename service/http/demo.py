@@ -24,10 +24,10 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
 
-from service.http.front_door import DECODER
-from service.http.demo_onnx import DecoderFiles, ExportFailed, export_unavailable
-from service.errors import NotReady, TesseraError, Unavailable
-from tiles import DECODERS
+from tessera.service.http.front_door import DECODER
+from tessera.service.http.demo_onnx import DecoderFiles, ExportFailed, export_unavailable
+from tessera.service.errors import NotReady, TesseraError, Unavailable
+from tessera.tiles import DECODERS
 
 Decoder = Annotated[Literal[DECODERS], Query(description=DECODER.description)]  # the decode endpoint's parameter
 

@@ -1,13 +1,13 @@
 """Decoder ONNX files for the demo page: exported on first request, then kept in memory.
 
 ``DecoderFiles.get`` answers a model's file when it has been built and starts the build
-otherwise. A build runs ``model.onnx_export.export_checkpoint`` (~15 s for ``dcae-s48`` on a
+otherwise. A build runs ``tessera.model.onnx_export.export_checkpoint`` (~15 s for ``dcae-s48`` on a
 2-core CPU) in a child process, waited on by a daemon thread, one build at a time: the event loop
 never waits for it, and the exporter's GIL time and its memory (returned to the system when the
 child exits, not kept by the server's malloc settings) stay out of the serving process. The child
 watches its stdin, a pipe from the server, and exits when the server does.
 
-    python -m service.http.demo_onnx CHECKPOINT OUT.onnx WEIGHTS_SHA256 [--threads N]   # the child
+    python -m tessera.service.http.demo_onnx CHECKPOINT OUT.onnx WEIGHTS_SHA256 [--threads N]   # the child
 """
 
 from __future__ import annotations
@@ -97,7 +97,7 @@ def run_export(checkpoint: Path, weights_sha256: str, threads: int | None = None
     """The decoder ONNX of ``checkpoint``, exported by a child process (this module's ``main``)."""
     with tempfile.TemporaryDirectory(prefix="tessera-onnx-") as tmp:
         out, log = Path(tmp) / "decoder.onnx", Path(tmp) / "export.log"
-        cmd = [sys.executable, "-m", "service.http.demo_onnx", str(checkpoint), str(out), weights_sha256]
+        cmd = [sys.executable, "-m", "tessera.service.http.demo_onnx", str(checkpoint), str(out), weights_sha256]
         if threads is not None:
             cmd += ["--threads", str(threads)]
         with open(log, "wb") as log_file:
@@ -124,7 +124,7 @@ def _exit_with_parent() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m service.http.demo_onnx", description="export a decoder for /demo")
+    parser = argparse.ArgumentParser(prog="python -m tessera.service.http.demo_onnx", description="export a decoder for /demo")
     parser.add_argument("checkpoint", type=Path)
     parser.add_argument("out", type=Path)
     parser.add_argument("weights_sha256", help="the weights the server serves; another file is refused")
@@ -135,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     import onnx
     import torch
 
-    from model.onnx_export import export_checkpoint
+    from tessera.model.onnx_export import export_checkpoint
 
     if args.threads is not None:
         torch.set_num_threads(args.threads)

@@ -1,5 +1,5 @@
 """FastAPI dependencies of the routes: the serving state, the API key and the query check
-(``service.http.front_door`` runs the same checks for the common encode and decode request)."""
+(``tessera.service.http.front_door`` runs the same checks for the common encode and decode request)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from typing import Annotated
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from service.errors import NotReady
-from service.runtime.state import ServiceState
+from tessera.service.errors import NotReady
+from tessera.service.runtime.state import ServiceState
 
 
 async def get_state(request: Request) -> ServiceState:

@@ -2,8 +2,8 @@
 
 ``POST /v1/encode`` and ``/v1/decode`` are parsed once, by their ``Endpoint`` (the API key, the
 query's names and values), into a typed call (``EncodeCall``, ``DecodeCall``) that the pipeline
-runs (``service.pipeline.operations``); the answer, or the error (``service.http.answers``), is
-sent from here. Their FastAPI routes (``service.http.routes``) are the declared contract: the
+runs (``tessera.service.pipeline.operations``); the answer, or the error (``tessera.service.http.answers``), is
+sent from here. Their FastAPI routes (``tessera.service.http.routes``) are the declared contract: the
 OpenAPI document takes their query parameters from the same ``Param`` declarations, and the route
 functions call the same ``answer``. The front door takes the request straight there, without
 Starlette's middleware, the router and FastAPI's dependency solving (``bench.cpu``: that stack
@@ -32,15 +32,15 @@ from starlette.requests import ClientDisconnect
 from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
 
-from service.errors import BadRequest, InvalidInput, NotReady, TooLarge
-from service.http.answers import ErrorGuard, error_answer
-from service.pipeline import operations
-from service.pipeline.codecs import Layout
-from service.pipeline.formats import Answer
-from service.pipeline.operations import DecodeCall, EncodeCall
-from service.runtime.metrics import ENDPOINTS
-from service.runtime.state import ServiceState
-from tiles import DECODERS, MAX_REFINE_STEPS
+from tessera.service.errors import BadRequest, InvalidInput, NotReady, TooLarge
+from tessera.service.http.answers import ErrorGuard, error_answer
+from tessera.service.pipeline import operations
+from tessera.service.pipeline.codecs import Layout
+from tessera.service.pipeline.formats import Answer
+from tessera.service.pipeline.operations import DecodeCall, EncodeCall
+from tessera.service.runtime.metrics import ENDPOINTS
+from tessera.service.runtime.state import ServiceState
+from tessera.tiles import DECODERS, MAX_REFINE_STEPS
 
 ENCODE, DECODE = "/v1/encode", "/v1/decode"
 MAX_LAYOUT_PIXELS = 1024

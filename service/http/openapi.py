@@ -21,7 +21,7 @@ from typing import Any
 
 from fastapi import FastAPI
 
-from service.pipeline.codecs import JSON
+from tessera.service.pipeline.codecs import JSON
 
 FLOAT32_MAX = 3.4028234663852886e38
 

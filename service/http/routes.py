@@ -1,5 +1,5 @@
 """HTTP routes: what each endpoint declares (parameters, bodies, answers, errors) for the OpenAPI
-document, and the pipeline that serves it (``service.pipeline.operations``)."""
+document, and the pipeline that serves it (``tessera.service.pipeline.operations``)."""
 
 from __future__ import annotations
 
@@ -10,11 +10,11 @@ from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from service.errors import error_body
-from service.http.dependencies import KEY, State
-from service.http.front_door import DECODE, ENCODE, ENDPOINTS_SERVED, answer
-from service.pipeline.codecs import IMAGE_TYPES, JSON, NPY, PNG
-from service.http.schemas import (
+from tessera.service.errors import error_body
+from tessera.service.http.dependencies import KEY, State
+from tessera.service.http.front_door import DECODE, ENCODE, ENDPOINTS_SERVED, answer
+from tessera.service.pipeline.codecs import IMAGE_TYPES, JSON, NPY, PNG
+from tessera.service.http.schemas import (
     DecodeJSONRequest,
     DecodeResponse,
     EncodeJSONRequest,

@@ -31,7 +31,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from service.runtime.events import NULL, EventSink
+from tessera.service.runtime.events import NULL, EventSink
 
 logger = logging.getLogger(__name__)
 

@@ -23,10 +23,10 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 from pydantic import ValidationError
 
-from service.errors import BadRequest, InvalidInput, NotAcceptable, TooLarge
-from service.pipeline.npy import read_npy
-from service.http.schemas import DecodeJSONRequest, EncodeJSONRequest
-from tiles import TILE, cut, grid_of, to_channels, to_pixels
+from tessera.service.errors import BadRequest, InvalidInput, NotAcceptable, TooLarge
+from tessera.service.pipeline.npy import read_npy
+from tessera.service.http.schemas import DecodeJSONRequest, EncodeJSONRequest
+from tessera.tiles import TILE, cut, grid_of, to_channels, to_pixels
 
 IMAGE_FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "BMP")  # Pillow decoders accepted from clients
 MAX_JPEG_SCANS = 100  # libjpeg's progressive script writes 10; mozjpeg's up to about 20

@@ -1,9 +1,9 @@
-"""The media types each endpoint reads and answers, each with its codec (``service.pipeline.codecs``):
+"""The media types each endpoint reads and answers, each with its codec (``tessera.service.pipeline.codecs``):
 the registry the pipeline picks from by ``Content-Type`` and ``Accept``.
 
 Readers turn a checked body into arrays; small npy bodies decode on the event loop (a hand-off
 to a thread costs more than reading them), everything else in the decode threads
-(``service.pipeline.offload``). Writers turn results into answers (``Answer``: bytes, media type, headers); the first writer of an endpoint
+(``tessera.service.pipeline.offload``). Writers turn results into answers (``Answer``: bytes, media type, headers); the first writer of an endpoint
 answers requests that state no preference. JSON answers are written by orjson, numpy arrays
 included (float32 values in their shortest exact form).
 """
@@ -16,12 +16,12 @@ from typing import Any
 
 import numpy as np
 import orjson
-from service.pipeline import codecs
-from service.pipeline.codecs import IMAGE_TYPES, JSON, NPY, PNG, PLAIN, Layout, TileBatch
-from service.errors import TooLarge, UnsupportedMediaType
-from service.pipeline.npy import npy_bytes
-from service.pipeline.offload import INLINE_BYTES
-from tiles import assemble, default_columns, sheet_shape
+from tessera.service.pipeline import codecs
+from tessera.service.pipeline.codecs import IMAGE_TYPES, JSON, NPY, PNG, PLAIN, Layout, TileBatch
+from tessera.service.errors import TooLarge, UnsupportedMediaType
+from tessera.service.pipeline.npy import npy_bytes
+from tessera.service.pipeline.offload import INLINE_BYTES
+from tessera.tiles import assemble, default_columns, sheet_shape
 
 
 @dataclass(frozen=True)

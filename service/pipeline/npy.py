@@ -9,7 +9,7 @@ import math
 
 import numpy as np
 
-from service.errors import BadRequest, InvalidInput
+from tessera.service.errors import BadRequest, InvalidInput
 
 _NPY_MAGIC = b"\x93NUMPY"
 NPY_MAX_HEADER_BYTES = 4096  # numpy.save writes a few dozen bytes; numpy itself reads up to 10,000

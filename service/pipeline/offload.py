@@ -4,7 +4,7 @@ Decoding an image, a large npy array or a JSON body of base64 images, and hashin
 run in ``DECODE_THREADS`` threads (Pillow, zlib and hashlib release the GIL while they work).
 The event loop waits for the result at most ``timeout_s``: a body that takes longer is refused
 with 422 ``decode_timeout``, and its thread finishes in the background (the structure checks in
-``service.pipeline.codecs`` bound how long that can be).
+``tessera.service.pipeline.codecs`` bound how long that can be).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
-from service.errors import InvalidInput
+from tessera.service.errors import InvalidInput
 
 T = TypeVar("T")
 DECODE_THREADS = min(4, os.cpu_count() or 1)

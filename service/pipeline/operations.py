@@ -10,8 +10,8 @@ the hashes are the cache keys and, for the misses, the keys the batcher computes
 once by. Without a cache nothing is hashed and the batcher keys rows by their bytes.
 
 The operations know no web framework: a request reaches them as a parsed call (``EncodeCall``,
-``DecodeCall``, built by the front door, ``service.http.front_door``) and an ``Upload``; they
-return an ``Answer`` (``service.pipeline.formats``) for the HTTP layer to send.
+``DecodeCall``, built by the front door, ``tessera.service.http.front_door``) and an ``Upload``; they
+return an ``Answer`` (``tessera.service.pipeline.formats``) for the HTTP layer to send.
 """
 
 from __future__ import annotations
@@ -22,18 +22,18 @@ from typing import Any, Protocol
 
 import numpy as np
 import torch
-from model.refine import REFINE_LR, pack, unpack
-from service.pipeline import formats
-from service.batching.batcher import Batcher
-from service.batching.queue import Ticket
-from service.pipeline.cache import tile_hashes
-from service.errors import DeadlineExceeded, InferenceFailed, Overloaded
-from service.pipeline.codecs import PNG, Layout
-from service.pipeline.formats import (DECODE_READERS, DECODE_WRITERS, ENCODE_READERS, ENCODE_WRITERS, Answer, Decoded,
+from tessera.model.refine import REFINE_LR, pack, unpack
+from tessera.service.pipeline import formats
+from tessera.service.batching.batcher import Batcher
+from tessera.service.batching.queue import Ticket
+from tessera.service.pipeline.cache import tile_hashes
+from tessera.service.errors import DeadlineExceeded, InferenceFailed, Overloaded
+from tessera.service.pipeline.codecs import PNG, Layout
+from tessera.service.pipeline.formats import (DECODE_READERS, DECODE_WRITERS, ENCODE_READERS, ENCODE_WRITERS, Answer, Decoded,
                                       Encoded, Reader)
-from service.pipeline.offload import INLINE_TILES, in_pool, off_loop
-from service.batching.registry import ServedModel
-from service.runtime.state import ServiceState
+from tessera.service.pipeline.offload import INLINE_TILES, in_pool, off_loop
+from tessera.service.batching.registry import ServedModel
+from tessera.service.runtime.state import ServiceState
 
 REFINE_RESERVE = 0.05  # of the request timeout: refinement stops that long before the deadline, to answer in
 
@@ -170,7 +170,7 @@ async def refine_tiles(
     state: ServiceState, served: ServedModel, tiles: np.ndarray, steps: int, deadline: float, gone: Gone,
     ticket: Ticket,
 ) -> tuple[np.ndarray, int, int]:
-    """Latents of ``tiles`` refined for ``steps`` steps (``model.refine``), how many tiles the cache
+    """Latents of ``tiles`` refined for ``steps`` steps (``tessera.model.refine``), how many tiles the cache
     had, and the steps that ran: ``steps``, or fewer when the deadline (less a reserve to answer
     in) or a full queue came first; then the latents so far are the answer, and are not cached.
     Refined latents are cached under their own key (the model's, the steps and the step size);
@@ -214,7 +214,7 @@ async def refine_tiles(
 
 
 def pack_rows(tiles: np.ndarray, latents: np.ndarray) -> np.ndarray:
-    """Refinement rows (``model.refine.pack``) of uint8 tiles [N, 32, 32, C] and their latents."""
+    """Refinement rows (``tessera.model.refine.pack``) of uint8 tiles [N, 32, 32, C] and their latents."""
     x = torch.from_numpy(np.ascontiguousarray(tiles.transpose(0, 3, 1, 2))).float().div_(255.0)
     return pack(x, torch.from_numpy(latents)).numpy()
 

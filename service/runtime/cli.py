@@ -1,6 +1,6 @@
 """``tessera serve``: run the HTTP service under uvicorn.
 
-Every setting (``service.runtime.settings``) is a ``TESSERA_*`` variable and a flag of the same name
+Every setting (``tessera.service.runtime.settings``) is a ``TESSERA_*`` variable and a flag of the same name
 (``max_tiles_per_request``: ``TESSERA_MAX_TILES_PER_REQUEST``, ``--max-tiles-per-request``); a
 flag overrides the variable. Both are read and checked the same way.
 """
@@ -26,7 +26,7 @@ def _default(field) -> str:
 def flags() -> dict[str, str]:
     """Flag name -> help, one per ``Settings`` field, both derived from the field (its description
     and default); the value is passed on as text and checked as the environment's is."""
-    from service.runtime.settings import Settings
+    from tessera.service.runtime.settings import Settings
 
     return {
         name: f"{field.description} (TESSERA_{name.upper()}, default: {_default(field)})"
@@ -35,12 +35,13 @@ def flags() -> dict[str, str]:
 
 
 def register(subparsers) -> None:
+    options = flags()  # needs the serve extra: fails before anything is registered
     parser = subparsers.add_parser(
         "serve",
         help="run the HTTP service",
         description="Serve /v1/encode and /v1/decode with dynamic batching. Flags override TESSERA_* variables.",
     )
-    for name, help_text in flags().items():
+    for name, help_text in options.items():
         parser.add_argument("--" + name.replace("_", "-"), dest=name, default=None, metavar="VALUE",
                             help=help_text.replace("%", "%%"))
     parser.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
@@ -51,7 +52,7 @@ def register(subparsers) -> None:
 def serve(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
-    from service.runtime.settings import Settings
+    from tessera.service.runtime.settings import Settings
 
     overrides = {name: getattr(args, name) for name in flags() if getattr(args, name) is not None}
     try:
@@ -63,12 +64,12 @@ def serve(args: argparse.Namespace) -> int:
 
     import uvicorn
 
-    from model import CheckpointError
-    from service.http.app import create_app
-    from service.http.auth import load_keys
-    from service.http.limits import HttpLimits, guarded_protocol
-    from service.batching.registry import RegistryError, load_registry
-    from service.runtime.shutdown import DrainingServer
+    from tessera.model import CheckpointError
+    from tessera.service.http.app import create_app
+    from tessera.service.http.auth import load_keys
+    from tessera.service.http.limits import HttpLimits, guarded_protocol
+    from tessera.service.batching.registry import RegistryError, load_registry
+    from tessera.service.runtime.shutdown import DrainingServer
 
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:  # load before uvicorn starts, so that a bad checkpoint or key file is one line, not a traceback

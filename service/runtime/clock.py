@@ -1,5 +1,5 @@
 """Time as a parameter: code that waits or expires takes a ``Clock``, so its tests can drive a
-fake one (``tests.support.clock.FakeClock``) instead of sleeping.
+fake one (``tessera.testing.clock.FakeClock``) instead of sleeping.
 
 A clock tells the time and waits on a ``threading.Condition`` until a moment of that time; the
 real one is ``time.monotonic``. It is also callable, so it fits where a plain ``() -> float``

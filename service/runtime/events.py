@@ -1,8 +1,8 @@
 """One way for "something happened" to leave the service: an ``EventSink``.
 
 The request middleware, the batchers, the latent cache and the pipeline report what they did
-to the sink they were given, and nothing else counts: ``service.runtime.metrics.Metrics`` turns the
-events into Prometheus series, tests record them (``tests.support.events.RecordingSink``),
+to the sink they were given, and nothing else counts: ``tessera.service.runtime.metrics.Metrics`` turns the
+events into Prometheus series, tests record them (``tessera.testing.events.RecordingSink``),
 and ``Fanout`` hands each event to several sinks. Sinks are called on the event loop's thread.
 
 Labels: ``model`` is a model name, ``op`` is ``encode`` or ``decode``, ``backend`` is

@@ -9,7 +9,7 @@ admitted on the way.
     STOPPED   the batchers stopped; whatever was left got 503 shutting_down
 
 The app's lifespan creates one per run and moves it on; the batchers report their warm-up to it
-and refuse work once it is stopped; ``service.runtime.shutdown`` drains it on SIGTERM and waits for the
+and refuse work once it is stopped; ``tessera.service.runtime.shutdown`` drains it on SIGTERM and waits for the
 requests in flight; ``/readyz`` and the pipeline's admission read it.
 """
 
@@ -20,7 +20,7 @@ import enum
 import time
 from collections.abc import Callable
 
-from service.errors import Overloaded, ShuttingDown
+from tessera.service.errors import Overloaded, ShuttingDown
 
 
 class Phase(enum.Enum):

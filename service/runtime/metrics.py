@@ -1,5 +1,5 @@
 """Prometheus metrics of one app, all ``tessera_``-prefixed, with bounded labels only: the
-``EventSink`` (``service.runtime.events``) the app reports to.
+``EventSink`` (``tessera.service.runtime.events``) the app reports to.
 
 Labels are model names, operations (encode|decode), endpoints (the fixed routes, else
 ``other``), status classes (2xx..5xx), reasons, sources and cache backends: never a tile hash,
@@ -29,7 +29,7 @@ from typing import NamedTuple
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector, generate_latest
 
-from service.runtime.events import EventSink
+from tessera.service.runtime.events import EventSink
 
 ENDPOINTS = ("/v1/encode", "/v1/decode", "/v1/models", "/healthz", "/readyz", "/metrics")
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)

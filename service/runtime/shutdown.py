@@ -23,8 +23,8 @@ from typing import Any
 
 import uvicorn
 
-from service.runtime.lifecycle import Lifecycle, Phase
-from service.runtime.settings import Settings
+from tessera.service.runtime.lifecycle import Lifecycle, Phase
+from tessera.service.runtime.settings import Settings
 
 logger = logging.getLogger(__name__)
 

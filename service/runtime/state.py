@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from service.pipeline.cache import LatentCache
-from service.runtime.clock import Clock
-from service.pipeline.codecs import Limits
-from service.runtime.events import EventSink
-from service.runtime.lifecycle import Lifecycle
-from service.batching.registry import Registry
-from service.runtime.settings import Settings
+from tessera.service.pipeline.cache import LatentCache
+from tessera.service.runtime.clock import Clock
+from tessera.service.pipeline.codecs import Limits
+from tessera.service.runtime.events import EventSink
+from tessera.service.runtime.lifecycle import Lifecycle
+from tessera.service.batching.registry import Registry
+from tessera.service.runtime.settings import Settings
 
 
 @dataclass

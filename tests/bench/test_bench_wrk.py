@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.serve import tessera_server
+from tessera.testing.serve import tessera_server
 from bench.wrk import WrkTiles
 
 pytestmark = pytest.mark.skipif(shutil.which("wrk") is None, reason="wrk not found; install the Debian package 'wrk'")

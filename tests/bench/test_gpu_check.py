@@ -10,7 +10,7 @@ import re
 import pytest
 
 from bench import gpu_check, results
-from tests.support.serve import ROOT
+from tessera.testing.serve import ROOT
 
 pytestmark = pytest.mark.slow  # every stage, tiny, on the CPU: about a minute
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 
-import model
+from tessera import model
 from bench import gpu_train
 
 

@@ -6,7 +6,7 @@ import json
 
 from bench import refine
 from bench.gpu_check import dry_data
-from tests.support.checkpoints import save_checkpoint
+from tessera.testing.checkpoints import save_checkpoint
 
 
 def test_the_curve_climbs_with_steps_and_costs_cpu(tmp_path):

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.checkpoints import save_checkpoint
+from tessera.testing.checkpoints import save_checkpoint
 
 
 @pytest.fixture(scope="session")

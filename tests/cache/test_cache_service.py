@@ -5,9 +5,9 @@ from __future__ import annotations
 import redis
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.support.apps import serving
-from tests.support.bodies import NPY, png_sheet
-from tests.support.clock import FakeClock
+from tessera.testing.apps import serving
+from tessera.testing.bodies import NPY, png_sheet
+from tessera.testing.clock import FakeClock
 
 
 def sheet(seed: int) -> bytes:

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from service.pipeline.cache import CacheValueError, cache_key, decode_value, decode_values, encode_value, tile_hashes
+from tessera.service.pipeline.cache import CacheValueError, cache_key, decode_value, decode_values, encode_value, tile_hashes
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float16])

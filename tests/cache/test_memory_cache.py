@@ -3,9 +3,9 @@ import asyncio
 import numpy as np
 import pytest
 
-from service.pipeline.cache import MemoryLatentCache, cache_key
-from tests.support.clock import FakeClock
-from tests.support.events import RecordingSink
+from tessera.service.pipeline.cache import MemoryLatentCache, cache_key
+from tessera.testing.clock import FakeClock
+from tessera.testing.events import RecordingSink
 
 WEIGHTS = "0" * 64
 

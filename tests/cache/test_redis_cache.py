@@ -6,9 +6,9 @@ import asyncio
 import numpy as np
 import redis
 
-from service.pipeline.cache import KEY_PREFIX, CircuitBreaker, MemoryLatentCache, RedisLatentCache, make_cache
-from tests.support.clock import FakeClock
-from tests.support.events import RecordingSink
+from tessera.service.pipeline.cache import KEY_PREFIX, CircuitBreaker, MemoryLatentCache, RedisLatentCache, make_cache
+from tessera.testing.clock import FakeClock
+from tessera.testing.events import RecordingSink
 
 OLD = "a" * 64  # weights sha256 of a checkpoint
 NEW = "b" * 64  # the same model retrained
@@ -120,7 +120,7 @@ def test_a_hung_redis_times_out_as_a_miss(redis_server):
 
 
 def test_make_cache_picks_backend_from_settings(redis_server):
-    from service.runtime.settings import Settings
+    from tessera.service.runtime.settings import Settings
 
     events = RecordingSink()
     redis = make_cache(Settings(redis_url=redis_server.url, cache_ttl_s=30, cache_timeout_s=0.5, cache_breaker_cooldown_s=2), events)

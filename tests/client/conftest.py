@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.support.checkpoints import save_checkpoint
-from tests.support.ports import free_port
-from tests.support.serve import CPU, TesseraServer
+from tessera.testing.checkpoints import save_checkpoint
+from tessera.testing.ports import free_port
+from tessera.testing.serve import CPU, TesseraServer
 
 API_KEY = "client-test-key"
 MAX_TILES_PER_REQUEST = 16  # small, so a 5x8 sheet already needs three requests
@@ -74,7 +74,7 @@ def server(checkpoints: Path, tmp_path_factory: pytest.TempPathFactory) -> Itera
 
 @pytest.fixture(scope="session")
 def tessera(server: Server):
-    from client import Client
+    from tessera.client import Client
 
     with Client(server.url, api_key=API_KEY, concurrency=2) as client:
         yield client

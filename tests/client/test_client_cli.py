@@ -102,7 +102,7 @@ def test_a_tiled_tsx_round_trips_with_its_margin_spacing_and_colour_key(server, 
     # the latents are those of the tiles themselves, the keyed corner black
     expected = tiles.copy()
     expected[0, :4, :4] = 0
-    from client import Client
+    from tessera.client import Client
 
     with Client(server.url, api_key=server.api_key) as client:
         reference = client.encode(expected).latents
@@ -112,7 +112,7 @@ def test_a_tiled_tsx_round_trips_with_its_margin_spacing_and_colour_key(server, 
     done = tessera("decode", str(tmp_path / "level.npz"), "-o", str(tmp_path / "out.png"), "--tsx", "-q", env=server.env)
     assert done.returncode == 0, done.stderr
     assert Image.open(tmp_path / "out.png").size == (102, 102)  # the same layout: margin 2, spacing 1, 3 columns
-    from tiles.tsx import read_tsx
+    from tessera.tiles.tsx import read_tsx
 
     tileset = read_tsx(tmp_path / "out.tsx")
     assert (tileset.margin, tileset.spacing, tileset.columns, tileset.count) == (2, 1, 3, 7)

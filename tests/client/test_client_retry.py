@@ -15,7 +15,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import numpy as np
 import pytest
 
-from client import Client, errors
+from tessera.client import Client, errors
 
 MODELS = {
     "default": "tiny",

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from client import AsyncClient, Client, errors
-from client.tiles import cut_sheet, image_to_rgb
+from tessera.client import AsyncClient, Client, errors
+from tessera.client.tiles import cut_sheet, image_to_rgb
 
 LATENT_SHAPE = (64, 1, 1)  # dcae-t48
 
@@ -97,7 +97,7 @@ def test_a_burst_larger_than_the_servers_queue_is_retried_until_done(make_sheet,
             results = await asyncio.gather(*(client.encode(tiles) for _ in range(2)))
         return [r.latents for r in results]
 
-    with caplog.at_level(logging.INFO, logger="client.async_client"):
+    with caplog.at_level(logging.INFO, logger="tessera.client.async_client"):
         first, second = asyncio.run(burst())
     np.testing.assert_allclose(first, second, atol=1e-5)
     assert any("answered 503" in message for message in caplog.messages), "the queue never overflowed"

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import inspect
 
-from client import AsyncClient, Client
+from tessera.client import AsyncClient, Client
 
 
 def public_coroutines(cls: type) -> dict[str, inspect.Signature]:

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from client.errors import InputError
-from client.tiles import (
+from tessera.client.errors import InputError
+from tessera.client.tiles import (
     assemble_sheet,
     cut_sheet,
     default_columns,

@@ -8,7 +8,7 @@
 Only what the demo test needs: pages (flattened target sessions), script evaluation, file
 inputs, mouse clicks, screenshots, and the events seen so far (console messages, exceptions,
 requests), kept for assertions and for failure messages. Every wait is a condition with a
-deadline (``tests.support.waiting``).
+deadline (``tessera.testing.waiting``).
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ from typing import Any
 
 from websockets.sync.client import connect
 
-from tests.support.serve import stop_process
-from tests.support.waiting import wait_until
+from tessera.testing.serve import stop_process
+from tessera.testing.waiting import wait_until
 
 FLAGS = (
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",

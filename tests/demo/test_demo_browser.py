@@ -23,12 +23,12 @@ import pytest
 from cdp_client import Chromium
 from PIL import Image
 
-from service.http.demo import vendored
-from service.http.demo_onnx import export_unavailable
-from tests.support.bodies import NPY, load_npy, npy
-from tests.support.checkpoints import save_sharpened
-from tests.support.serve import local_server
-from tests.support.waiting import wait_until
+from tessera.service.http.demo import vendored
+from tessera.service.http.demo_onnx import export_unavailable
+from tessera.testing.bodies import NPY, load_npy, npy
+from tessera.testing.checkpoints import save_sharpened
+from tessera.testing.serve import local_server
+from tessera.testing.waiting import wait_until
 
 pytestmark = pytest.mark.slow
 

@@ -13,12 +13,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import service.http.demo
-from service.http.demo import PAGE, vendored
-from service.http.demo_onnx import DecoderFiles, ExportFailed, export_unavailable
-from tests.support.apps import serving
-from tests.support.bodies import NPY, load_npy, npy
-from tests.support.waiting import wait_until
+from tessera.service.http import demo as demo_module
+from tessera.service.http.demo import PAGE, vendored
+from tessera.service.http.demo_onnx import DecoderFiles, ExportFailed, export_unavailable
+from tessera.testing.apps import serving
+from tessera.testing.bodies import NPY, load_npy, npy
+from tessera.testing.waiting import wait_until
 
 EXPORT_S = 600.0  # the export of the tiny decoder (~10 s), on a busy 2-core machine
 
@@ -118,10 +118,10 @@ def test_decoder_follows_the_key_rule(checkpoint_dir):
 
 
 def test_decoder_without_the_export_extra_is_404(client, monkeypatch):
-    monkeypatch.setattr("service.http.demo_onnx.EXTRA_MODULES", ("onnx", "tessera_no_such_module"))
+    monkeypatch.setattr("tessera.service.http.demo_onnx.EXTRA_MODULES", ("onnx", "tessera_no_such_module"))
     reason = export_unavailable()
     assert "tessera_no_such_module not installed" in reason and "tessera[export]" in reason
-    monkeypatch.setattr(service.http.demo, "export_unavailable", lambda: reason)
+    monkeypatch.setattr(demo_module, "export_unavailable", lambda: reason)
     response = client.get("/demo/models/tiny/decoder.onnx")
     assert response.status_code == 404
     assert response.json() == {"detail": reason, "code": "onnx_unavailable"}
@@ -174,7 +174,7 @@ def test_a_failed_export_is_reported_not_retried_at_once(tmp_path):
 def test_the_export_child_exits_with_the_server(checkpoint_dir, tmp_path):
     """Its stdin is a pipe from the server: once that closes, the child exits, export unfinished."""
     out = tmp_path / "tiny.decoder.onnx"
-    child = subprocess.Popen([sys.executable, "-m", "service.http.demo_onnx", str(checkpoint_dir / "tiny.safetensors"),
+    child = subprocess.Popen([sys.executable, "-m", "tessera.service.http.demo_onnx", str(checkpoint_dir / "tiny.safetensors"),
                               str(out), "0" * 64], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     child.stdin.close()
     assert child.wait(timeout=120) == 1
@@ -184,7 +184,7 @@ def test_the_export_child_exits_with_the_server(checkpoint_dir, tmp_path):
 def test_the_sharp_decoder_has_its_own_onnx_file(tmp_path):
     ort = pytest.importorskip("onnxruntime", reason="needs the export extra (pip install -e '.[export]')")
     pytest.importorskip("onnx", reason="needs the export extra (pip install -e '.[export]')")
-    from tests.support.checkpoints import save_checkpoint, save_sharpened
+    from tessera.testing.checkpoints import save_checkpoint, save_sharpened
 
     save_sharpened(save_checkpoint(tmp_path / "tiny.safetensors"), tmp_path / "tiny.sharp.safetensors")
     save_checkpoint(tmp_path / "plain.safetensors", seed=1)

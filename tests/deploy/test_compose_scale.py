@@ -12,7 +12,7 @@ from pathlib import Path
 
 import yaml
 
-from service.runtime.settings import Settings
+from tessera.service.runtime.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "deploy" / "compose"

@@ -27,8 +27,8 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from service.runtime.settings import Settings
-from tests.support.apps import serving
+from tessera.service.runtime.settings import Settings
+from tessera.testing.apps import serving
 
 ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "deploy" / "k8s"

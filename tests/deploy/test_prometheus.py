@@ -20,10 +20,10 @@ import httpx
 import numpy as np
 import pytest
 
-from tests.support.bodies import npy, png_sheet
-from tests.support.ports import free_port
-from tests.support.serve import local_server, stop_process
-from tests.support.waiting import wait_until
+from tessera.testing.bodies import npy, png_sheet
+from tessera.testing.ports import free_port
+from tessera.testing.serve import local_server, stop_process
+from tessera.testing.waiting import wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 DASHBOARD = ROOT / "deploy" / "grafana" / "dashboards" / "tessera.json"

@@ -42,8 +42,8 @@ from pathlib import Path
 
 import httpx
 
-from tests.support.ports import free_port
-from tests.support.waiting import wait_until
+from tessera.testing.ports import free_port
+from tessera.testing.waiting import wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 PAGES = ("README.md", "docs/*.md")  # in this order: the README's set-up first, then the docs pages by name

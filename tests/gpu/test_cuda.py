@@ -36,12 +36,12 @@ import pytest
 import torch
 from PIL import Image
 
-import model
-from tests.support.serve import tessera_server
-from client import Client
-from service.batching.graphs import make_calls
-from service.batching.registry import split_variants
-from tiles import cut, to_channels
+from tessera import model
+from tessera.testing.serve import tessera_server
+from tessera.client import Client
+from tessera.service.batching.graphs import make_calls
+from tessera.service.batching.registry import split_variants
+from tessera.tiles import cut, to_channels
 
 ROOT = Path(__file__).resolve().parents[2]
 CHECKPOINTS = ROOT / "checkpoints"

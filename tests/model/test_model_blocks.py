@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from model.blocks import (DownsampleLayer, EfficientViTBlock, LiteMLA, ResBlock, TritonRMSNorm2d, UpsampleLayer,
+from tessera.model.blocks import (DownsampleLayer, EfficientViTBlock, LiteMLA, ResBlock, TritonRMSNorm2d, UpsampleLayer,
                           build_act, build_block, build_norm)
 
 

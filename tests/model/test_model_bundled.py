@@ -12,8 +12,7 @@ from pathlib import Path
 
 import pytest
 
-import model
-
+from tessera import model
 ROOT = Path(__file__).resolve().parents[2]
 FILES = sorted(p.stem for p in (ROOT / "checkpoints").glob("*.safetensors"))
 BUNDLED = [name for name in FILES if "." not in name]
@@ -21,7 +20,7 @@ DECODERS = [name for name in FILES if "." in name]  # <model>.<decoder>: a secon
 
 
 def test_there_are_bundled_checkpoints():
-    from service.runtime.settings import DEFAULT_MODEL
+    from tessera.service.runtime.settings import DEFAULT_MODEL
 
     assert DEFAULT_MODEL in BUNDLED
 

@@ -10,8 +10,8 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-import model
-from model import CheckpointError, load_checkpoint, read_header, save_checkpoint
+from tessera import model
+from tessera.model import CheckpointError, load_checkpoint, read_header, save_checkpoint
 
 
 @pytest.fixture(scope="module")

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-import model
-from model.config import ConfigError, DCAEConfig, config_from_dict, config_to_dict
-from model.presets import parse_spec
+from tessera import model
+from tessera.model.config import ConfigError, DCAEConfig, config_from_dict, config_to_dict
+from tessera.model.presets import parse_spec
 
 # Verbatim from the seed write-up (seed.md), as its Python string literals concatenate them.
 SEED_STRINGS = {

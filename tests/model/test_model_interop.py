@@ -6,9 +6,9 @@ import pytest
 import torch
 from diffusers import AutoencoderDC  # the [diffusers] extra is installed by `make test`
 
-import model
-from model.blocks import LiteMLA
-from model.interop import from_diffusers, to_diffusers
+from tessera import model
+from tessera.model.blocks import LiteMLA
+from tessera.model.interop import from_diffusers, to_diffusers
 
 
 

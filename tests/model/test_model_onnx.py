@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-import model
-from cli.main import main
+from tessera import model
+from tessera.cli.main import main
 
 ort = pytest.importorskip("onnxruntime", reason="the 'export' extra is not installed")
 
@@ -31,7 +31,7 @@ def test_export_is_quiet_unless_asked(tmp_path):
 
     checkpoint = tmp_path / "quiet.safetensors"
     model.save_checkpoint(model.build("dcae-t48"), checkpoint)
-    done = subprocess.run([sys.executable, "-m", "cli.main", "export", "onnx", str(checkpoint), "--part", "decoder"],
+    done = subprocess.run([sys.executable, "-m", "tessera.cli.main", "export", "onnx", str(checkpoint), "--part", "decoder"],
                           capture_output=True, text=True, check=True)
     assert done.stdout == f"wrote {tmp_path / 'quiet.decoder.onnx'}\n" and done.stderr == ""
 
@@ -58,8 +58,8 @@ def test_onnxruntime_matches_pytorch(exported, batch):
 def test_the_bundled_default_model_gives_finite_values_where_attention_sums_to_zero(tmp_path):
     """A black tile makes a LiteMLA normaliser sum to zero; only its eps keeps the division finite
     (some real tiles' latents do the same in the decoder)."""
-    from service.runtime.settings import DEFAULT_MODEL
-    from tests.support.serve import ROOT
+    from tessera.service.runtime.settings import DEFAULT_MODEL
+    from tessera.testing.serve import ROOT
 
     checkpoint = ROOT / "checkpoints" / f"{DEFAULT_MODEL}.safetensors"
     assert main(["export", "onnx", str(checkpoint), "--part", "both", "--out", str(tmp_path / "m")]) == 0
@@ -68,7 +68,7 @@ def test_the_bundled_default_model_gives_finite_values_where_attention_sums_to_z
                        torch.rand(30, 3, 32, 32, generator=torch.Generator().manual_seed(1))])
     dcss = ROOT / "data" / "dcss" / "manifest.json"
     if dcss.is_file():  # real tiles, some of whose latents zero a decoder normaliser
-        from training.dataset import TileData
+        from tessera.training.dataset import TileData
 
         tiles = torch.cat([tiles, torch.from_numpy(TileData.open(dcss.parent).split("val")).permute(0, 3, 1, 2) / 255])
     with torch.no_grad():

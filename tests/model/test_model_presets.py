@@ -5,8 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-import model
-
+from tessera import model
 # reference.md section 2: (total, encoder, decoder, latent channels, ratio)
 SEED_COUNTS = {
     "dcae-03": (81_241_004, 30_989_088, 50_251_916, 32, 96),

@@ -3,7 +3,7 @@
 With ``TESSERA_RELIABILITY_OUT=path.json`` (``make reliability``) the measurements (cases fuzzed,
 failed requests during a Redis kill, overload shares, RSS, requests lost at SIGTERM) are written
 there at the end of the session, and the tests assert their timed bounds
-(``tests.support.measuring``); ``scripts/reliability_report.py`` turns the file into
+(``tessera.testing.measuring``); ``scripts/reliability_report.py`` turns the file into
 ``docs/reliability.md``.
 """
 

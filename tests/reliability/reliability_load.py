@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import httpx
 import numpy as np
 
-from tests.support.waiting import wait_until
+from tessera.testing.waiting import wait_until
 
 CONNECT_ERROR = -1  # never reached the server (refused): not a lost request
 LOST = 0  # sent, but no HTTP answer came back

@@ -11,11 +11,11 @@ import time
 import httpx
 import pytest
 
-from service.http.auth import KeyCheck
-from service.errors import Unauthorized
-from tests.support.bodies import NPY, npy, random_tiles
-from tests.support.measuring import measuring
-from tests.support.serve import local_server
+from tessera.service.http.auth import KeyCheck
+from tessera.service.errors import Unauthorized
+from tessera.testing.bodies import NPY, npy, random_tiles
+from tessera.testing.measuring import measuring
+from tessera.testing.serve import local_server
 
 KEYS = ("key-one-5f0c", "key-two-9a41", "key-three-77d2")
 MAX_BODY = 64 * 1024
@@ -114,7 +114,7 @@ def test_key_check_compares_every_key_in_constant_time(monkeypatch):
         return hmac_compare(a, b)
 
     hmac_compare = hmac.compare_digest
-    monkeypatch.setattr("service.http.auth.hmac.compare_digest", counting)
+    monkeypatch.setattr("tessera.service.http.auth.hmac.compare_digest", counting)
     check = KeyCheck(KEYS)
     for presented, known in ((KEYS[0], True), (KEYS[2], True), ("short", False), ("x" * 1000, False)):
         calls.clear()

@@ -14,10 +14,10 @@ import torch
 from safetensors.torch import load as load_tensors
 from safetensors.torch import save as save_tensors
 
-from tests.support.checkpoints import save_checkpoint
+from tessera.testing.checkpoints import save_checkpoint
 from reliability_bodies import Tripwire
-from tests.support.ports import free_port
-from tests.support.serve import CPU, ROOT, environment, local_server, tessera_command
+from tessera.testing.ports import free_port
+from tessera.testing.serve import CPU, ROOT, environment, local_server, tessera_command
 
 
 def truncated(good: bytes) -> bytes:

@@ -14,13 +14,13 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import torch
 
-import model
+from tessera import model
 from reliability_load import BackgroundLoad, latency_ms
-from tests.support.apps import batcher, serving
-from tests.support.bodies import NPY, npy, png, random_tiles, sheet_of
-from tests.support.measuring import measuring
-from tests.support.serve import local_server
-from tests.support.waiting import wait_until
+from tessera.testing.apps import batcher, serving
+from tessera.testing.bodies import NPY, npy, png, random_tiles, sheet_of
+from tessera.testing.measuring import measuring
+from tessera.testing.serve import local_server
+from tessera.testing.waiting import wait_until
 
 PHASE = 40  # requests sent in each phase of a fault
 

@@ -29,7 +29,7 @@ from schemathesis.specs.openapi.formats import unregister_string_format
 from schemathesis.specs.openapi.media_types import unregister_all
 
 from reliability_bodies import image_base64, images, npy_bodies
-from tests.support.apps import serving
+from tessera.testing.apps import serving
 
 LIMITS = {"max_tiles_per_request": 16, "max_body_bytes": 256 * 1024, "max_image_pixels": 128 * 128, "max_batch_tiles": 16}
 POSITIVE, NEGATIVE = schemathesis.GenerationMode.POSITIVE, schemathesis.GenerationMode.NEGATIVE

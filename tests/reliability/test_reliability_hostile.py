@@ -27,9 +27,9 @@ from reliability_bodies import (
     raw_png,
     truncated,
 )
-from tests.support.apps import serving
-from tests.support.bodies import NPY, load_npy, random_tiles
-from tests.support.measuring import measuring
+from tessera.testing.apps import serving
+from tessera.testing.bodies import NPY, load_npy, random_tiles
+from tessera.testing.measuring import measuring
 
 PNG = "image/png"
 JSON = "application/json"

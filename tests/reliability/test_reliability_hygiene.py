@@ -22,9 +22,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from reliability_bodies import many_chunks_png, many_frames_gif, many_scans_jpeg, pickled_npy
-from tests.support.apps import serving
-from tests.support.bodies import NPY, npy, random_tiles
-from tests.support.serve import local_server
+from tessera.testing.apps import serving
+from tessera.testing.bodies import NPY, npy, random_tiles
+from tessera.testing.serve import local_server
 
 JSON = "application/json"
 FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -243,7 +243,7 @@ def test_a_content_encoding_is_415_not_ignored(client, encoding):
 
 
 def test_a_bug_is_one_log_line_with_a_request_id_and_closes_the_connection(client, monkeypatch, caplog):
-    from service.pipeline import formats
+    from tessera.service.pipeline import formats
 
     def broken(body, *options):
         raise RuntimeError("a bug")

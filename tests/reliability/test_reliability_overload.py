@@ -18,11 +18,11 @@ import numpy as np
 import pytest
 
 from reliability_load import CpuHog, RssSampler, closed_loop, latency_ms, open_loop, rss_bytes
-from tests.support.bodies import NPY, npy
-from tests.support.checkpoints import save_checkpoint
-from tests.support.measuring import measuring
-from tests.support.serve import local_server
-from tests.support.waiting import wait_until
+from tessera.testing.bodies import NPY, npy
+from tessera.testing.checkpoints import save_checkpoint
+from tessera.testing.measuring import measuring
+from tessera.testing.serve import local_server
+from tessera.testing.waiting import wait_until
 
 TILES = 128  # per request, and the CPU-sized model: its work dominates HTTP and the load generator
 TIMEOUT_S = 3.0  # TESSERA_REQUEST_TIMEOUT_S: the deadline accepted requests must meet

@@ -20,10 +20,10 @@ import httpx
 import pytest
 
 from reliability_load import CONNECT_ERROR, LOST, BackgroundLoad
-from tests.support.bodies import NPY, npy, random_tiles
-from tests.support.measuring import measuring
-from tests.support.serve import local_server
-from tests.support.waiting import wait_until
+from tessera.testing.bodies import NPY, npy, random_tiles
+from tessera.testing.measuring import measuring
+from tessera.testing.serve import local_server
+from tessera.testing.waiting import wait_until
 
 CLIENTS = 16  # each sends 2 tiles at a time
 

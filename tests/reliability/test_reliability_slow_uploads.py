@@ -19,9 +19,9 @@ import time
 import httpx
 import pytest
 
-from tests.support.bodies import NPY, npy, random_tiles
-from tests.support.measuring import measuring
-from tests.support.serve import local_server
+from tessera.testing.bodies import NPY, npy, random_tiles
+from tessera.testing.measuring import measuring
+from tessera.testing.serve import local_server
 
 PATIENCE_S = 30.0
 SLOTS = 4

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.support.apps import serving
+from tessera.testing.apps import serving
 
 
 @pytest.fixture(scope="module")

@@ -1,5 +1,5 @@
 """Batching on its own, with a numpy stand-in for the model: the tile queue and batch collection
-(``service.batching.queue``) and the batcher (``service.batching.batcher``). Batch windows run on a
+(``tessera.service.batching.queue``) and the batcher (``tessera.service.batching.batcher``). Batch windows run on a
 ``FakeClock``; a model that must be busy waits on an event, never on a sleep."""
 
 from __future__ import annotations
@@ -10,13 +10,13 @@ import threading
 import numpy as np
 import pytest
 
-from service.batching.batcher import Batcher
-from service.batching.queue import Job, QueueClosed, Slice, TileQueue, collect_batch, dedupe
-from service.errors import ClientDisconnected, DeadlineExceeded, InferenceFailed, Overloaded, ShuttingDown
-from service.runtime.lifecycle import Lifecycle
-from tests.support.clock import FakeClock
-from tests.support.events import RecordingSink
-from tests.support.waiting import until, wait_until
+from tessera.service.batching.batcher import Batcher
+from tessera.service.batching.queue import Job, QueueClosed, Slice, TileQueue, collect_batch, dedupe
+from tessera.service.errors import ClientDisconnected, DeadlineExceeded, InferenceFailed, Overloaded, ShuttingDown
+from tessera.service.runtime.lifecycle import Lifecycle
+from tessera.testing.clock import FakeClock
+from tessera.testing.events import RecordingSink
+from tessera.testing.waiting import until, wait_until
 
 
 def run(coro):

@@ -7,8 +7,8 @@ import io
 import numpy as np
 import pytest
 
-from service.pipeline import npy as npy_codec
-from service.errors import BadRequest, InvalidInput
+from tessera.service.pipeline import npy as npy_codec
+from tessera.service.errors import BadRequest, InvalidInput
 
 
 def npy(array: np.ndarray, version: tuple[int, int] | None = None) -> bytes:

@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 import torch
 
-import model
-from service.batching.graphs import make_calls
-from tests.support.apps import serving
-from tests.support.bodies import NPY, random_tiles
+from tessera import model
+from tessera.service.batching.graphs import make_calls
+from tessera.testing.apps import serving
+from tessera.testing.bodies import NPY, random_tiles
 
 CHECKPOINTS = Path(__file__).resolve().parents[2] / "checkpoints"
 
@@ -58,7 +58,7 @@ class BatchDependent(torch.nn.Module):
 
 def test_a_model_the_trace_gets_wrong_runs_eager(caplog):
     module = BatchDependent()
-    with caplog.at_level(logging.WARNING, logger="service.batching.graphs"):
+    with caplog.at_level(logging.WARNING, logger="tessera.service.batching.graphs"):
         encode, _, graph = make_calls(module, "cpu", torch.float32, "trace", "odd")
     assert graph == "eager"
     assert "odd runs eager" in caplog.text and "encode" in caplog.text

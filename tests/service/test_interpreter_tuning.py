@@ -6,7 +6,7 @@ from __future__ import annotations
 import gc
 import sys
 
-from service.runtime.interpreter_tuning import tune_for_serving
+from tessera.service.runtime.interpreter_tuning import tune_for_serving
 
 
 def test_tune_for_serving_and_undo():

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import platform
 
-from service.runtime.malloc_tuning import keep_freed_memory
+from tessera.service.runtime.malloc_tuning import keep_freed_memory
 
 
 def test_keep_freed_memory_takes_effect_on_glibc():

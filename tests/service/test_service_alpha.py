@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.support.apps import serving
-from tests.support.bodies import NPY, load_npy, npy, png, random_tiles, sheet_of
-from tests.support.checkpoints import save_checkpoint, tiny_rgba
+from tessera.testing.apps import serving
+from tessera.testing.bodies import NPY, load_npy, npy, png, random_tiles, sheet_of
+from tessera.testing.checkpoints import save_checkpoint, tiny_rgba
 
 STATS = {"mean": 0.1, "std": 2.0, "scaling_factor": 0.5, "shift_factor": 0.1, "channel_mean": [0.1] * 64,
          "channel_std": [2.0] * 64, "tiles": 100, "data": "corpus"}

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from service.http.auth import KeyCheck, load_keys
-from service.errors import Unauthorized
-from tests.support.apps import serving
-from tests.support.bodies import NPY, npy, random_tiles
+from tessera.service.http.auth import KeyCheck, load_keys
+from tessera.service.errors import Unauthorized
+from tessera.testing.apps import serving
+from tessera.testing.bodies import NPY, npy, random_tiles
 
 
 def test_load_keys_from_value_and_file(tmp_path):

@@ -13,14 +13,14 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import numpy as np
 
-from service.http.app import create_app
-from service.runtime.lifecycle import Phase
-from service.batching.registry import load_registry
-from tests.support.apps import batcher, serving, settings_for
-from tests.support.bodies import NPY, load_npy, npy, random_tiles
-from tests.support.clock import FakeClock
-from tests.support.events import RecordingSink
-from tests.support.waiting import until, wait_until
+from tessera.service.http.app import create_app
+from tessera.service.runtime.lifecycle import Phase
+from tessera.service.batching.registry import load_registry
+from tessera.testing.apps import batcher, serving, settings_for
+from tessera.testing.bodies import NPY, load_npy, npy, random_tiles
+from tessera.testing.clock import FakeClock
+from tessera.testing.events import RecordingSink
+from tessera.testing.waiting import until, wait_until
 
 NO_CACHE = {"cache_max_bytes": 0}
 WINDOW = {"batch_close_early": False}  # requests wait out the whole window: these tests hold them there

@@ -7,10 +7,10 @@ import math
 import numpy as np
 import pytest
 
-from tests.support.apps import serving
-from tests.support.bodies import NPY, load_npy, npy
-from tests.support.serve import ROOT
-from service.runtime.settings import DEFAULT_MODEL
+from tessera.testing.apps import serving
+from tessera.testing.bodies import NPY, load_npy, npy
+from tessera.testing.serve import ROOT
+from tessera.service.runtime.settings import DEFAULT_MODEL
 
 DATA = ROOT / "data" / "dcss"
 BUNDLED = ROOT / "checkpoints" / f"{DEFAULT_MODEL}.safetensors"
@@ -28,9 +28,9 @@ def test_dcss_round_trip_matches_in_process_psnr(checkpoint_dir):
         pytest.skip(f"no DCSS data set at {DATA}; build it with `tessera data dcss --out data/dcss`")
     import torch
 
-    import model
-    from training.dataset import TileData
-    from training.metrics import evaluate_reconstruction
+    from tessera import model
+    from tessera.training.dataset import TileData
+    from tessera.training.metrics import evaluate_reconstruction
 
     checkpoint = BUNDLED if BUNDLED.is_file() else checkpoint_dir / "tiny.safetensors"
     tiles = TileData.open(DATA).split("val")[:TILES]

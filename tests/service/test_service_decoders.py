@@ -8,9 +8,9 @@ import io
 
 import numpy as np
 import pytest
-from tests.support.apps import serving
-from tests.support.bodies import NPY
-from tests.support.checkpoints import save_checkpoint, save_sharpened
+from tessera.testing.apps import serving
+from tessera.testing.bodies import NPY
+from tessera.testing.checkpoints import save_checkpoint, save_sharpened
 
 
 @pytest.fixture(scope="module")

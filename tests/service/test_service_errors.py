@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.support.apps import serving
-from tests.support.bodies import NPY, b64, npy, png, random_tiles
+from tessera.testing.apps import serving
+from tessera.testing.bodies import NPY, b64, npy, png, random_tiles
 
 ENCODE = "/v1/encode"
 DECODE = "/v1/decode"

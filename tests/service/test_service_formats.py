@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.support.bodies import NPY, b64, load_npy, npy, png, random_tiles, sheet_of
+from tessera.testing.bodies import NPY, b64, load_npy, npy, png, random_tiles, sheet_of
 
 
 def encode_npy(client, tiles: np.ndarray) -> np.ndarray:

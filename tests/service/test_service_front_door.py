@@ -15,12 +15,12 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import Response
 
-from service.http import front_door
-from service.http import routes as routes_module
-from service.http.app import create_app
-from service.http.front_door import ENCODE
-from tests.support.apps import serving, settings_for
-from tests.support.bodies import NPY, npy, png, png_sheet, random_tiles
+from tessera.service.http import front_door
+from tessera.service.http import routes as routes_module
+from tessera.service.http.app import create_app
+from tessera.service.http.front_door import ENCODE
+from tessera.testing.apps import serving, settings_for
+from tessera.testing.bodies import NPY, npy, png, png_sheet, random_tiles
 
 LATENTS = npy(np.random.default_rng(1).standard_normal((3, 64, 1, 1)).astype(np.float32))
 TILES = npy(random_tiles(2, seed=4))

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tiles import MAX_REFINE_STEPS
-from tests.support.apps import serving
-from tests.support.bodies import NPY
+from tessera.tiles import MAX_REFINE_STEPS
+from tessera.testing.apps import serving
+from tessera.testing.bodies import NPY
 
 TILES = np.random.default_rng(3).integers(0, 256, (6, 32, 32, 3), dtype=np.uint8)
 

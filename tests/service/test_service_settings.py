@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from cli.main import build_parser
-from service.batching.registry import RegistryError, choose_default, find_checkpoints
-from service.runtime.settings import DEFAULT_MODEL, Settings
-from tests.support.serve import ROOT
+from tessera.cli.main import build_parser
+from tessera.service.batching.registry import RegistryError, choose_default, find_checkpoints
+from tessera.service.runtime.settings import DEFAULT_MODEL, Settings
+from tessera.testing.serve import ROOT
 
 
 def test_defaults(monkeypatch):
@@ -79,7 +79,7 @@ def test_default_model_choice():
 
 
 def test_serve_is_registered_with_its_flags():
-    args = build_parser(["service.runtime.cli"]).parse_args(["serve", "--port", "9000", "--max-batch-tiles", "8", "--checkpoints", "x"])
+    args = build_parser(["tessera.service.runtime.cli"]).parse_args(["serve", "--port", "9000", "--max-batch-tiles", "8", "--checkpoints", "x"])
     assert (args.port, args.max_batch_tiles, args.checkpoints, args.host) == ("9000", "8", "x", None)
     assert callable(args.func)
 
@@ -87,12 +87,12 @@ def test_serve_is_registered_with_its_flags():
 def test_every_setting_is_a_flag_whose_help_comes_from_the_field():
     import argparse
 
-    from service.runtime.cli import flags, register
+    from tessera.service.runtime.cli import flags, register
 
     commands = argparse.ArgumentParser().add_subparsers()
     register(commands)
     by_dest = {action.dest: action for action in commands.choices["serve"]._actions}
-    parser = build_parser(["service.runtime.cli"])
+    parser = build_parser(["tessera.service.runtime.cli"])
     for name, field in Settings.model_fields.items():
         assert name in by_dest, f"--{name.replace('_', '-')} is missing"
         assert by_dest[name].help.startswith(field.description) and f"TESSERA_{name.upper()}" in by_dest[name].help
@@ -104,7 +104,7 @@ def test_every_setting_is_a_flag_whose_help_comes_from_the_field():
 
 def test_serve_refuses_bad_settings_in_one_line():
     result = subprocess.run(
-        [sys.executable, "-m", "cli.main", "serve", "--max-batch-tiles", "0"],
+        [sys.executable, "-m", "tessera.cli.main", "serve", "--max-batch-tiles", "0"],
         cwd=ROOT, capture_output=True, text=True, timeout=60,
     )
     assert result.returncode == 2
@@ -113,7 +113,7 @@ def test_serve_refuses_bad_settings_in_one_line():
 
 def test_serve_refuses_an_unreadable_key_file_in_one_line(tmp_path, checkpoint_dir):
     result = subprocess.run(
-        [sys.executable, "-m", "cli.main", "serve", "--checkpoints", str(checkpoint_dir), "--port", "1"],
+        [sys.executable, "-m", "tessera.cli.main", "serve", "--checkpoints", str(checkpoint_dir), "--port", "1"],
         cwd=ROOT, capture_output=True, text=True, timeout=60,
         env={**os.environ, "TESSERA_API_KEYS": f"@{tmp_path / 'keys'}", "TESSERA_TORCH_THREADS": "1"},
     )
@@ -128,7 +128,7 @@ def test_serve_refuses_bad_checkpoints_in_one_line(tmp_path, content):
         folder.mkdir()
         (folder / "broken.safetensors").write_bytes(content)
     result = subprocess.run(
-        [sys.executable, "-m", "cli.main", "serve", "--checkpoints", str(folder), "--port", "1"],
+        [sys.executable, "-m", "tessera.cli.main", "serve", "--checkpoints", str(folder), "--port", "1"],
         cwd=ROOT, capture_output=True, text=True, timeout=60,
     )
     assert result.returncode == 2, result.stderr

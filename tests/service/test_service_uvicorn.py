@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.support.bodies import NPY, load_npy, npy, png, random_tiles, sheet_of
-from tests.support.serve import local_server
-from tests.support.waiting import wait_until
+from tessera.testing.bodies import NPY, load_npy, npy, png, random_tiles, sheet_of
+from tessera.testing.serve import local_server
+from tessera.testing.waiting import wait_until
 
 WINDOW_MS = 5000  # the slow server's batch window: requests wait in it while a test looks
 

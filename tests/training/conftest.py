@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 from training_helpers import tiny_config, write_sheets
 
-from training.data import build_folder
-from training.train import train
+from tessera.training.data import build_folder
+from tessera.training.loop import train
 
 
 @pytest.fixture(scope="session")

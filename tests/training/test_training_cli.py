@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import model
-from cli.main import main
-from training.dataset import TileData
+from tessera import model
+from tessera.cli.main import main
+from tessera.training.dataset import TileData
 
 
 def run(capsys, *argv):

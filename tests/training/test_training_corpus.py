@@ -12,13 +12,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from training.corpus import (ANGBAND_GRAF, CDDA_GFX, CROSSFIRE_DIR, PACKAGES, SUPERTUX_IMAGES, SourceSheet, Tileset,
+from tessera.training.corpus import (ANGBAND_GRAF, CDDA_GFX, CROSSFIRE_DIR, PACKAGES, SUPERTUX_IMAGES, SourceSheet, Tileset,
                              angband_tilesets, cdda_tileset_sheets, cdda_tilesets, crossfire_tilesets, cut_tileset,
                              packages_named, split_sources, supertux_tilesets, write_corpus)
-from training.data import build_dataset, folder_sheets
-from training.dataset import TileData
-from training.errors import DataError
-from training.tiles import premultiply
+from tessera.training.data import build_dataset, folder_sheets
+from tessera.training.dataset import TileData
+from tessera.training.errors import DataError
+from tessera.training.tiles import premultiply
 
 
 def random_sheet(path: Path, cols: int, rows: int, cell_w: int, cell_h: int, seed: int) -> np.ndarray:

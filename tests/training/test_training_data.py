@@ -13,10 +13,10 @@ from PIL import Image
 
 from training_helpers import write_sheets
 
-from training.data import build_folder
-from training.dataset import TileData, TileDataset, dihedral
-from training.errors import DataError
-from training.tiles import cut_grid, premultiply, resize_nearest
+from tessera.training.data import build_folder
+from tessera.training.dataset import TileData, TileDataset, dihedral
+from tessera.training.errors import DataError
+from tessera.training.tiles import cut_grid, premultiply, resize_nearest
 
 
 def digests(folder: Path) -> dict[str, str]:
@@ -128,7 +128,7 @@ def test_augmentation_is_a_symmetry_chosen_per_epoch(tiny_data):
 
 def test_dcss_builder_when_the_package_is_reachable(tmp_path):
     """Builds the real data set twice; skipped where neither the package nor apt-get can supply it."""
-    from training.dcss import build_dcss
+    from tessera.training.dcss import build_dcss
 
     try:
         manifest = build_dcss(tmp_path / "a" / "dcss")

@@ -12,15 +12,15 @@ import torch
 from torch import nn
 from training_helpers import tiny_config
 
-import model
-from training import study
-from training.losses import gradient_l1, ssim, training_loss
-from training.metrics import evaluate_reconstruction, metrics_from_sums
-from training.config import TrainConfig
-from training.errors import TrainingError
-from training.train import ema_of, schedule, train
+from tessera import model
+from tessera.training import study
+from tessera.training.losses import gradient_l1, ssim, training_loss
+from tessera.training.metrics import evaluate_reconstruction, metrics_from_sums
+from tessera.training.config import TrainConfig
+from tessera.training.errors import TrainingError
+from tessera.training.loop import ema_of, schedule, train
 
-from tests.support.checkpoints import tiny_rgba
+from tessera.testing.checkpoints import tiny_rgba
 
 
 def test_warm_up_rises_linearly_then_the_cosine_falls_to_zero():
@@ -137,8 +137,8 @@ def test_the_study_picks_the_best_lr_and_every_change_that_beat_it():
 
 
 def test_latent_stats_are_stored_without_touching_the_weights(tiny_data, tmp_path):
-    from training.latent_stats import add_latent_stats
-    from training.dataset import TileData
+    from tessera.training.latent_stats import add_latent_stats
+    from tessera.training.dataset import TileData
 
     torch.manual_seed(0)
     path = tmp_path / "t48.safetensors"
@@ -159,7 +159,7 @@ def test_latent_stats_are_stored_without_touching_the_weights(tiny_data, tmp_pat
 
 def test_to_diffusers_takes_the_measured_scaling_factor(tmp_path):
     pytest.importorskip("diffusers")
-    from model.interop import to_diffusers
+    from tessera.model.interop import to_diffusers
 
     net = model.build("dcae-t48")
     net.latent_stats = {"scaling_factor": 2.5}
@@ -167,7 +167,7 @@ def test_to_diffusers_takes_the_measured_scaling_factor(tmp_path):
 
 
 def test_rgba_loss_ignores_the_colour_of_invisible_pixels():
-    from training.losses import rgba_loss
+    from tessera.training.losses import rgba_loss
 
     x = torch.rand(2, 4, 32, 32)
     x[:, 3] = 0
@@ -180,7 +180,7 @@ def test_rgba_loss_ignores_the_colour_of_invisible_pixels():
 
 
 def test_alpha_weight_scales_only_the_alpha_error():
-    from training.losses import rgba_loss
+    from tessera.training.losses import rgba_loss
 
     x = torch.rand(2, 4, 32, 32)
     x[:, 3] = 1
@@ -195,7 +195,7 @@ def test_alpha_weight_scales_only_the_alpha_error():
 
 
 def test_rgba_metrics_give_alpha_iou_and_colour_psnr_over_covered_pixels():
-    from training.metrics import SUMS, reconstruction_sums, rgba_metrics_from_sums
+    from tessera.training.metrics import SUMS, reconstruction_sums, rgba_metrics_from_sums
 
     tiles = torch.zeros(1, 4, 32, 32, dtype=torch.uint8)
     tiles[:, 3, :16] = 255  # target covers the top half
@@ -215,8 +215,8 @@ def test_rgba_metrics_give_alpha_iou_and_colour_psnr_over_covered_pixels():
 
 
 def test_an_rgba_model_trains_on_the_rgba_tiles_with_alpha_metrics(sheet_folder, tmp_path):
-    from training.corpus import SourceSheet, Tileset, split_sources, write_corpus
-    from training.data import folder_sheets
+    from tessera.training.corpus import SourceSheet, Tileset, split_sources, write_corpus
+    from tessera.training.data import folder_sheets
 
     sheets = tuple(SourceSheet(s.name, s.path, -1) for s in folder_sheets(sheet_folder))
     write_corpus(split_sources([Tileset("art", "test", "art", "CC0-1.0", sheets)]), tmp_path / "corpus", [])
@@ -233,8 +233,8 @@ def test_an_rgba_model_trains_on_the_rgba_tiles_with_alpha_metrics(sheet_folder,
     with open(out / "val.csv", newline="") as handle:
         assert {"val_alpha_iou", "val_covered_psnr"} <= set(next(csv.DictReader(handle)))
 
-    from training.evaluate import evaluate_checkpoints, markdown_table
-    from training.plots import plot_reconstructions
+    from tessera.training.evaluate import evaluate_checkpoints, markdown_table
+    from tessera.training.plots import plot_reconstructions
 
     report = evaluate_checkpoints([str(out / "last.safetensors")], tmp_path / "corpus")
     (row,) = report["rows"]
@@ -243,14 +243,14 @@ def test_an_rgba_model_trains_on_the_rgba_tiles_with_alpha_metrics(sheet_folder,
     assert "alpha IoU" in markdown_table(report)
     assert plot_reconstructions([out], tmp_path / "corpus", tmp_path / "grid.png", count=8).stat().st_size > 0
 
-    from training.latent_stats import add_latent_stats
+    from tessera.training.latent_stats import add_latent_stats
 
     stats = add_latent_stats(out / "last.safetensors", tmp_path / "corpus")  # over the RGBA training tiles
     assert len(stats["channel_std"]) == 64 and stats["std"] > 0
 
 
 def test_transparent_pixels_show_the_checkerboard():
-    from training.plots import on_checkerboard
+    from tessera.training.plots import on_checkerboard
 
     rgba = np.zeros((1, 8, 8, 4), np.uint8)
     rgba[0, :, 4:] = (255, 0, 0, 255)  # right half opaque red

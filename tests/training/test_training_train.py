@@ -11,12 +11,12 @@ import pytest
 import torch
 from training_helpers import tiny_config
 
-import model
-import training.train as train_module
-from training.config import TrainConfig
-from training.dataset import TileData
-from training.errors import TrainingError
-from training.train import train
+from tessera import model
+import tessera.training.loop as train_module
+from tessera.training.config import TrainConfig
+from tessera.training.dataset import TileData
+from tessera.training.errors import TrainingError
+from tessera.training.loop import train
 
 
 def rows(path, *columns):

@@ -11,12 +11,12 @@ import pytest
 import torch
 from training_helpers import tiny_config
 
-import model
-from training.dataset import TileData
-from training.evaluate import evaluate_checkpoints, markdown_table
-from training.metrics import gradient_magnitude, reconstruction_sums, sharpness_from_sums, SUMS
-from training.pca import PCA
-from training.train import train
+from tessera import model
+from tessera.training.dataset import TileData
+from tessera.training.evaluate import evaluate_checkpoints, markdown_table
+from tessera.training.metrics import gradient_magnitude, reconstruction_sums, sharpness_from_sums, SUMS
+from tessera.training.pca import PCA
+from tessera.training.loop import train
 
 
 def test_pca_with_every_component_gives_the_tiles_back_and_fewer_lose_detail(tiny_data):
@@ -97,7 +97,7 @@ def test_the_mse_phase_trains_the_last_part_of_the_schedule_on_mse(tiny_data, tm
 def test_train_checks_the_packages_it_needs_before_the_first_step(tiny_data, tmp_path, monkeypatch):
     import importlib.util
 
-    from training.errors import TrainingError
+    from tessera.training.errors import TrainingError
 
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *rest: None if name == "torchmetrics" else real(name, *rest))

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from training.config import TrainConfig
+from tessera.training.config import TrainConfig
 
 SHEET_TILES = 8  # tiles per side of a synthetic sheet
 

@@ -1,4 +1,4 @@
-"""An event sink that keeps every event (``service.runtime.events``), for tests to read what the
+"""An event sink that keeps every event (``tessera.service.runtime.events``), for tests to read what the
 service did instead of counting it a second time."""
 
 from __future__ import annotations

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import httpx
 
-from tests.support.ports import free_port
-from tests.support.waiting import wait_until
+from tessera.testing.ports import free_port
+from tessera.testing.waiting import wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 READY_TIMEOUT_S = 120.0  # loading, tracing and warm-up at every batch size, on a busy machine
@@ -34,7 +34,7 @@ class ProcessStartError(RuntimeError):
 def tessera_command() -> list[str]:
     """The installed ``tessera`` script next to this Python, else the CLI module."""
     script = Path(sys.executable).with_name("tessera")
-    return [str(script)] if script.exists() else [sys.executable, "-m", "cli.main"]
+    return [str(script)] if script.exists() else [sys.executable, "-m", "tessera.cli.main"]
 
 
 def stop_process(process: subprocess.Popen, timeout_s: float = 30.0) -> int:

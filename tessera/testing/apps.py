@@ -8,12 +8,12 @@ from pathlib import Path
 
 from fastapi.testclient import TestClient
 
-from service.http.app import create_app
-from service.runtime.clock import MONOTONIC, Clock
-from service.batching.registry import load_registry
-from service.runtime.settings import Settings
-from tests.support.events import RecordingSink
-from tests.support.waiting import wait_until
+from tessera.service.http.app import create_app
+from tessera.service.runtime.clock import MONOTONIC, Clock
+from tessera.service.batching.registry import load_registry
+from tessera.service.runtime.settings import Settings
+from tessera.testing.events import RecordingSink
+from tessera.testing.waiting import wait_until
 
 
 def settings_for(checkpoint_dir: Path, **overrides) -> Settings:

@@ -9,8 +9,7 @@ TINY = "dcae-t48"  # every block kind, ~390k parameters: milliseconds per call a
 
 def tiny_rgba() -> str:
     """``TINY`` with 4 channels in and out: an RGBA model."""
-    import model
-
+    from tessera import model
     return model.PRESETS[TINY].replace("latent_channels=64", "in_channels=4 latent_channels=64")
 
 
@@ -21,8 +20,7 @@ def save_checkpoint(path: Path, preset: str = TINY, seed: int = 0, metrics: dict
     lists them) and the entries of ``training``."""
     import torch
 
-    import model
-
+    from tessera import model
     torch.manual_seed(seed)
     path.parent.mkdir(parents=True, exist_ok=True)
     record = {**({"metrics": metrics} if metrics is not None else {}), **(training or {})}
@@ -35,8 +33,7 @@ def save_sharpened(base: Path, path: Path, encoder_too: bool = False) -> Path:
     encoder's) moved: a second decoder of its latents, as `tessera sharpen` writes one."""
     import torch
 
-    import model
-
+    from tessera import model
     module, info = model.load_checkpoint(base)
     with torch.no_grad():
         for p in module.decoder.conv_out.parameters():

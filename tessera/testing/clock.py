@@ -6,7 +6,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 
-from service.runtime.clock import Clock
+from tessera.service.runtime.clock import Clock
 
 
 class FakeClock(Clock):

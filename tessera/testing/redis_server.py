@@ -16,9 +16,9 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from tests.support.ports import free_port
-from tests.support.serve import ProcessStartError, stop_process
-from tests.support.waiting import wait_until
+from tessera.testing.ports import free_port
+from tessera.testing.serve import ProcessStartError, stop_process
+from tessera.testing.waiting import wait_until
 
 INSTALL = "redis-server not found; install the Debian package 'redis-server' (apt-get install -y redis-server)"
 
