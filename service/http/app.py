@@ -22,7 +22,7 @@ from tessera.service.http.demo import router as demo_router
 from tessera.service.http.answers import install_error_handlers
 from tessera.service.runtime.events import EventSink, Fanout
 from tessera.service.runtime.interpreter_tuning import tune_for_serving
-from tessera.service.runtime.lifecycle import Lifecycle, Phase
+from tessera.service.runtime.lifecycle import Phase
 from tessera.service.runtime.malloc_tuning import keep_freed_memory
 from tessera.service.runtime.metrics import Metrics
 from tessera.service.http.openapi import install_openapi
@@ -30,7 +30,7 @@ from tessera.service.batching.registry import Registry, load_registry
 from tessera.service.http.front_door import FrontDoor
 from tessera.service.http.routes import DOCS_ASSETS, router
 from tessera.service.runtime.settings import Settings
-from tessera.service.runtime.state import ServiceState
+from tessera.service.runtime.state import ServiceState, new_lifecycle
 
 logger = logging.getLogger(__name__)
 
@@ -53,7 +53,7 @@ def open_cache(settings: Settings, events: EventSink):
     return make_cache(settings, events)
 
 
-def serving(settings: Settings, metrics: Metrics, events: EventSink, registry: Registry | None):
+def serving(registry: Registry | None):
     """The lifespan of an app: load the models (unless ``registry`` has them), start their
     batchers, and on shutdown drain the lifecycle, then stop."""
     preloaded = registry
@@ -61,25 +61,25 @@ def serving(settings: Settings, metrics: Metrics, events: EventSink, registry: R
     @contextlib.asynccontextmanager
     async def lifespan(app: FrontDoor) -> AsyncIterator[None]:
         nonlocal preloaded
-        app.check()  # nothing the front door would skip (service.http.front_door)
+        app.check()  # nothing the front door would skip (tessera.service.http.front_door)
         start = time.monotonic()
+        state: ServiceState = app.state.tessera
+        settings = state.settings
         registry, preloaded = preloaded or load_registry(settings), None
-        if app.state.lifecycle.phase is Phase.STOPPED:  # the app serves again
-            app.state.lifecycle = Lifecycle(max_in_flight=settings.max_requests_in_flight,
-                                            max_uploads=settings.max_uploads_in_flight)
-        lifecycle = app.state.lifecycle
+        if state.lifecycle.phase is Phase.STOPPED:  # the app serves again
+            state.lifecycle = new_lifecycle(settings)
+        lifecycle = state.lifecycle
         for served in registry.models.values():
             info = served.describe(registry.default)
-            metrics.add_model(served.name, info["arch"], info["compression_ratio"], served.key)
-        cache = open_cache(settings, events)
-        limits = Limits(max_tiles=settings.max_tiles_per_request, max_pixels=settings.max_image_pixels)
-        app.state.tessera = ServiceState(settings, registry, events, cache, limits, lifecycle)
-        keep_freed_memory()  # model calls reuse their activation memory (service.runtime.malloc_tuning)
+            state.metrics.add_model(served.name, info["arch"], info["compression_ratio"], served.key)
+        cache = open_cache(settings, state.events)
+        state.registry, state.cache = registry, cache
+        keep_freed_memory()  # model calls reuse their activation memory (tessera.service.runtime.malloc_tuning)
         lifecycle.on_ready = lambda: logger.info(
             "ready on http://%s:%d: %d models (%s, default %s), %.1f s after the app started",
             settings.host, settings.port,
             len(registry.models), ", ".join(sorted(registry.models)), registry.default, time.monotonic() - start)
-        registry.start(events, lifecycle)
+        registry.start(state.events, lifecycle)
         untune_gc = tune_for_serving()
         logger.info("serving %s (default %s); loaded in %.2f s, warming up",
                     sorted(registry.models), registry.default, time.monotonic() - start)
@@ -94,7 +94,7 @@ def serving(settings: Settings, metrics: Metrics, events: EventSink, registry: R
                 logger.warning("shut down with %d request(s) unfinished after %.1f s", left, settings.shutdown_grace_s)
             if cache is not None:
                 await cache.close()
-            app.state.tessera = None
+            state.registry = state.cache = None
             untune_gc()
 
     return lifespan
@@ -121,17 +121,12 @@ def create_app(settings: Settings | None = None, registry: Registry | None = Non
         version="0.1.0",
         summary="32x32 game tiles <-> DC-AE latents",
         description=DESCRIPTION,
-        lifespan=serving(settings, metrics, events, registry),
+        lifespan=serving(registry),
         redirect_slashes=False,  # a redirect would be built from the client's Host header
-        openapi_url=None, docs_url=None, redoc_url=None,  # served by service.http.routes: local assets, key rule
+        openapi_url=None, docs_url=None, redoc_url=None,  # served by tessera.service.http.routes: local assets, key rule
     )
-    app.state.settings = settings
-    app.state.metrics = metrics
-    app.state.events = events
-    app.state.keys = keys
-    app.state.lifecycle = Lifecycle(max_in_flight=settings.max_requests_in_flight,
-                                            max_uploads=settings.max_uploads_in_flight)
-    app.state.tessera = None
+    limits = Limits(max_tiles=settings.max_tiles_per_request, max_pixels=settings.max_image_pixels)
+    app.state.tessera = ServiceState(settings, keys, metrics, events, new_lifecycle(settings), limits)  # the one state
     install_error_handlers(app)
     app.include_router(router)
     app.include_router(demo_router)  # /demo, the try-it page (TESSERA_DEMO)

@@ -26,7 +26,7 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 
 from tessera.service.http.front_door import DECODER
 from tessera.service.http.demo_onnx import DecoderFiles, ExportFailed, export_unavailable
-from tessera.service.errors import NotReady, TesseraError, Unavailable
+from tessera.service.errors import TesseraError, Unavailable
 from tessera.tiles import DECODERS
 
 Decoder = Annotated[Literal[DECODERS], Query(description=DECODER.description)]  # the decode endpoint's parameter
@@ -72,7 +72,7 @@ class DemoNotFound(TesseraError):
 
 
 async def demo_enabled(request: Request) -> None:
-    if not request.app.state.settings.demo:
+    if not request.app.state.tessera.settings.demo:
         raise DemoNotFound("the demo page is turned off on this server (TESSERA_DEMO=false)")
 
 
@@ -136,10 +136,8 @@ async def decoder_onnx(name: str, request: Request, decoder: Decoder = "faithful
     -> ``tiles`` float32 [N, 3, 32, 32] in [0, 1]. Exported on first request (503 with Retry-After
     until built)."""
     app = request.app
-    app.state.keys.check(request.headers.get("authorization"))
-    state = app.state.tessera
-    if state is None:
-        raise NotReady("the service is starting; retry in a moment", retry_after_s=1)
+    app.state.tessera.keys.check(request.headers.get("authorization"))
+    state = app.state.tessera.serving()
     served = state.registry.get(name)  # 404 unknown_model, listing the loaded ones
     variant = served.variant(decoder)  # 404 unknown_decoder, listing the model's
     missing = export_unavailable()

@@ -32,7 +32,7 @@ from starlette.requests import ClientDisconnect
 from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
 
-from tessera.service.errors import BadRequest, InvalidInput, NotReady, TooLarge
+from tessera.service.errors import BadRequest, InvalidInput, TooLarge
 from tessera.service.http.answers import ErrorGuard, error_answer
 from tessera.service.pipeline import operations
 from tessera.service.pipeline.codecs import Layout
@@ -211,12 +211,10 @@ async def answer(endpoint: Endpoint, app: FastAPI, scope: Scope, receive: Receiv
     """The answer to one request to ``endpoint``: key check, parse, the pipeline, or the error's
     answer. The front door and the FastAPI route both answer through here."""
     try:
-        app.state.keys.check(_header(scope, b"authorization"))
+        state: ServiceState = app.state.tessera
+        state.keys.check(_header(scope, b"authorization"))
         call = endpoint.parse(scope["query_string"])
-        state = app.state.tessera
-        if state is None:
-            raise NotReady("the service is starting; retry in a moment", retry_after_s=1)
-        done = await endpoint.run(state, call, AsgiUpload(scope, receive))
+        done = await endpoint.run(state.serving(), call, AsgiUpload(scope, receive))
         return Response(done.body, media_type=done.media_type, headers=done.headers)
     except Exception as exc:  # noqa: BLE001 - every error is answered (service.http.answers)
         return error_answer(scope, exc)
@@ -225,7 +223,7 @@ async def answer(endpoint: Endpoint, app: FastAPI, scope: Scope, receive: Receiv
 class FrontDoor(FastAPI):
     """FastAPI, with every request coming in through ``__call__``: ``POST`` to an endpoint of
     ``ENDPOINTS_SERVED`` goes straight to ``answer``, the rest through FastAPI; each is reported
-    to ``state.events`` once."""
+    to the app's event sink once."""
 
     served: dict[str, Endpoint] = ENDPOINTS_SERVED  # the endpoints taken straight to ``answer``
 
@@ -242,7 +240,7 @@ class FrontDoor(FastAPI):
             try:
                 await response(scope, receive, send)
             finally:
-                self.state.events.request_answered(path, response.status_code, time.perf_counter() - start)
+                self.state.tessera.events.request_answered(path, response.status_code, time.perf_counter() - start)
             return
         status = 500
 
@@ -255,7 +253,7 @@ class FrontDoor(FastAPI):
         try:
             await super().__call__(scope, receive, send_and_record)
         finally:
-            self.state.events.request_answered(path if path in ENDPOINTS else "other", status, time.perf_counter() - start)
+            self.state.tessera.events.request_answered(path if path in ENDPOINTS else "other", status, time.perf_counter() - start)
 
     def check(self) -> None:
         """``TypeError`` when a route of ``ENDPOINTS_SERVED`` declares a dependency or parameter, or

@@ -86,18 +86,18 @@ def specialize(
 def install_openapi(app: FastAPI) -> None:
     """Serve the specialized schema at ``/openapi.json`` (and ``/docs``) while the app is serving."""
     generic: Callable[[], dict[str, Any]] = app.openapi
-    cached: list[Any] = [None, None]  # the serving state it was made for, the schema
+    cached: list[Any] = [None, None]  # the models it was made for, the schema
 
     def openapi() -> dict[str, Any]:
-        state = getattr(app.state, "tessera", None)
-        if state is None:
+        state = app.state.tessera
+        if state.registry is None:
             return generic()
-        if cached[0] is not state:
+        if cached[0] is not state.registry:
             schema = copy.deepcopy(generic())
             models = list(state.registry.models.values())
             names, shapes = [m.name for m in models], [m.latent_shape for m in models]
-            specialize(schema, names, shapes, state.limits.max_tiles, keys_required=app.state.keys.enabled)
-            cached[:] = [state, schema]
+            specialize(schema, names, shapes, state.limits.max_tiles, keys_required=state.keys.enabled)
+            cached[:] = [state.registry, schema]
         return cached[1]
 
     app.openapi = openapi

@@ -163,9 +163,9 @@ async def healthz() -> dict:
     responses={503: {"model": ErrorResponse, "description": "still warming up, or shutting down"}},
 )
 async def readyz(request: Request) -> Response:
-    reason = request.app.state.lifecycle.not_ready_reason()
     state = request.app.state.tessera
-    if reason is None and state is not None:
+    reason = state.lifecycle.not_ready_reason()
+    if reason is None and state.registry is not None:
         reason = state.registry.stuck_reason(stuck_after_s=state.settings.request_timeout_s)
     if reason is not None:
         return JSONResponse(error_body(f"not ready: {reason}", "not_ready"), status_code=503, headers={"Retry-After": "1"})
@@ -175,22 +175,22 @@ async def readyz(request: Request) -> Response:
 @router.get("/openapi.json", include_in_schema=False)
 async def openapi_document(request: Request) -> JSONResponse:
     """The API description; behind the API key like /v1/models unless TESSERA_OPENAPI_PUBLIC."""
-    if not request.app.state.settings.openapi_public:
-        request.app.state.keys.check(request.headers.get("authorization"))
+    if not request.app.state.tessera.settings.openapi_public:
+        request.app.state.tessera.keys.check(request.headers.get("authorization"))
     return JSONResponse(request.app.openapi())
 
 
 @router.get("/docs", include_in_schema=False)
 async def docs(request: Request) -> Response:
     """Swagger UI from the swagger-ui-bundle package's files: no CDN, so it works offline."""
-    if not request.app.state.settings.openapi_public:
-        request.app.state.keys.check(request.headers.get("authorization"))
+    if not request.app.state.tessera.settings.openapi_public:
+        request.app.state.tessera.keys.check(request.headers.get("authorization"))
     return get_swagger_ui_html(openapi_url="openapi.json", title="Tessera API", swagger_js_url=f"{DOCS_ASSETS}/swagger-ui-bundle.js",
                                swagger_css_url=f"{DOCS_ASSETS}/swagger-ui.css", swagger_favicon_url=f"{DOCS_ASSETS}/favicon-32x32.png")
 
 
 @router.get("/metrics", summary="Prometheus metrics", response_class=Response)
 async def metrics(request: Request) -> Response:
-    if not request.app.state.settings.metrics_public:
-        request.app.state.keys.check(request.headers.get("authorization"))
-    return Response(request.app.state.metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
+    if not request.app.state.tessera.settings.metrics_public:
+        request.app.state.tessera.keys.check(request.headers.get("authorization"))
+    return Response(request.app.state.tessera.metrics.exposition(), media_type=CONTENT_TYPE_LATEST)

@@ -40,12 +40,12 @@ class DrainingServer(uvicorn.Server):
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         # a signal handler: Lifecycle.drain only sets fields; logging happens on the loop (on_tick)
-        if self.should_exit or not self.app.state.lifecycle.drain():
+        if self.should_exit or not self.app.state.tessera.lifecycle.drain():
             super().handle_exit(sig, frame)  # a second signal, or already stopping: exit now
 
     async def on_tick(self, counter: int) -> bool:
-        if self.app.state.lifecycle.phase is Phase.DRAINING and not self.should_exit:
-            self._check_drain(self.app.state.lifecycle)
+        if self.app.state.tessera.lifecycle.phase is Phase.DRAINING and not self.should_exit:
+            self._check_drain(self.app.state.tessera.lifecycle)
         return await super().on_tick(counter)
 
     def _check_drain(self, lifecycle: Lifecycle) -> None:

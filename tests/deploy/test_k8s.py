@@ -338,7 +338,7 @@ def test_the_probed_endpoints_behave_as_the_probes_assume(checkpoint_dir):
     with serving(checkpoint_dir, max_batch_tiles=1) as service:  # its own app: it drains
         assert service.get("/healthz").status_code == 200
         assert service.get("/readyz").status_code == 200
-        assert service.app.state.lifecycle.drain()  # what SIGTERM does (service.runtime.shutdown)
+        assert service.app.state.tessera.lifecycle.drain()  # what SIGTERM does (service.runtime.shutdown)
         assert service.get("/readyz").status_code == 503
         assert service.get("/healthz").status_code == 200
 

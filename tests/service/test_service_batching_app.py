@@ -153,7 +153,7 @@ def test_shutdown_drains_admitted_requests_and_refuses_new_ones(checkpoint_dir):
             admitted = [asyncio.ensure_future(post(i)) for i in range(3)]
             await until(lambda: encoder.queued_tiles == 3, what="three requests wait in the open batch")
             shutdown = asyncio.ensure_future(lifespan.aclose())
-            await until(lambda: app.state.lifecycle.phase is Phase.DRAINING, what="the lifespan drains")
+            await until(lambda: app.state.tessera.lifecycle.phase is Phase.DRAINING, what="the lifespan drains")
             refused = await post(9)
             clock.advance(0.6)  # the window ends; the drain waits for the batch
             await shutdown
@@ -163,7 +163,7 @@ def test_shutdown_drains_admitted_requests_and_refuses_new_ones(checkpoint_dir):
     assert [r.status_code for r in responses] == [200, 200, 200]
     assert refused.status_code == 503 and refused.json()["code"] == "shutting_down" and "Retry-After" in refused.headers
     assert events.batch_sizes(op="encode") == {3: 1} and not encoder.accepting
-    assert app.state.lifecycle.phase is Phase.STOPPED
+    assert app.state.tessera.lifecycle.phase is Phase.STOPPED
 
 
 def test_a_lone_request_does_not_wait_out_the_window(checkpoint_dir):
