@@ -131,7 +131,7 @@ async def vendor_file(name: str) -> FileResponse:
 
 
 @router.get("/models/{name}/decoder.onnx")
-async def decoder_onnx(name: str, request: Request, decoder: Decoder = "faithful") -> Response:
+async def decoder_onnx(name: str, request: Request, decoder: Decoder = DECODER.default) -> Response:
     """The model's decoder (``?decoder=sharp``: its sharp one): ``latents`` float32 [N, *latent_shape]
     -> ``tiles`` float32 [N, 3, 32, 32] in [0, 1]. Exported on first request (503 with Retry-After
     until built)."""

@@ -108,18 +108,17 @@ DECODER = Param(
 
 
 def _encode_call(q: dict[str, Any]) -> EncodeCall:
-    return EncodeCall(q.get("model"), Layout(q.get("margin", 0), q.get("spacing", 0)), q.get("refine", 0))
+    return EncodeCall(q["model"], Layout(q["margin"], q["spacing"]), q["refine"])
 
 
 def _decode_call(q: dict[str, Any]) -> DecodeCall:
-    return DecodeCall(q.get("model"), q.get("columns"), Layout(q.get("margin", 0), q.get("spacing", 0)),
-                      q.get("decoder", "faithful"))
+    return DecodeCall(q["model"], q["columns"], Layout(q["margin"], q["spacing"]), q["decoder"])
 
 
 @dataclass(frozen=True)
 class Endpoint:
-    """An endpoint the front door serves: its query parameters, how they make a call, and the
-    operation that runs the call."""
+    """An endpoint the front door serves: its query parameters, how their values (the defaults
+    for those not given) make a call, and the operation that runs the call."""
 
     path: str
     params: tuple[Param, ...]
@@ -128,6 +127,7 @@ class Endpoint:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "_by_name", {p.name: p for p in self.params})
+        object.__setattr__(self, "_defaults", {p.name: p.default for p in self.params})
 
     def parse(self, query_string: bytes) -> Any:
         """The call a query string asks for: 422 ``unknown_parameter`` for a name the endpoint does
@@ -139,7 +139,7 @@ class Endpoint:
         if unknown:
             raise InvalidInput(f"unknown query parameter(s) {sorted(unknown)}; this endpoint takes {sorted(by_name)}",
                                code="unknown_parameter")
-        return self.call({name: by_name[name].parse(raw) for name, raw in values.items()})
+        return self.call({**self._defaults, **{name: by_name[name].parse(raw) for name, raw in values.items()}})
 
     def openapi(self) -> list[dict[str, Any]]:
         return [param.openapi() for param in self.params]

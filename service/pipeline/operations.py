@@ -57,12 +57,12 @@ class Upload(Protocol):
 
 @dataclass(frozen=True)
 class EncodeCall:
-    """``POST /v1/encode``, its query parsed: the model (None: the default), the sheet's layout and
-    the refinement steps asked for."""
+    """``POST /v1/encode``, its query parsed (defaults: the front door's ``Param`` declarations): the
+    model (None: the default), the sheet's layout and the refinement steps asked for."""
 
-    model: str | None = None
-    layout: Layout = Layout()
-    refine: int = 0
+    model: str | None
+    layout: Layout
+    refine: int
 
 
 @dataclass(frozen=True)
@@ -70,10 +70,10 @@ class DecodeCall:
     """``POST /v1/decode``, its query parsed: the model, the sheet's width in tiles (None: from the
     body or the default), its layout and which of the model's decoders."""
 
-    model: str | None = None
-    columns: int | None = None
-    layout: Layout = Layout()
-    decoder: str | None = None
+    model: str | None
+    columns: int | None
+    layout: Layout
+    decoder: str | None
 
 
 async def encode(state: ServiceState, call: EncodeCall, upload: Upload) -> Answer:

@@ -11,25 +11,13 @@ import argparse
 import logging
 import sys
 
-def _default(field) -> str:
-    """A setting's default as a user would type it."""
-    value = field.default
-    if value is None:
-        return "unset"
-    if isinstance(value, tuple):
-        return ",".join(map(str, value))
-    if isinstance(value, bool):
-        return str(value).lower()
-    return str(value)
-
-
 def flags() -> dict[str, str]:
     """Flag name -> help, one per ``Settings`` field, both derived from the field (its description
     and default); the value is passed on as text and checked as the environment's is."""
-    from tessera.service.runtime.settings import Settings
+    from tessera.service.runtime.settings import Settings, shown_default
 
     return {
-        name: f"{field.description} (TESSERA_{name.upper()}, default: {_default(field)})"
+        name: f"{field.description} (TESSERA_{name.upper()}, default: {shown_default(field)})"
         for name, field in Settings.model_fields.items()
     }
 

@@ -31,7 +31,7 @@ class Settings(BaseSettings):
         default=None, description=f"model used when a request names none; unset: {DEFAULT_MODEL!r} if loaded, else the first by name"
     )
     device: str = Field(default="auto", description="auto (cuda when available), cpu, cuda or cuda:N")
-    cuda_dtype: Literal["fp32", "fp16", "bf16"] = Field(default="fp32", description="inference dtype on CUDA; CPU always runs fp32")
+    cuda_dtype: Literal["fp32", "fp16", "bf16"] = Field(default="fp32", description="compute dtype on CUDA: fp32, fp16 or bf16 (CPU always computes in fp32)")
     graph: Literal["trace", "eager"] = Field(
         default="trace",
         description="trace: model calls run as TorchScript graphs traced at start-up and checked against eager "
@@ -39,19 +39,19 @@ class Settings(BaseSettings):
     )
     torch_threads: int | None = Field(default=None, ge=1, description="torch intra-op threads; unset: torch's default")
     skip_bad_checkpoints: bool = Field(
-        default=False, description="serve the good checkpoints when some cannot be loaded (listed in /v1/models as skipped)"
+        default=False, description="start with the good checkpoints and list the bad ones under skipped in /v1/models (else a bad one stops the start)"
     )
 
     # batching
     max_batch_tiles: int = Field(default=64, ge=1, description="most tiles in one model call")
-    max_wait_ms: float = Field(default=5.0, ge=0, description="how long a batch waits for more tiles after its first")
+    max_wait_ms: float = Field(default=5.0, ge=0, description="a batch closes this long after its first tile (or when full, or when no other request is on its way)")
     batch_close_early: bool = Field(
         default=True,
         description="close a batch as soon as no other request is on its way (admitted, body still being read) instead of "
         "waiting out TESSERA_MAX_WAIT_MS; false: always wait the window (fuller batches for bulk clients, slower lone requests)",
     )
     max_queue_tiles: int = Field(default=4096, ge=1, description="most tiles waiting per model and operation; beyond: 503")
-    request_timeout_s: float = Field(default=30.0, gt=0, description="a request not answered by then gets 504")
+    request_timeout_s: float = Field(default=30.0, gt=0, description="a request not answered by then gets 504; its waiting tiles are dropped")
     shutdown_grace_s: float = Field(default=20.0, ge=0, description="time to finish accepted requests on shutdown")
     shutdown_delay_s: float = Field(
         default=0.0, ge=0,
@@ -59,9 +59,9 @@ class Settings(BaseSettings):
     )
 
     # request limits
-    max_tiles_per_request: int = Field(default=1024, ge=1, description="most tiles (or latents) in one request; beyond: 413")
+    max_tiles_per_request: int = Field(default=1024, ge=1, description="most tiles (or latents) in one request; beyond: 413 (must not exceed TESSERA_MAX_QUEUE_TILES)")
     max_body_bytes: int = Field(default=16 * 1024 * 1024, ge=1024, description="largest request body; beyond: 413")
-    max_image_pixels: int = Field(default=4 * 1024 * 1024, ge=1024, description="largest image (width x height) accepted")
+    max_image_pixels: int = Field(default=4 * 1024 * 1024, ge=1024, description="largest image (width x height) accepted, checked from its header before decoding; beyond: 413")
     max_requests_in_flight: int = Field(
         default=256, ge=1, description="most /v1/encode and /v1/decode requests handled at once, counted from when "
         "their body has arrived; beyond: 503 with Retry-After"
@@ -71,15 +71,15 @@ class Settings(BaseSettings):
         "of its own, so slow uploads never hold the slots model work needs); beyond: 503 with Retry-After"
     )
     decode_timeout_s: float = Field(
-        default=2.0, gt=0, description="an image that takes longer to decode is refused (422 decode_timeout)"
+        default=2.0, gt=0, description="an image (or JSON of images, or a large npy body) that takes longer to decode is refused with 422 decode_timeout; decoding runs off the event loop"
     )
 
     # HTTP layer (service.http.limits; `tessera serve` only)
-    max_header_bytes: int = Field(default=64 * 1024, ge=1024, description="largest request head (request line + headers); beyond: 431")
+    max_header_bytes: int = Field(default=64 * 1024, ge=1024, description="largest request head (request line and headers); beyond: 431 and the connection closes")
     header_timeout_s: float = Field(
-        default=10.0, gt=0, description="a request head must arrive within this; beyond: 408 (an idle new connection is closed)"
+        default=10.0, gt=0, description="a request head must arrive within this (from the connection, or from its first byte after an answer); beyond: 408, and a connection that sent nothing is closed"
     )
-    body_timeout_s: float = Field(default=30.0, gt=0, description="a request body must arrive within this after its head; beyond: 408")
+    body_timeout_s: float = Field(default=30.0, gt=0, description="a request body must arrive within this after its head; beyond: 408 and the connection closes (a stalled upload gives its upload slot back)")
     min_body_bytes_per_s: int = Field(
         default=1024, ge=0, description="after TESSERA_BODY_GRACE_S, a request body must have arrived at this many bytes "
         "per second on average, else 408 and the connection closes; 0: no minimum")
@@ -88,20 +88,20 @@ class Settings(BaseSettings):
     keep_alive_s: float = Field(default=5.0, gt=0, description="an idle keep-alive connection is closed after this")
 
     # cache (service.pipeline.cache)
-    redis_url: str | None = Field(default=None, description="redis://host:port/db for the latent cache; unset: in-process cache")
-    cache_ttl_s: int = Field(default=7 * 24 * 3600, ge=1, description="lifetime of a cached latent")
-    cache_max_bytes: int = Field(default=256 * 1024 * 1024, ge=0, description="size of the in-process cache; 0 disables it")
+    redis_url: str | None = Field(default=None, description="redis://host:port/db: the latent cache in Redis (shared by every api replica); unset: an in-process cache")
+    cache_ttl_s: int = Field(default=7 * 24 * 3600, ge=1, description="lifetime of a cached latent, in seconds (Redis EX; the in-process cache expires entries too)")
+    cache_max_bytes: int = Field(default=256 * 1024 * 1024, ge=0, description="size bound of the in-process LRU cache; 0 disables it (no effect with Redis)")
     cache_timeout_s: float = Field(default=0.25, gt=0, le=10, description="Redis socket timeout; a slower answer counts as a miss")
-    cache_breaker_cooldown_s: float = Field(default=5.0, ge=0, le=300, description="after Redis failures, skip it this long")
+    cache_breaker_cooldown_s: float = Field(default=5.0, ge=0, le=300, description="after Redis failures, skip Redis this long before probing again")
 
     # access
-    api_keys: str | None = Field(default=None, description="comma-separated API keys, or @/path/to/file with one per line")
+    api_keys: str | None = Field(default=None, description="API keys, comma-separated, or @/path/file with one per line (# comments); when set, /v1/* needs Authorization: Bearer <key>")
     metrics_public: bool = Field(default=True, description="whether /metrics is readable without an API key")
     openapi_public: bool = Field(
-        default=False, description="whether /openapi.json and /docs are readable without an API key (they name the models and limits)"
+        default=False, description="whether /openapi.json and /docs are readable without a key when TESSERA_API_KEYS is set (they name the loaded models and the limits)"
     )
     demo: bool = Field(
-        default=True, description="serve the try-it page at /demo and its decoder ONNX files (service.http.demo); false: 404"
+        default=True, description="serve the try-it page at /demo and its decoder ONNX files; false: 404"
     )
 
     # `tessera serve` only
@@ -136,3 +136,28 @@ class Settings(BaseSettings):
     @property
     def max_wait_s(self) -> float:
         return self.max_wait_ms / 1000.0
+
+
+def shown_default(field) -> str:
+    """A setting's default as a user would type it."""
+    value = field.default
+    if value is None:
+        return "unset"
+    if isinstance(value, tuple):
+        return ",".join(map(str, value))
+    if isinstance(value, bool):
+        return str(value).lower()
+    return str(value)
+
+
+def markdown_table() -> str:
+    """The settings as the table docs/operations.md shows, derived from the fields (a test keeps
+    the page equal to it): ``python -m tessera.service.runtime.settings``."""
+    rows = ["| Variable | Default | Meaning |", "|---|---|---|"]
+    for name, field in Settings.model_fields.items():
+        rows.append(f"| `TESSERA_{name.upper()}` | `{shown_default(field)}` | {field.description} |")
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":
+    print(markdown_table())

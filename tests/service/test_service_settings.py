@@ -135,3 +135,14 @@ def test_serve_refuses_bad_checkpoints_in_one_line(tmp_path, content):
     line = result.stderr.strip()
     assert line.count("\n") == 0 and "Traceback" not in line
     assert (str(folder / "broken.safetensors") if content else str(folder)) in line
+
+
+def test_the_settings_table_in_the_docs_is_made_from_the_fields():
+    """docs/operations.md shows each setting's default and meaning as the field declares them
+    (``markdown_table``), so neither is written a second time by hand."""
+    from tessera.service.runtime.settings import markdown_table
+
+    page = (Path(__file__).resolve().parents[2] / "docs" / "operations.md").read_text()
+    begin = page.index("<!-- settings table:")
+    table = page[page.index("\n", begin) + 1:page.index("<!-- end of the settings table -->")].strip()
+    assert table == markdown_table(), "rerun: python -m tessera.service.runtime.settings (and paste its table)"
