@@ -58,6 +58,7 @@ def _f4(latent: int) -> str:
 
 
 _RGBA = "in_channels=4 "  # 4 channels in and out
+_S48 = _small(64, [16, 32, 64, 64, 128, 128], [0, 1, 2, 1, 1, 1], [0, 1, 3, 1, 1, 1])
 
 PRESETS: dict[str, str] = {
     "baseline": "arch=baseline",
@@ -68,18 +69,13 @@ PRESETS: dict[str, str] = {
     "dcae-07": _seed(64, "[64,128,256,256,512,512]",
                      "encoder.depth_list=[0,4,8,2,3,4] decoder.depth_list=[0,5,10,2,3,4]"),
     "f32c32": _seed(32, "[128,256,512,512,1024,1024]"),  # upstream dc-ae-f32c32-in-1.0
-    # dcae-04's layout at CPU scale: ratio 48 (latent 64x1x1), the bundled checkpoint.
-    "dcae-s48": (
-        "latent_channels=64 "
-        "encoder.width_list=[16,32,64,64,128,128] encoder.depth_list=[0,1,2,1,1,1] "
-        "encoder.block_type=[ResBlock,ResBlock,ResBlock,EViT_GLU,EViT_GLU,EViT_GLU] "
-        "decoder.width_list=[16,32,64,64,128,128] decoder.depth_list=[0,1,3,1,1,1] "
-        "decoder.block_type=[ResBlock,ResBlock,ResBlock,EViT_GLU,EViT_GLU,EViT_GLU] "
-        "decoder.norm=[bn2d,bn2d,bn2d,trms2d,trms2d,trms2d] decoder.act=[relu,relu,relu,silu,silu,silu]"
-    ),
-    # Ratio-48 layouts at dcae-s48's scale, named <ratio>-f<down-sampling>c<latent channels>, and
-    # a ratio-12 model for pipelines that need tiles back nearly as they went in.
-    "dcae-s48-f32c64": _small(64, [16, 32, 64, 64, 128, 128], [0, 1, 2, 1, 1, 1], [0, 1, 3, 1, 1, 1]),
+    # dcae-04's layout at CPU scale: ratio 48 (latent 64x1x1), the first bundled checkpoint; the
+    # same network under a name that says its layout, as the ones below are named:
+    # <ratio>-f<down-sampling>c<latent channels>
+    "dcae-s48": _S48,
+    "dcae-s48-f32c64": _S48,
+    # Ratio-48 layouts at dcae-s48's scale, and a ratio-12 model for pipelines that need tiles
+    # back nearly as they went in.
     "dcae-s48-f16c16": _small(16, [16, 32, 64, 64, 128], [0, 1, 2, 1, 2], [0, 1, 3, 1, 2]),
     "dcae-s48-f8c4": _f8(4),
     "dcae-s12-f8c16": _f8(16),
