@@ -165,6 +165,7 @@ def big_checkpoint(stage: Stage) -> Path:
         import torch
 
         from tessera import model
+
         path.parent.mkdir(parents=True, exist_ok=True)
         torch.manual_seed(0)
         model.save_checkpoint(model.build(stage.plan.big_model), path, {"weights": "random (seed 0), written by bench.gpu_check"})

@@ -51,7 +51,7 @@ def main() -> int:
                      "mkdir -p data && (cd data && apt-get download crawl-tiles-data && dpkg-deb -x crawl-tiles-data_*.deb .)")
 
     try:
-        with Client(args.url, api_key=os.environ.get("TESSERA_API_KEY")) as tessera:
+        with Client(args.url, api_key=os.environ.get("TESSERA_API_KEY")) as client:
             with tqdm(desc="encode", unit="tile", leave=False) as bar:
 
                 def progress(done: int, total: int) -> None:
@@ -59,7 +59,7 @@ def main() -> int:
                     bar.update(done - bar.n)
 
                 # crop=True: some DCSS sheets end in a partial row of tiles (main.png is 1000 pixels tall)
-                result = tessera.encode(args.sheet, args.model, crop=True, progress=progress)
+                result = client.encode(args.sheet, args.model, crop=True, progress=progress)
             rows, cols = result.grid
             for index in (args.a, args.b):
                 if not 0 <= index < len(result.latents):
@@ -67,7 +67,7 @@ def main() -> int:
             z_a, z_b = result.latents[args.a], result.latents[args.b]
             t = np.linspace(0.0, 1.0, args.steps + 2, dtype=np.float32).reshape(-1, *[1] * z_a.ndim)  # both ends
             mixes = (1 - t) * z_a + t * z_b  # (steps + 2, *latent_shape)
-            strip = tessera.decode_sheet(mixes, columns=len(mixes), model=result.model)
+            strip = client.decode_sheet(mixes, columns=len(mixes), model=result.model)
     except TesseraError as exc:
         print(f"interpolate: {exc}", file=sys.stderr)
         return 1

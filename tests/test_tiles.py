@@ -5,6 +5,8 @@ import pytest
 from PIL import Image
 
 from tessera import tiles
+
+
 def test_cut_is_row_major_and_assemble_inverts_it():
     rng = np.random.default_rng(0)
     sheet = rng.integers(0, 256, (2 * 32, 3 * 32, 3), dtype=np.uint8)

@@ -10,6 +10,7 @@ TINY = "dcae-t48"  # every block kind, ~390k parameters: milliseconds per call a
 def tiny_rgba() -> str:
     """``TINY`` with 4 channels in and out: an RGBA model."""
     from tessera import model
+
     return model.PRESETS[TINY].replace("latent_channels=64", "in_channels=4 latent_channels=64")
 
 
@@ -21,6 +22,7 @@ def save_checkpoint(path: Path, preset: str = TINY, seed: int = 0, metrics: dict
     import torch
 
     from tessera import model
+
     torch.manual_seed(seed)
     path.parent.mkdir(parents=True, exist_ok=True)
     record = {**({"metrics": metrics} if metrics is not None else {}), **(training or {})}
@@ -34,6 +36,7 @@ def save_sharpened(base: Path, path: Path, encoder_too: bool = False) -> Path:
     import torch
 
     from tessera import model
+
     module, info = model.load_checkpoint(base)
     with torch.no_grad():
         for p in module.decoder.conv_out.parameters():

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from tessera import model
+
 ROOT = Path(__file__).resolve().parents[2]
 FILES = sorted(p.stem for p in (ROOT / "checkpoints").glob("*.safetensors"))
 BUNDLED = [name for name in FILES if "." not in name]

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from tessera import model
+
 # reference.md section 2: (total, encoder, decoder, latent channels, ratio)
 SEED_COUNTS = {
     "dcae-03": (81_241_004, 30_989_088, 50_251_916, 32, 96),

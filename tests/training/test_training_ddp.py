@@ -7,6 +7,8 @@ import subprocess
 import sys
 
 from tessera import model
+
+
 def test_two_process_torchrun_on_cpu(tiny_data, tmp_path):
     out = tmp_path / "ddp"
     cmd = [
