@@ -11,6 +11,7 @@ import argparse
 import logging
 import sys
 
+
 def flags() -> dict[str, str]:
     """Flag name -> help, one per ``Settings`` field, both derived from the field (its description
     and default); the value is passed on as text and checked as the environment's is."""

@@ -16,7 +16,6 @@ import pytest
 
 from tessera.testing.bodies import NPY, npy, random_tiles
 from tessera.testing.serve import local_server
-from tessera.testing.waiting import wait_until
 
 LIMITS = {"TESSERA_MAX_HEADER_BYTES": "4096", "TESSERA_HEADER_TIMEOUT_S": "0.5", "TESSERA_BODY_TIMEOUT_S": "0.5",
           "TESSERA_KEEP_ALIVE_S": "0.5", "TESSERA_MAX_REQUESTS_IN_FLIGHT": "4"}

@@ -112,10 +112,6 @@ def test_a_bug_behind_the_front_door_is_a_500_with_a_request_id(client, monkeypa
     assert headers["x-request-id"] in body.decode() and "RuntimeError: a bug" in caplog.text
 
 
-def rate_limit() -> None:
-    """A dependency someone might add to the encode route."""
-
-
 def replace_route(monkeypatch, path: str, **changes) -> None:
     """Rebuild the POST ``path`` route of service.http.routes with ``changes``, as editing its
     decorator would."""
