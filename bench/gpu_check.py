@@ -14,7 +14,7 @@ and the next one runs all the same):
    time, 8 clients sending 256-tile sheets, 256 single-tile wrk connections; tiles/s against the
    raw call at the batch size the server formed, and the server's CPU per request (/proc);
 4. ``train``: ``tessera train`` of ``dcae-04`` (bf16 autocast) on ``data/dcss`` for about 2.5
-   minutes: inputs/s and the time 1M inputs would take (the seed: 78 minutes); with more than one
+   minutes: inputs/s and the time 1M inputs would take (the original experiment: 78 minutes); with more than one
    GPU, again under ``torchrun --nproc_per_node=<gpus>``.
 
 Each stage writes ``<stage>.json`` as it goes; then ``gpu-check.json`` (everything),
@@ -62,7 +62,7 @@ logger = logging.getLogger(__name__)
 
 STAGES = ("tests", "raw", "service", "train")
 WALL_LIMIT_S = 9 * 60  # the whole GPU run, start-up and summary included
-SEED_1M_MINUTES = 78.0  # the seed's dcae-04: one million training inputs on its GPU
+SEED_1M_MINUTES = 78.0  # the original experiment's dcae-04: one million training inputs on its GPU
 TESTS_DEADLINE_ENV = "TESSERA_GPU_TESTS_DEADLINE"  # read by tests/gpu/conftest.py
 NEEDS = {  # what each stage imports (the first module missing is reported): a GPU machine may have a Python of its own
     "tests": ("pytest", "pytest_timeout", "tessera.client", "tessera.service.http.app"),
@@ -101,7 +101,7 @@ class Plan:
     wrk_connections: int
     wrk_warmup_s: float
     wrk_duration_s: float
-    train_batch: int  # per process (the seed's 64)
+    train_batch: int  # per process (the original experiment's 64)
     train_max_inputs: int  # the schedule's span, and the cap of --stop-after
     train_window_s: float  # training time of one run (all runs share it when there are several)
     train_warmup_s: float  # train.csv rows before this are left out of the rate (cuDNN autotuning)
@@ -796,7 +796,7 @@ def train_section(data: dict) -> list[str]:
     rows = [[r["kind"], str(r.get("world_size")), str(r.get("batch_size")), str(r.get("precision")), fmt(r.get("inputs")),
              fmt(r.get("train_s"), 1), fmt(r.get("inputs_per_s")), fmt(r.get("projected_1m_min"), 1), fmt(r.get("seed_1m_min"))]
             for r in data.get("runs", [])]
-    lines += table(["run", "processes", "batch", "precision", "inputs", "train s", "inputs/s", "1M inputs, min", "seed, min"], rows)
+    lines += table(["run", "processes", "batch", "precision", "inputs", "train s", "inputs/s", "1M inputs, min", "original experiment, min"], rows)
     return lines + ["", f"inputs/s leaves out the first {data.get('warmup_s', 'few')} s of training (cuDNN autotuning)."]
 
 

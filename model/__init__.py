@@ -1,4 +1,4 @@
-"""Tessera's networks: DC-AE and the seed's baseline CNN autoencoder, their presets and checkpoints."""
+"""Tessera's networks: DC-AE and the original experiment's baseline CNN autoencoder, their presets and checkpoints."""
 
 from .autoencoder import TileAutoencoder
 from .build import build, build_from_config

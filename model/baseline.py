@@ -1,4 +1,4 @@
-"""The seed's baseline: a stacked symmetric CNN autoencoder with a linear bottleneck.
+"""The original experiment's baseline: a stacked symmetric CNN autoencoder with a linear bottleneck.
 
 Encoder: valid 5x5 convolutions 3->24->32->48, ReLU after each (the last too), then
 Linear(48*20*20, 128). Decoder: Linear(128, 48*20*20), reshape, transposed 5x5 convolutions
@@ -49,7 +49,7 @@ class BaselineDecoder(nn.Module):
 
 
 class BaselineAE(TileAutoencoder):
-    """The seed's baseline CNN autoencoder; ``z`` is ``[N, latent_dim]``."""
+    """The original experiment's baseline CNN autoencoder; ``z`` is ``[N, latent_dim]``."""
 
     arch = "baseline"
 

@@ -1,4 +1,4 @@
-"""``build(spec)``: a network from a preset name or a seed-style dot-list."""
+"""``build(spec)``: a network from a preset name or a dot-list."""
 
 from __future__ import annotations
 

@@ -217,7 +217,7 @@ class DCAEConfig:
 
     @classmethod
     def from_dotlist(cls, text: str) -> DCAEConfig:
-        """Parse a seed-style dot-list such as ``"latent_channels=64 encoder.depth_list=[0,4,8,2,2,2]"``."""
+        """Parse a dot-list such as ``"latent_channels=64 encoder.depth_list=[0,4,8,2,2,2]"``."""
         top, sub = split_entries(text, cls, sections=("encoder", "decoder"))
         top_values = coerce_all(cls, top, prefix="")
         shared = {k: top_values.get(k, field_default(cls, k)) for k in ("in_channels", "latent_channels")}
@@ -252,7 +252,7 @@ class DCAEConfig:
 
 @dataclass(frozen=True)
 class BaselineConfig:
-    """The seed's stacked symmetric CNN autoencoder: valid convolutions, then one linear layer."""
+    """The original experiment's stacked symmetric CNN autoencoder: valid convolutions, then one linear layer."""
 
     in_channels: int = 3
     channels: tuple[int, ...] = (24, 32, 48)

@@ -1,6 +1,6 @@
 """The dot-list language of model specs: ``"latent_channels=64 encoder.width_list=[64,128]"``.
 
-The seed's override strings (efficientvit's ``key=value`` entries, ``section.key`` for the
+The original experiment's override strings (efficientvit's ``key=value`` entries, ``section.key`` for the
 encoder and decoder, ``[a,b,c]`` for tuples) read into the fields of the frozen dataclasses of
 ``tessera.model.config`` and are written back from them. Every key and value is checked against the
 dataclass's fields and type hints; a failure is a ``ConfigError`` naming the bad entry.

@@ -1,4 +1,4 @@
-"""Named model specs: the seed's runs, upstream's default f32c32, the CPU-sized models Tessera
+"""Named model specs: the original experiment's runs, upstream's default f32c32, the CPU-sized models Tessera
 ships, and a tiny one for tests. ``parse_spec`` reads a name or a dot-list into a config."""
 
 from __future__ import annotations
@@ -6,7 +6,7 @@ from __future__ import annotations
 from .config import ARCHS, BaselineConfig, ConfigError, DCAEConfig, ModelConfig
 from .dotlist import tokenize
 
-# The seed's runs (seed.md), upstream's default f32c32, and two CPU-sized models of our own.
+# The original experiment's runs, upstream's default f32c32, and two CPU-sized models of our own.
 _SEED_COMMON = (
     "encoder.block_type=[ResBlock,ResBlock,ResBlock,EViT_GLU,EViT_GLU,EViT_GLU] "
     "decoder.block_type=[ResBlock,ResBlock,ResBlock,EViT_GLU,EViT_GLU,EViT_GLU] "
@@ -97,7 +97,7 @@ PRESETS: dict[str, str] = {
     # per tile allow: 8x4x4 (ratio 32) and 16x4x4 (ratio 16, the RGB ratio-12 model's latent)
     "dcae-s32-f8c8-rgba": _RGBA + _f8(8),
     "dcae-s16-f8c16-rgba": _RGBA + _f8(16),
-    # about the baseline's 5M parameters at ratio 48, for the seed's question at matched size: the
+    # about the baseline's 5M parameters at ratio 48, for DC-AE against the baseline at matched size: the
     # small layouts with a wider last stage (the high-resolution stages, where the time goes, as they are)
     "dcae-m48-f16c16": _small(16, [16, 32, 64, 128, 256], [0, 1, 2, 1, 1], [0, 1, 3, 1, 1]),
     "dcae-m48-f8c4": _small(4, [16, 32, 64, 256], [0, 1, 2, 2], [0, 1, 3, 2]),

@@ -1,4 +1,4 @@
-"""Settings of a training run, with the seed's values as defaults."""
+"""Settings of a training run, with the original experiment's values as defaults."""
 
 from __future__ import annotations
 
@@ -24,28 +24,28 @@ def option(default, help: str, **more):
 class TrainConfig:
     """`tessera train`: each field is one option, its flag's help beside it (``tessera.training.cli``)."""
 
-    model: str | None = option(None, "preset name (dcae-s48-f8c4, dcae-t48, baseline, ...) or a seed dot-list "
+    model: str | None = option(None, "preset name (dcae-s48-f8c4, dcae-t48, baseline, ...) or a dot-list "
                                      "string; None only on resume")
     data: str = option("data/dcss", "data set folder from `tessera data`")
     out: str = option("runs/run", "run folder for checkpoints and logs", default_text="runs/<model>")
-    max_inputs: int = option(1_000_000, "training inputs; the cosine schedule spans them (the seed: one million)")
-    batch_size: int = option(64, "global batch size, split evenly over processes (the seed's)")
+    max_inputs: int = option(1_000_000, "training inputs; the cosine schedule spans them")
+    batch_size: int = option(64, "global batch size, split evenly over processes")
     lr: float | None = option(None, "peak learning rate",
-                              default_text=f"{BASELINE_LR:g} for baseline, {DCAE_LR:g} for DC-AE, the seed's")
+                              default_text=f"{BASELINE_LR:g} for baseline, {DCAE_LR:g} for DC-AE")
     warmup: int = option(0, "inputs of linear learning-rate warm-up before the cosine decay")
     ema: float = option(0.0, "decay of an exponential moving average of the weights, which the checkpoints then "
                              "hold, e.g. 0.999; 0: off")
-    loss: str = option("l1", "l1 (the seed), l1+grad (plus image-gradient L1) or l1+ssim", choices=LOSSES)
+    loss: str = option("l1", "l1, l1+grad (plus image-gradient L1) or l1+ssim", choices=LOSSES)
     structure_weight: float | None = option(None, "weight of the loss's structure term",
                                             default_text="0.5 for l1+grad, 0.2 for l1+ssim")
-    weight_decay: float = option(0.01, "AdamW weight decay (AdamW's default, which the seed kept)")
+    weight_decay: float = option(0.01, "AdamW weight decay")
     latent_reg: float = option(1e-4, "weight of the latent regulariser 1e-4 x (|0.5 - std| + |mean|) of the "
                                      "latents; 0 turns it off")
     mse_phase: float = option(0.0, "fraction of the schedule, at its end, that trains on MSE (the loss PSNR "
                                    "measures) instead of the loss given; RGB models; 0: off")
     alpha_weight: float = option(1.0, "RGBA models: weight of the alpha error against the colour error, which is "
                                       "weighted by coverage")
-    augment: bool = option(False, "random flips and quarter turns (the seed trained without)", flag="switch")
+    augment: bool = option(False, "random flips and quarter turns", flag="switch")
     seed: int = option(0, "random seed: weights, data order, augmentation")
     eval_every: int = option(20_000, "inputs between validations and checkpoints")
     log_every: int = option(10, "steps between rows of train.csv")

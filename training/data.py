@@ -25,7 +25,7 @@ from tessera.training.tiles import IMAGE_SUFFIXES, TILE, constant_mask, sheet_ti
 FORMAT = "tessera-tiles"
 FORMAT_VERSION = 1
 SPLIT_SEED = 0  # seed of the shuffle that picks validation tiles
-VAL_EVERY = 20  # every 20th tile of the shuffle goes to validation, as in the seed
+VAL_EVERY = 20  # every 20th tile of the shuffle goes to validation, as in the original experiment
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,7 @@
     torchrun --nproc_per_node=2 -m tessera.training.train --model dcae-t48 --out runs/ddp
     tessera train --out runs/dcae-s48 --resume          # continue exactly where it stopped
 
-The seed's recipe: L1 loss (plus a small latent regulariser), AdamW, a cosine schedule over
+The original recipe: L1 loss (plus a small latent regulariser), AdamW, a cosine schedule over
 max_inputs / batch_size steps, batch 64. Every ``eval_every`` inputs the model is validated in
 eval mode and the run folder gets ``last.safetensors`` and ``last.state.pt`` (the resumable
 state), and ``best.safetensors`` when validation L1 improved. All writes are atomic.

@@ -1,7 +1,7 @@
-"""Training objectives: L1 reconstruction, optionally with a structure term, plus the seed's
+"""Training objectives: L1 reconstruction, optionally with a structure term, plus the original experiment's
 latent regulariser.
 
-- ``l1``: the seed's mean absolute error;
+- ``l1``: the original experiment's mean absolute error;
 - ``l1+grad``: L1 plus ``weight`` times the L1 of the images' horizontal and vertical
   differences, which puts a price on soft or shifted edges (outlines are what a blurred tile loses);
 - ``l1+ssim``: L1 plus ``weight`` times ``1 - SSIM`` (11x11 Gaussian window, as in Wang et al.).
@@ -16,7 +16,7 @@ from tessera.training.config import LOSSES
 
 
 def reconstruction_loss(x_hat: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """Mean absolute error over all pixels and channels (the seed's L1 loss)."""
+    """Mean absolute error over all pixels and channels (the original experiment's L1 loss)."""
     return F.l1_loss(x_hat, x)
 
 
@@ -48,7 +48,7 @@ def training_loss(x_hat: torch.Tensor, x: torch.Tensor, kind: str = "l1", weight
 
 def latent_regulariser(z: torch.Tensor) -> torch.Tensor:
     """|0.5 - mean per-feature std over the batch| + |mean of z|: keeps latents centred with a
-    spread of about 0.5, as the seed added with weight 1e-4. z: (B, ...)."""
+    spread of about 0.5, as the original experiment added with weight 1e-4. z: (B, ...)."""
     return (0.5 - z.std(dim=0).mean()).abs() + z.mean().abs()
 
 

@@ -1,6 +1,6 @@
 """Reconstruction metrics over a whole split: L1, MSE, PSNR and SSIM.
 
-L1, MSE and PSNR are computed on the raw decoder output (not clamped), like the seed's
+L1, MSE and PSNR are computed on the raw decoder output (not clamped), like the original experiment's
 validation loss; PSNR is ``10 * log10(1 / MSE)`` for pixels in [0, 1], from the MSE over the whole
 split. SSIM is the mean over tiles of each tile's SSIM (11x11 Gaussian window), on the output
 clamped to [0, 1] as a served tile is.

@@ -9,7 +9,7 @@ weights: it does not change the training, so the EMA row of the recipe study is 
 EMA copy, at no extra cost. Rows are compared on their last validation (the end of the cosine
 schedule), per validation source.
 
-The recipe study runs in two stages: the learning rates against the seed's recipe, then every
+The recipe study runs in two stages: the learning rates against the original recipe, then every
 other change against the best learning rate (best = highest PSNR over all validation tiles). The
 layout study needs only the first stage: every layout trains with the best learning rate's
 settings, and the 64x1x1 row is that run itself (dcae-s48 is dcae-s48-f32c64). Both studies can
@@ -51,7 +51,7 @@ class Row:
 
 def lr_rows() -> list[Row]:
     return [
-        Row("seed", "", "the seed's recipe: lr 9.375e-5, batch 64, L1, no augmentation", dict(SEED_RECIPE)),
+        Row("seed", "", "the original recipe: lr 9.375e-5, batch 64, L1, no augmentation", dict(SEED_RECIPE)),
         Row("lr-3e-4", "seed", f"lr 3e-4, {WARMUP:,} inputs of warm-up",
             {**SEED_RECIPE, "lr": 3e-4, "warmup": WARMUP}),
         Row("lr-1e-3", "seed", f"lr 1e-3, {WARMUP:,} inputs of warm-up",
@@ -73,7 +73,7 @@ def recipe_rows(best_lr: Row) -> list[Row]:
 
 
 def layout_rows(best_lr: Row) -> list[Row]:
-    """The latent layouts at ratio 48 and the seed's question at matched size, all with the best
+    """The latent layouts at ratio 48 and DC-AE against the baseline at matched size, all with the best
     learning rate's settings."""
     recipe = best_lr.settings
 
@@ -81,7 +81,7 @@ def layout_rows(best_lr: Row) -> list[Row]:
         return {**recipe, "model": model}
 
     return [
-        Row("layout-f32c64", "", f"64x1x1 (the seed's layout), dcae-s48 = dcae-s48-f32c64 (the {best_lr.name} run)",
+        Row("layout-f32c64", "", f"64x1x1 (the original experiment's layout), dcae-s48 = dcae-s48-f32c64 (the {best_lr.name} run)",
             run=best_lr.name),
         Row("layout-f16c16", "layout-f32c64", "16x2x2, dcae-s48-f16c16", using("dcae-s48-f16c16")),
         Row("layout-f8c4", "layout-f32c64", "4x4x4, dcae-s48-f8c4", using("dcae-s48-f8c4")),

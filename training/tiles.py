@@ -1,4 +1,4 @@
-"""Cutting sprite sheets into 32x32 RGB tiles, the way the seed's data set was made.
+"""Cutting sprite sheets into 32x32 RGB tiles, the way the original experiment's data set was made.
 
 A sheet is read by the rule serving and the client apply (``tiles.to_rgba``: 16-bit grey
 scaled to 8 bits, not clipped), its colours are multiplied by alpha (transparent -> black), and

@@ -1,4 +1,4 @@
-"""The dot-list parser accepts the seed's strings and rejects bad names loudly."""
+"""The dot-list parser accepts the original experiment's strings and rejects bad names loudly."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from tessera import model
 from tessera.model.config import ConfigError, DCAEConfig, config_from_dict, config_to_dict
 from tessera.model.presets import parse_spec
 
-# Verbatim from the seed write-up (seed.md), as its Python string literals concatenate them.
+# Verbatim from the original experiment's write-up, as its Python string literals concatenate them.
 SEED_STRINGS = {
     "dcae-03": (
         "latent_channels=32 "

@@ -1,4 +1,4 @@
-"""Every preset has the seed's exact parameter counts, latent shapes and compression ratios."""
+"""Every preset has the original experiment's exact parameter counts, latent shapes and compression ratios."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import torch
 
 from tessera import model
 
-# reference.md section 2: (total, encoder, decoder, latent channels, ratio)
+# the original experiment's counts: (total, encoder, decoder, latent channels, ratio)
 SEED_COUNTS = {
     "dcae-03": (81_241_004, 30_989_088, 50_251_916, 32, 96),
     "dcae-04": (81_535_948, 31_136_576, 50_399_372, 64, 48),
