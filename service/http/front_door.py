@@ -76,6 +76,14 @@ class Param:
         raise InvalidInput(f"invalid request: query parameter {self.name}={raw!r}: expected {wanted}; see /docs for "
                            f"the expected parameters", code="invalid_request")
 
+    def values(self) -> str:
+        """The values it takes, as docs/api.md's table shows them."""
+        if self.minimum is not None:
+            return f"{self.minimum} to {self.maximum}"
+        if self.choices:
+            return ", ".join(f"`{c}`" for c in self.choices)
+        return f"text, at most {self.max_length} characters"
+
     def openapi(self) -> dict[str, Any]:
         if self.minimum is not None:
             schema: dict[str, Any] = {"type": "integer", "minimum": self.minimum, "maximum": self.maximum}
@@ -276,5 +284,20 @@ class FrontDoor(FastAPI):
                             f"(service.http.front_door) serves; teach the front door what it does first")
 
 
+def markdown_table() -> str:
+    """The query parameters of the endpoints the front door serves, as docs/api.md shows them
+    (a test keeps the page equal to it): ``python -m tessera.service.http.front_door``."""
+    rows = ["| Endpoint | Parameter | Values | Default | Meaning |", "|---|---|---|---|---|"]
+    for endpoint in ENDPOINTS_SERVED.values():
+        for param in endpoint.params:
+            default = "unset" if param.default is None else f"`{param.default}`"
+            rows.append(f"| `POST {endpoint.path}` | `{param.name}` | {param.values()} | {default} | {param.description} |")
+    return "\n".join(rows)
+
+
 def _known(middleware: Middleware) -> bool:
     return middleware.cls in KNOWN_MIDDLEWARE
+
+
+if __name__ == "__main__":
+    print(markdown_table())
