@@ -25,8 +25,8 @@ venv: $(VENV)/.installed vendor
 vendor:
 	$(PYTHON) scripts/vendor_onnxruntime_web.py
 
-# two pytest-xdist workers, each test module on one of them (its module fixtures and order kept):
-# ~4.4 instead of ~7 minutes on 2 cores. PYTEST_WORKERS= runs the suite in one process
+# two pytest-xdist workers, each test module on one of them (its module fixtures and order kept);
+# PYTEST_WORKERS= runs the suite in one process
 PYTEST_WORKERS ?= -n 2 --dist loadscope
 test: venv
 	$(PY) -m pytest $(PYTEST_WORKERS) $(PYTEST_ARGS)
