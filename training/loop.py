@@ -224,7 +224,10 @@ def train(config: TrainConfig, given: frozenset[str] | None = None) -> dict:
     check_requirements(config)
     procs = start_processes(config.device)
     try:
-        return _train(config, given, procs)
+        summary = _train(config, given, procs)
+        if procs.world > 1:  # leave the group together: a process that tears its end down while rank 0
+            dist.barrier()   # still writes the last checkpoint can abort in gloo's teardown
+        return summary
     finally:
         if procs.world > 1 and dist.is_initialized():
             dist.destroy_process_group()
