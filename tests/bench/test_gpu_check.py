@@ -54,7 +54,7 @@ def test_the_dry_run_writes_every_stage(tmp_path):
     assert [r["kind"] for r in train["runs"]] == ["single", "torchrun"]
     for run in train["runs"]:
         assert run["exit_code"] in (0, 130) and run["inputs"] > 0 and run["inputs_per_s"] > 0
-        assert run["projected_1m_min"] == 1e6 / run["inputs_per_s"] / 60 and run["seed_1m_min"] == 78
+        assert run["projected_1m_min"] == 1e6 / run["inputs_per_s"] / 60 and run["original_1m_min"] == 78
     assert train["runs"][0]["signalled"] and train["runs"][1]["exit_code"] == 0  # stopped by SIGINT, then by --stop-after
 
     assert md.startswith("# gpu-check (dry run") and all(f"\n## {name}\n" in md for name in gpu_check.STAGES)

@@ -5,7 +5,6 @@ refuses to start with a route dependency or a middleware the front door would sk
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -22,6 +21,7 @@ from tessera.service.http.app import create_app
 from tessera.service.http.front_door import ENCODE
 from tessera.testing.apps import serving, settings_for
 from tessera.testing.bodies import NPY, npy, png, png_sheet, random_tiles
+from tessera.testing.docs import generated_table, page
 
 LATENTS = npy(np.random.default_rng(1).standard_normal((3, 64, 1, 1)).astype(np.float32))
 TILES = npy(random_tiles(2, seed=4))
@@ -160,10 +160,10 @@ def test_a_middleware_the_front_door_does_not_know_stops_the_app_from_starting(c
 def test_the_query_parameter_table_in_the_docs_is_made_from_the_params():
     """docs/api.md shows each query parameter's values, default and meaning as its Param declares
     them (``markdown_table``), and its endpoint table names the same parameters."""
-    page = (Path(__file__).resolve().parents[2] / "docs" / "api.md").read_text()
-    begin = page.index("<!-- query parameter table:")
-    table = page[page.index("\n", begin) + 1:page.index("<!-- end of the query parameter table -->")].strip()
-    assert table == front_door.markdown_table(), "rerun: python -m tessera.service.http.front_door (and paste its table)"
+    api = page("api.md")
+    assert generated_table(api, "query parameter") == front_door.markdown_table(), \
+        "rerun: python -m tessera.service.http.front_door (and paste its table)"
+    endpoints = api[api.index("## Endpoints"):api.index("### Query parameters")]
     for path, endpoint in front_door.ENDPOINTS_SERVED.items():
-        row = next(line for line in page.splitlines() if line.startswith(f"| `POST {path}` | `model`,"))
+        row = next(line for line in endpoints.splitlines() if line.startswith(f"| `POST {path}` |"))
         assert row.split(" | ")[1] == ", ".join(f"`{p.name}`" for p in endpoint.params), row

@@ -14,6 +14,7 @@ from pydantic import ValidationError
 from tessera.cli.main import build_parser
 from tessera.service.batching.registry import RegistryError, choose_default, find_checkpoints
 from tessera.service.runtime.settings import DEFAULT_MODEL, Settings
+from tessera.testing.docs import generated_table, page
 from tessera.testing.serve import ROOT
 
 
@@ -142,7 +143,4 @@ def test_the_settings_table_in_the_docs_is_made_from_the_fields():
     (``markdown_table``), so neither is written a second time by hand."""
     from tessera.service.runtime.settings import markdown_table
 
-    page = (Path(__file__).resolve().parents[2] / "docs" / "operations.md").read_text()
-    begin = page.index("<!-- settings table:")
-    table = page[page.index("\n", begin) + 1:page.index("<!-- end of the settings table -->")].strip()
-    assert table == markdown_table(), "rerun: python -m tessera.service.runtime.settings (and paste its table)"
+    assert generated_table(page("operations.md"), "settings") == markdown_table(), "rerun: python -m tessera.service.runtime.settings (and paste its table)"
