@@ -42,6 +42,7 @@ import importlib
 import json
 import logging
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -480,6 +481,26 @@ def train_rate(rows: list[dict], warmup_s: float) -> dict:
     }
 
 
+def train_env(plan: Plan) -> dict[str, str]:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    return {**env, "OMP_NUM_THREADS": str(plan.threads)} if plan.threads else env
+
+
+def train_command(plan: Plan, data: Path, out: Path, batch: int, stop_after: int, processes: int = 0) -> list[str]:
+    """`tessera train` of the big model, or with ``processes`` the same under torchrun."""
+    arguments = [
+        "--model", plan.big_model, "--data", str(data), "--out", str(out), "--device", plan.device,
+        "--batch-size", str(batch), "--max-inputs", str(plan.train_max_inputs), "--stop-after", str(stop_after),
+        "--eval-every", str(plan.train_max_inputs), "--log-every", str(plan.train_log_every),
+        "--checkpoint-dtype", "bfloat16", "--no-tensorboard", "--no-progress",
+        *(["--threads", str(plan.threads)] if plan.threads else []),
+    ]
+    if processes:
+        return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}",
+                "-m", "tessera.training.train", *arguments]
+    return [*tessera_command(), "train", *arguments]
+
+
 def train_once(stage: Stage, kind: str, cmd: list[str], run_dir: Path, window_s: float, env: dict[str, str]) -> dict:
     """One training run, stopped as `tessera train` is meant to be stopped: by --stop-after, or
     by SIGINT once ``window_s`` of training is in train.csv (it then validates, saves and exits
@@ -506,10 +527,24 @@ def train_once(stage: Stage, kind: str, cmd: list[str], run_dir: Path, window_s:
     with contextlib.suppress(OSError, ValueError):
         record = json.loads((run_dir / "run.json").read_text())
         entry.update({k: record.get(k) for k in ("world_size", "device", "precision", "batch_size", "spec")})
-    if entry["exit_code"] not in (0, 130) and "problem" not in entry:  # 130: stopped by the SIGINT above
-        tail = log.read_text(errors="replace").strip().splitlines()[-1:] if log.exists() else []
+    text = log.read_text(errors="replace") if log.exists() else ""
+    entry["stopped"] = how_it_stopped(entry["exit_code"], signalled, text)
+    if entry["stopped"] is None and "problem" not in entry:
+        tail = text.strip().splitlines()[-1:]
         entry["problem"] = f"exit code {entry['exit_code']}: {tail[0][:300] if tail else ''}"
     return entry
+
+
+def how_it_stopped(exit_code: int, signalled: bool, log: str) -> str | None:
+    """``"itself"`` (the end of the schedule or --stop-after), ``"SIGINT"`` (it saved and stopped
+    when asked), or None when it failed. `tessera train` exits 130 when stopped by SIGINT, but
+    torchrun passes the signal on to its processes and then exits 1 itself, whatever they did:
+    there, a clean stop is rank 0's own report of it."""
+    if exit_code == 0:
+        return "itself"
+    if signalled and (exit_code == 130 or (exit_code == 1 and re.search(r"^stopped at [\d,]+ inputs", log, re.MULTILINE))):
+        return "SIGINT"
+    return None
 
 
 def run_train(stage: Stage) -> None:
@@ -527,33 +562,20 @@ def run_train(stage: Stage) -> None:
                                  f"--out {data}) and carry it to the GPU machine")
         stage.data["passed"] = False
         return
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
-    if plan.threads:
-        env["OMP_NUM_THREADS"] = str(plan.threads)
-
-    def arguments(out: Path, batch: int, stop_after: int) -> list[str]:
-        return [
-            "--model", plan.big_model, "--data", str(data), "--out", str(out), "--device", plan.device,
-            "--batch-size", str(batch), "--max-inputs", str(plan.train_max_inputs), "--stop-after", str(stop_after),
-            "--eval-every", str(plan.train_max_inputs), "--log-every", str(plan.train_log_every),
-            "--checkpoint-dtype", "bfloat16", "--no-tensorboard", "--no-progress",
-            *(["--threads", str(plan.threads)] if plan.threads else []),
-        ]
-
+    env = train_env(plan)
     single = stage.work / "train" / "single"
-    runs.append(train_once(stage, "single", [*tessera_command(), "train", *arguments(single, plan.train_batch, plan.train_max_inputs)],
+    runs.append(train_once(stage, "single", train_command(plan, data, single, plan.train_batch, plan.train_max_inputs),
                            single, window, env))
     stage.save()
     rate = runs[0].get("inputs_per_s")
     if processes and rate:
         # each process its own batch of train_batch; --stop-after from the one-process rate, so
-        # the run ends by itself near the window (SIGINT remains the fallback)
+        # the run ends by itself near the window (SIGINT remains the fallback), and never before
+        # train.csv has a few rows to measure a rate with
         batch = plan.train_batch * processes
-        stop_after = max(batch, int(rate * processes * window * 0.8) // batch * batch)
+        stop_after = max(batch * plan.train_log_every * 4, int(rate * processes * window * 0.8) // batch * batch)
         ddp = stage.work / "train" / "torchrun"
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}",
-               "-m", "tessera.training.train", *arguments(ddp, batch, stop_after)]
-        runs.append(train_once(stage, "torchrun", cmd, ddp, window * 1.5, env))
+        runs.append(train_once(stage, "torchrun", train_command(plan, data, ddp, batch, stop_after, processes), ddp, window * 1.5, env))
         runs[-1]["speedup"] = runs[-1]["inputs_per_s"] / rate if runs[-1].get("inputs_per_s") else None
     problems = [f"{r['kind']}: {r['problem']}" for r in runs if r.get("problem")]
     problems += [f"{r['kind']}: no inputs/s measured" for r in runs if not r.get("inputs_per_s")]
@@ -794,9 +816,11 @@ def train_section(data: dict) -> list[str]:
     if not data.get("runs"):
         return lines + [data.get("problem") or "The stage ended before its first run."]
     rows = [[r["kind"], str(r.get("world_size")), str(r.get("batch_size")), str(r.get("precision")), fmt(r.get("inputs")),
-             fmt(r.get("train_s"), 1), fmt(r.get("inputs_per_s")), fmt(r.get("projected_1m_min"), 1), fmt(r.get("original_1m_min"))]
+             fmt(r.get("train_s"), 1), fmt(r.get("inputs_per_s")), fmt(r.get("projected_1m_min"), 1), fmt(r.get("original_1m_min")),
+             r.get("stopped") or "failed"]
             for r in data.get("runs", [])]
-    lines += table(["run", "processes", "batch", "precision", "inputs", "train s", "inputs/s", "1M inputs, min", "original experiment, min"], rows)
+    lines += table(["run", "processes", "batch", "precision", "inputs", "train s", "inputs/s", "1M inputs, min", "original experiment, min",
+                    "stopped by"], rows)
     return lines + ["", f"inputs/s leaves out the first {data.get('warmup_s', 'few')} s of training (cuDNN autotuning)."]
 
 
