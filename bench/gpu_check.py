@@ -124,7 +124,7 @@ GPU = Plan(
 )
 DRY = Plan(
     dry_run=True, device="cpu", big_model="dcae-t48",
-    budgets_s={"tests": 60, "raw": 60, "service": 75, "train": 75}, threads=1, test_timeout_s=60,
+    budgets_s={"tests": 150, "raw": 150, "service": 150, "train": 150}, threads=1, test_timeout_s=60,
     raw_dtypes=("float32", "bfloat16"), raw_batch_sizes=(2, 8), raw_min_run_time=0.005,
     bundled_dtypes=("float32",), compile_dtypes=("float32",), compile_layouts=(False,), compile_batch_sizes=(2,),
     compile_backend="eager", compile_min_s=0,

@@ -16,6 +16,7 @@ from tessera.testing.serve import ROOT
 pytestmark = pytest.mark.slow  # every stage, tiny, on the CPU: about a minute
 
 
+@pytest.mark.timeout(900)  # the stages' budgets, should a busy machine need them
 def test_the_dry_run_writes_every_stage(tmp_path):
     code = gpu_check.main(["--dry-run", "--out", str(tmp_path)])
     md = (tmp_path / "gpu-check.md").read_text()

@@ -27,6 +27,7 @@ class Server:
     max_tiles_per_request: int
     env: dict[str, str]  # environment for CLI subprocesses that talk to this server
     log: Path
+    server_env: dict[str, str]  # the server's own settings, for tests that need a variant of it
 
 
 def sheet_image(rows: int, cols: int, seed: int = 0) -> Image.Image:
@@ -69,7 +70,7 @@ def server(checkpoints: Path, tmp_path_factory: pytest.TempPathFactory) -> Itera
         client_env = {k: v for k, v in os.environ.items() if not k.startswith("TESSERA_")}
         client_env.update(TESSERA_URL=running.url, TESSERA_API_KEY=API_KEY)
         yield Server(url=running.url, api_key=API_KEY, max_tiles_per_request=MAX_TILES_PER_REQUEST, env=client_env,
-                     log=running.log)
+                     log=running.log, server_env=env)
 
 
 @pytest.fixture(scope="session")

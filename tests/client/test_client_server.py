@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
+from collections.abc import Iterator
 
 import httpx
 import numpy as np
@@ -13,6 +14,7 @@ from PIL import Image
 
 from tessera.client import AsyncClient, Client, errors
 from tessera.client.tiles import cut_sheet, image_to_rgb
+from tessera.testing.serve import TesseraServer
 
 LATENT_SHAPE = (64, 1, 1)  # dcae-t48
 
@@ -89,11 +91,20 @@ def test_a_sheet_larger_than_one_request_goes_in_chunks_with_progress(make_sheet
     assert rebuilt.size == sheet.size and len(decoded_seen) == 3
 
 
-def test_a_burst_larger_than_the_servers_queue_is_retried_until_done(make_sheet, server, caplog):
+@pytest.fixture
+def patient_server(server, tmp_path) -> Iterator[str]:
+    """The session server's settings, but every batch waits out a window: chunks sent together
+    queue up together, however fast the model is, so a burst overflows the queue for certain."""
+    env = {**server.server_env, "TESSERA_MAX_WAIT_MS": "500", "TESSERA_BATCH_CLOSE_EARLY": "false"}
+    with TesseraServer(env, tmp_path / "serve.log").start() as running:
+        yield running.url
+
+
+def test_a_burst_larger_than_the_servers_queue_is_retried_until_done(make_sheet, server, patient_server, caplog):
     tiles, _ = cut_sheet(image_to_rgb(make_sheet(8, 16, seed=5)))  # 128 tiles: 8 chunks, all sent at once
 
     async def burst() -> list[np.ndarray]:
-        async with AsyncClient(server.url, server.api_key, concurrency=8, backoff=0.05) as client:
+        async with AsyncClient(patient_server, server.api_key, concurrency=8, backoff=0.05) as client:
             results = await asyncio.gather(*(client.encode(tiles) for _ in range(2)))
         return [r.latents for r in results]
 

@@ -278,14 +278,17 @@ def test_concurrent_requests_share_one_model_call():
 
 
 def test_a_large_request_is_split_and_reassembled_in_order():
-    model = Recorder()
+    model = Recorder().hold()
 
     async def go():
         batcher = make(model, max_batch_tiles=4, max_wait_s=0)
         batcher.start()
-        big, small = await asyncio.gather(
-            batcher.submit(rows(0, 10), deadline=later(batcher)), batcher.submit(rows(100, 3), deadline=later(batcher))
-        )
+        big = asyncio.ensure_future(batcher.submit(rows(0, 10), deadline=later(batcher)))
+        small = asyncio.ensure_future(batcher.submit(rows(100, 3), deadline=later(batcher)))
+        await asyncio.to_thread(model.started.wait, 60)  # the first batch is in the model, both requests queued
+        await queued(batcher, 10 - 4 + 3)
+        model.release()
+        big, small = await asyncio.gather(big, small)
         await batcher.stop()
         return big, small
 
