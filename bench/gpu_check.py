@@ -56,7 +56,7 @@ from pathlib import Path
 from bench import results
 from bench.console import setup_logging
 from bench.machine import ROOT, describe, describe_cuda
-from bench.procs import run_group
+from bench.procs import project_env, run_group
 from tessera.testing.serve import TesseraServer, tessera_command
 
 logger = logging.getLogger(__name__)
@@ -482,8 +482,7 @@ def train_rate(rows: list[dict], warmup_s: float) -> dict:
 
 
 def train_env(plan: Plan) -> dict[str, str]:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
-    return {**env, "OMP_NUM_THREADS": str(plan.threads)} if plan.threads else env
+    return project_env(**({"OMP_NUM_THREADS": str(plan.threads)} if plan.threads else {}))
 
 
 def train_command(plan: Plan, data: Path, out: Path, batch: int, stop_after: int, processes: int = 0) -> list[str]:
@@ -625,8 +624,7 @@ def run_stage(name: str, plan: Plan, out: Path, work: Path, data: Path | None) -
     cmd = [sys.executable, "-m", "bench.gpu_check", "--stage", name, "--out", str(out), "--work", str(work),
            "--deadline", f"{time.time() + budget - 3:.3f}", *(["--data", str(data)] if data else []),
            *(["--dry-run"] if plan.dry_run else [])]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
-           "PYTHONUNBUFFERED": "1", **({"CUDA_VISIBLE_DEVICES": ""} if plan.dry_run else {})}  # a dry run is CPU only, GPU or not
+    env = project_env(PYTHONUNBUFFERED="1", **({"CUDA_VISIBLE_DEVICES": ""} if plan.dry_run else {}))  # a dry run is CPU only, GPU or not
     logger.info("stage %s (budget %.0f s)", name, budget)
     begun = time.monotonic()
     code = run_group(cmd, log=work / f"{name}.log", timeout_s=budget, env=env, grace_s=STOP_GRACE_S)

@@ -32,6 +32,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from bench.machine import ROOT
+from bench.procs import project_env
 from tessera.testing.serve import tessera_command
 
 
@@ -74,7 +75,7 @@ def run(cmd: list[str], log: Path) -> float:
         out.write(f"$ {' '.join(cmd)}\n")
         out.flush()
         subprocess.run(cmd, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, check=True,
-                       env={**os.environ, "PYTHONPATH": str(ROOT)})
+                       env=project_env())
     return time.monotonic() - start
 
 

@@ -13,6 +13,13 @@ from pathlib import Path
 from bench.machine import ROOT
 
 
+def project_env(**extra: str) -> dict[str, str]:
+    """This process's environment with the checkout first on PYTHONPATH (so that a child imports
+    ``bench`` and ``tessera`` from it), and ``extra``."""
+    path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+    return {**os.environ, "PYTHONPATH": path, **extra}
+
+
 def thread_cpu_s(pid: int) -> dict[str, float] | None:
     """CPU seconds (user + system) of a process: its main thread (the server's event loop) and
     all other threads together (model calls, torch's pool). None where /proc is unavailable."""

@@ -23,6 +23,7 @@ from pathlib import Path
 from bench import report, results
 from bench.console import setup_logging
 from bench.machine import ROOT
+from bench.procs import project_env
 from tessera.service.runtime.settings import DEFAULT_MODEL
 
 logger = logging.getLogger(__name__)
@@ -74,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     unknown = sorted(set(wanted) - set(commands))
     if unknown:
         parser.error(f"unknown stages {unknown}; known: {list(commands)}")
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    env = project_env()
     timings: dict[str, float] = {}
     start = time.monotonic()
     for stage in wanted:
